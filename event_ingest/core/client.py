@@ -1,0 +1,159 @@
+"""Source client: one HTTP attempt against one source, through the gate.
+
+Every attempt - first tries, retries, probes - takes a gate slot right before
+it is sent and closes it when the response (or the failure) comes back. The
+client classifies what came back; the retry *policy* lives in the drain, so
+there is one of it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+import httpx
+
+from .. import __version__
+from ..config import SourceConfig
+from .gate import Gate, Grant
+from .page import MalformedPage, Page, Quarantined, parse_page
+
+
+class Kind(Enum):
+    OK = "ok"
+    RETRY = "retry"  # transient: 5xx, timeout, reset, malformed body, 429/503
+    FATAL = "fatal"  # retrying will not help: 4xx, redirect, bad configuration
+
+
+@dataclass
+class Outcome:
+    kind: Kind
+    page: Page | None = None
+    reason: str = ""
+    retry_after_s: float | None = None  # what the source asked for (capped)
+    bad_body: Quarantined | None = None  # bytes that could not be read as a page
+    status: int | None = None
+    elapsed_s: float = 0.0
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+def parse_retry_after(value: str | None, cap_s: float) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped; None if absent/unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), cap_s)
+
+
+class SourceClient:
+    """HTTP access to one source: one connection pool, strict limits, all through the gate."""
+
+    def __init__(self, source: SourceConfig, gate: Gate, *, transport: httpx.BaseTransport | None = None) -> None:
+        self.source = source
+        self.gate = gate
+        self.request_starts: list[float] = []  # monotonic send times of this client's requests
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(source.timeout_s),
+            follow_redirects=False,  # a redirect to another host is not followed blindly
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            headers={"User-Agent": f"event-ingest/{__version__}", "Accept": "application/json"},
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _read_capped(self, response: httpx.Response, deadline: float) -> bytes:
+        # iter_bytes() yields *decoded* bytes, so a gzip bomb is cut at the cap too.
+        cap = self.source.max_response_bytes
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise BodyTooLarge(f"response body over the {cap}-byte cap")
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                # A body that dribbles forever (slowloris) never trips the per-read timeout.
+                raise DeadlineExceeded(f"response not complete within {self.source.timeout_s}s")
+        return b"".join(chunks)
+
+    def attempt(self, grant: Grant, last_id: int) -> Outcome:
+        """Send one request (the caller holds ``grant``) and classify the answer. Closes the gate slot."""
+        source = self.source
+        params = {"lastId": last_id, "limit": source.page_size}
+        started = time.monotonic()
+        self.request_starts.append(started)
+        deadline = started + source.timeout_s
+        retry_after: float | None = None
+        try:
+            with self._http.stream("GET", source.url, params=params) as response:
+                status = response.status_code
+                if status in (429, 503):
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"), source.max_retry_after_s)
+                body = self._read_capped(response, deadline)
+        except (BodyTooLarge, DeadlineExceeded) as exc:
+            self.gate.close()
+            return Outcome(Kind.RETRY, reason=str(exc), elapsed_s=time.monotonic() - started)
+        except httpx.TimeoutException as exc:
+            self.gate.close()
+            return Outcome(Kind.RETRY, reason=f"timeout ({type(exc).__name__})", elapsed_s=time.monotonic() - started)
+        except httpx.DecodingError as exc:
+            self.gate.close()
+            return Outcome(Kind.RETRY, reason=f"body cannot be decoded ({exc})", elapsed_s=time.monotonic() - started)
+        except httpx.TransportError as exc:
+            self.gate.close()
+            return Outcome(
+                Kind.RETRY, reason=f"connection error ({type(exc).__name__}: {exc})",
+                elapsed_s=time.monotonic() - started,
+            )
+        # The response is in: the request reached the source before now.
+        self.gate.close(defer_s=retry_after or 0.0)
+        elapsed = time.monotonic() - started
+
+        if status == 200:
+            try:
+                page = parse_page(body, cursor=last_id, max_payload_bytes=source.max_payload_bytes)
+            except MalformedPage as exc:
+                return Outcome(
+                    Kind.RETRY, reason=f"malformed page: {exc}", status=status, elapsed_s=elapsed,
+                    bad_body=Quarantined(body, f"malformed page at lastId={last_id}: {exc}"),
+                )
+            return Outcome(Kind.OK, page=page, status=status, elapsed_s=elapsed)
+        if status in (429, 503):
+            told = f"Retry-After {retry_after:g}s" if retry_after is not None else "no Retry-After"
+            return Outcome(Kind.RETRY, reason=f"HTTP {status} ({told})", retry_after_s=retry_after,
+                           status=status, elapsed_s=elapsed)
+        if status >= 500 or status == 408:
+            return Outcome(Kind.RETRY, reason=f"HTTP {status}{_error_hint(body)}", status=status, elapsed_s=elapsed)
+        if 300 <= status < 400:
+            where = response.headers.get("Location", "?")
+            return Outcome(Kind.FATAL, reason=f"HTTP {status} redirect to {where!r} not followed; fix the source url",
+                           status=status, elapsed_s=elapsed)
+        return Outcome(Kind.FATAL, reason=f"HTTP {status}{_error_hint(body)}", status=status, elapsed_s=elapsed)
+
+
+def _error_hint(body: bytes) -> str:
+    text = body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
+    return f": {text}" if text else ""

@@ -1,0 +1,169 @@
+"""Spacing gate: no two requests to one source less than ``min_interval`` apart.
+
+The rule is judged at the source, on the arrival times of requests, counting
+every process on every server. So the gate:
+
+* lives in Redis and is changed only by atomic Lua scripts (no GET-then-SET race);
+* reads time only from Redis' own clock (``redis.call('TIME')``): servers'
+  clocks disagree, Redis' is the one clock every consumer shares;
+* does not space *grants*; it spaces from the moment the previous *response*
+  arrived. A slot granted at t and sent 15 ms late (busy CPU, GC pause) would
+  make the next gap 15 ms short if grants were 200 ms apart. Instead a grant is
+  a reservation held while the request is in flight; ``close()`` runs when the
+  response (or the timeout) comes back and sets ``next = redis_now + interval``.
+  The request cannot have reached the source later than its response came
+  back, so the next request is at least ``interval`` after it at the source.
+
+Failure timeline it defends against:
+
+1. A holder dies mid-request: its reservation expires ``hold`` after the grant
+   (request timeout + interval), then the slot opens again.
+2. ``Retry-After`` from the source: ``close(defer_s=...)`` pushes the same key
+   forward, so every process on every server backs off together.
+3. The key vanishes (Redis restart, ``FLUSHALL``, TTL expiry): a request may be
+   in flight that nobody knows of. The first caller that finds no record
+   writes ``next = now + hold`` (the longest a request can be in flight) and
+   waits it out: a cold start costs one hold, never a short gap.
+4. Redis is unreachable: no slot can be proven safe, so none is granted; the
+   caller gets :class:`GateUnavailable` and stops requesting rather than guess.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+KEY_PREFIX = "event-ingest:gate:"
+
+# Keep an idle gate's record for an hour; after that a cold start (one hold) is cheap.
+IDLE_TTL_MS = 3_600_000
+
+# KEYS[1] = gate hash for one source (fields: next, holder, hold_until; microseconds on Redis' clock)
+# ARGV[1] = token of the caller
+# ARGV[2] = hold_us: how long the reservation lasts if never closed (timeout + interval)
+# ARGV[3] = idle TTL of the key in ms
+# Returns {1, now_us} when granted (the grant time on Redis' clock), {0, wait_us} when the caller must wait.
+ACQUIRE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local hold = tonumber(ARGV[2])
+local next_at = tonumber(redis.call('HGET', KEYS[1], 'next'))
+if not next_at then
+  -- No record: first use, or state lost (restart, FLUSHALL, expiry). A request
+  -- we know nothing of may be in flight; wait out the longest one can last.
+  next_at = now + hold
+  redis.call('HSET', KEYS[1], 'next', next_at)
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {0, hold}
+end
+local hold_until = tonumber(redis.call('HGET', KEYS[1], 'hold_until'))
+if hold_until and hold_until > now then
+  -- Someone's request is in flight; its close() will set the next slot.
+  return {0, hold_until - now}
+end
+if now < next_at then
+  return {0, next_at - now}
+end
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'hold_until', now + hold, 'granted_at', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1, now}
+"""
+
+# KEYS[1] = gate hash
+# ARGV[1] = token of the caller (its reservation is cleared only if it still owns it)
+# ARGV[2] = interval_us
+# ARGV[3] = defer_us (Retry-After; 0 if none)
+# ARGV[4] = idle TTL in ms
+# Returns the microseconds until the next slot opens.
+CLOSE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local next_at = now + math.max(tonumber(ARGV[2]), tonumber(ARGV[3]))
+local current = tonumber(redis.call('HGET', KEYS[1], 'next'))
+-- Only ever move the slot later: a response arriving now proves its request
+-- arrived earlier, whoever owned the reservation.
+if current and current > next_at then next_at = current end
+redis.call('HSET', KEYS[1], 'next', next_at)
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'holder', 'hold_until')
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return next_at - now
+"""
+
+
+class GateUnavailable(RuntimeError):
+    """Redis cannot be asked, so no request may be sent."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    token: str
+    granted_monotonic: float
+    waited_s: float
+    redis_time_us: int  # the grant on Redis' clock
+
+
+class Gate:
+    """The spacing gate for one source.
+
+    ``acquire()`` blocks until a slot is granted (or ``max_wait_s`` passes),
+    ``close()`` must follow every request that was sent, with the ``Retry-After``
+    seconds if the source asked for a pause.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        source: str,
+        *,
+        interval_s: float,
+        hold_s: float,
+        token: str,
+    ) -> None:
+        self.key = KEY_PREFIX + source
+        self.source = source
+        self.interval_us = int(interval_s * 1_000_000)
+        self.hold_us = int(hold_s * 1_000_000)
+        self.token = token
+        self._redis = client
+        self._acquire = client.register_script(ACQUIRE_LUA)
+        self._close = client.register_script(CLOSE_LUA)
+
+    def _call(self, script, args: list) -> object:
+        try:
+            return script(keys=[self.key], args=args)
+        except redis.RedisError as exc:
+            raise GateUnavailable(
+                f"source {self.source!r}: spacing gate unavailable, not requesting "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def try_acquire(self) -> tuple[bool, int]:
+        """One attempt: (True, grant time in µs on Redis' clock) or (False, µs to wait)."""
+        granted, value = self._call(self._acquire, [self.token, self.hold_us, IDLE_TTL_MS])
+        return bool(granted), int(value)
+
+    def acquire(self, max_wait_s: float | None = None, should_stop=None) -> Grant | None:
+        """Block until granted; None if ``max_wait_s`` ran out or ``should_stop()`` said so."""
+        started = time.monotonic()
+        while True:
+            granted, value = self.try_acquire()
+            now = time.monotonic()
+            if granted:
+                return Grant(self.token, now, now - started, value)
+            wait_s = value / 1_000_000
+            if should_stop is not None and should_stop():
+                return None
+            if max_wait_s is not None and now - started + wait_s > max_wait_s:
+                return None
+            # Sleep to just past the slot, but poll a holder's reservation more
+            # often: its close() usually comes long before the hold expires.
+            time.sleep(min(max(wait_s, 0.0005), self.interval_us / 1_000_000))
+
+    def close(self, defer_s: float = 0.0) -> float:
+        """The response (or the timeout) came back: the next slot opens interval (or defer) from now."""
+        wait_us = self._call(self._close, [self.token, self.interval_us, int(defer_s * 1_000_000), IDLE_TTL_MS])
+        return int(wait_us) / 1_000_000

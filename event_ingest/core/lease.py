@@ -1,0 +1,115 @@
+"""Lease: one Redis lock per source, so only one consumer drains it at a time.
+
+The lease avoids wasted duplicate work; it does not make stale holders
+harmless (the fence in Postgres does that). It is redis-py's ``Lock``: the
+token is random per holder, acquisition is ``SET NX PX``, and renewal and
+release are compare-and-set Lua scripts, so only the owner can extend or
+free it.
+
+Failure timeline:
+
+1. Holder A takes the lease and works; a thread renews it every ttl/3.
+2. A is paused (GC, SIGSTOP, network cut) longer than the TTL: the lease
+   expires, B takes it and bumps the epoch in Postgres.
+3. A wakes: its renewal fails (the key holds B's token), ``lost`` is set and
+   the drain stops before its next request. If A was already past that
+   check, its commit is refused by the fence. A's release cannot delete B's
+   lease (compare-and-delete).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+from redis.exceptions import LockError
+
+KEY_PREFIX = "event-ingest:lease:"
+
+log = logging.getLogger(__name__)
+
+
+class LeaseUnavailable(RuntimeError):
+    """Redis could not be asked for the lease."""
+
+
+class Lease:
+    def __init__(self, client: redis.Redis, source: str, *, ttl_s: float = 30.0, wait_s: float = 5.0) -> None:
+        self.source = source
+        self.key = KEY_PREFIX + source
+        self.ttl_s = ttl_s
+        self.wait_s = wait_s
+        # thread_local=False: the renewal thread must see the token the drain took.
+        self._lock = client.lock(
+            self.key, timeout=ttl_s, sleep=0.05, blocking=True, blocking_timeout=wait_s, thread_local=False
+        )
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    @property
+    def token(self) -> str | None:
+        token = self._lock.local.token
+        return token.decode() if isinstance(token, bytes) else token
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set()
+
+    def acquire(self) -> bool:
+        """Take the lease, waiting up to ``wait_s`` for another holder; False if it stayed busy."""
+        try:
+            acquired = self._lock.acquire()
+        except redis.RedisError as exc:
+            raise LeaseUnavailable(
+                f"source {self.source!r}: cannot take the lease in Redis ({type(exc).__name__}: {exc})"
+            ) from exc
+        if acquired:
+            self._stop.clear()
+            self._lost.clear()
+            self._renewer = threading.Thread(
+                target=self._renew_loop, name=f"lease-renew-{self.source}", daemon=True
+            )
+            self._renewer.start()
+        return bool(acquired)
+
+    def _renew_loop(self) -> None:
+        last_renewed = time.monotonic()
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                # reacquire() resets the TTL only if the key still holds our token.
+                self._lock.reacquire()
+                last_renewed = time.monotonic()
+            except LockError:
+                log.warning("source %r: lease lost (another consumer holds it now)", self.source)
+                self._lost.set()
+                return
+            except redis.RedisError as exc:
+                # Cannot prove we still hold it; keep trying until the TTL would
+                # have run out, the fence covers us meanwhile.
+                log.warning("source %r: lease renewal failed: %s", self.source, exc)
+                if time.monotonic() - last_renewed >= self.ttl_s:
+                    self._lost.set()
+                    return
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=5)
+            self._renewer = None
+        try:
+            self._lock.release()
+        except LockError:
+            # Expired or taken by another holder: not ours to delete.
+            self._lost.set()
+        except redis.RedisError as exc:
+            log.warning("source %r: lease release failed (it will expire): %s", self.source, exc)
+
+    def __enter__(self) -> "Lease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock.local.token is not None:
+            self.release()

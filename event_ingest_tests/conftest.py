@@ -1,0 +1,122 @@
+"""Shared fixtures: real Postgres, real Redis, real HTTP mock sources.
+
+Postgres and Redis come from EVENT_INGEST_TEST_DATABASE_URL / EVENT_INGEST_TEST_REDIS_URL
+when set; otherwise embedded servers (pip-installed binaries) are started once per session.
+Each session works in a fresh Postgres database, and each test uses its own source names,
+so tests never see each other's rows or Redis keys.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import redis
+
+from event_ingest.config import SourceConfig
+from event_ingest.core import Store, connect_redis
+
+TEST_DB_ENV = "EVENT_INGEST_TEST_DATABASE_URL"
+TEST_REDIS_ENV = "EVENT_INGEST_TEST_REDIS_URL"
+
+
+def _with_database(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+@pytest.fixture(scope="session")
+def services_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(services_dir):
+    """URL of a Postgres server's maintenance database (used to create the test database)."""
+    if os.environ.get(TEST_DB_ENV):
+        yield os.environ[TEST_DB_ENV]
+        return
+    from event_ingest.devstack.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(services_dir / "postgres", fast=True)
+    server.start()
+    try:
+        yield server.url("postgres")
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server_url):
+    """A fresh database for this session, dropped at the end."""
+    dbname = f"event_ingest_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    yield _with_database(postgres_server_url, dbname)
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url(services_dir):
+    if os.environ.get(TEST_REDIS_ENV):
+        yield os.environ[TEST_REDIS_ENV]
+        return
+    from event_ingest.devstack.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis(services_dir / "redis")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url) -> redis.Redis:
+    client = connect_redis(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def store(database_url):
+    with Store(database_url) as s:
+        s.apply_schema()
+        yield s
+
+
+@pytest.fixture
+def source_name() -> str:
+    """A source name no other test uses (fresh Redis keys, fresh partition)."""
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def make_mock():
+    """Start mock sources (real HTTP on 127.0.0.1, free ports); all stopped after the test."""
+    from event_ingest.mocksource import MockSource, MockSourceConfig
+
+    started = []
+
+    def start(**config):
+        config.setdefault("name", f"mock{len(started)}")
+        server = MockSource(MockSourceConfig(**config))
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def source_config(name: str, url: str, **overrides) -> SourceConfig:
+    """A source as the sources file would give it; tests shorten timeouts to keep cold starts quick."""
+    overrides.setdefault("timeout_s", 2.0)
+    overrides.setdefault("max_run_seconds", 30.0)
+    return SourceConfig(name=name, url=url, **overrides)

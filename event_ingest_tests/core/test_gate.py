@@ -1,0 +1,98 @@
+"""The spacing gate alone, against real Redis and real OS processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import random
+import time
+
+import pytest
+import redis
+
+from event_ingest.core import connect_redis
+from event_ingest.core.gate import Gate, GateUnavailable
+
+INTERVAL = 0.2
+
+
+def _hammer(redis_url: str, source: str, token: str, seconds: float, out) -> None:
+    client = connect_redis(redis_url)
+    gate = Gate(client, source, interval_s=INTERVAL, hold_s=1.0, token=token)
+    grants = []
+    stop_at = time.monotonic() + seconds
+    while time.monotonic() < stop_at:
+        grant = gate.acquire(max_wait_s=2.0)
+        if grant is None:
+            continue
+        time.sleep(random.uniform(0, 0.01))  # the "request"
+        redis_now = client.time()
+        grants.append((grant.redis_time_us, redis_now[0] * 1_000_000 + redis_now[1]))
+        gate.close()
+    out.put(grants)
+
+
+def _warm(client, source, token="warm") -> Gate:
+    """Pass the cold-start hold once so tests measure steady state."""
+    gate = Gate(client, source, interval_s=INTERVAL, hold_s=0.3, token=token)
+    assert gate.acquire(max_wait_s=2) is not None
+    gate.close()
+    return gate
+
+
+def test_two_processes_never_get_grants_within_the_interval(redis_url, redis_client, source_name):
+    _warm(redis_client, source_name)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_hammer, args=(redis_url, source_name, f"p{i}", 3.0, out)) for i in range(2)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(timeout=10)
+    assert all(results), "each process must have been granted slots"
+    grants = sorted(g for r in results for g in r)
+    assert len(grants) >= 8
+    for (grant_a, closed_a), (grant_b, _) in zip(grants, grants[1:]):
+        # Next grant is at least one interval after the previous slot was closed, by Redis' clock.
+        assert grant_b - closed_a >= INTERVAL * 1_000_000, (grant_a, closed_a, grant_b)
+        assert grant_b - grant_a >= INTERVAL * 1_000_000
+
+
+def test_retry_after_pushes_every_consumer_back(redis_client, source_name):
+    first = _warm(redis_client, source_name, "a")
+    assert first.acquire(max_wait_s=1) is not None
+    t0 = redis_client.time()
+    first.close(defer_s=1.0)
+    other = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=0.3, token="b")
+    grant = other.acquire(max_wait_s=3)
+    assert grant is not None
+    assert grant.redis_time_us - (t0[0] * 1_000_000 + t0[1]) >= 1_000_000
+
+
+def test_a_dead_holder_blocks_until_its_hold_expires(redis_client, source_name):
+    _warm(redis_client, source_name)
+    dead = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=0.8, token="dead")
+    held = dead.acquire(max_wait_s=1)
+    assert held is not None  # and never closed
+    other = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=0.8, token="alive")
+    assert other.acquire(max_wait_s=0.3) is None
+    grant = other.acquire(max_wait_s=2)
+    assert grant is not None
+    assert grant.redis_time_us - held.redis_time_us >= 800_000
+
+
+def test_lost_state_waits_out_a_full_hold(redis_client, source_name):
+    """After FLUSHALL/restart nobody knows what is in flight: the first grant waits one hold."""
+    gate = _warm(redis_client, source_name)
+    redis_client.delete(gate.key)  # what a FLUSHALL does to this source
+    t0 = time.monotonic()
+    again = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=0.6, token="x")
+    assert again.acquire(max_wait_s=3) is not None
+    assert time.monotonic() - t0 >= 0.55
+
+
+def test_unreachable_redis_grants_nothing(source_name):
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
+    gate = Gate(dead, source_name, interval_s=INTERVAL, hold_s=1, token="x")
+    with pytest.raises(GateUnavailable, match=source_name):
+        gate.acquire(max_wait_s=1)
