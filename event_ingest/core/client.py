@@ -107,29 +107,21 @@ class SourceClient:
         self.request_starts.append(started)
         deadline = started + source.timeout_s
         retry_after: float | None = None
+        closed = False
         try:
             with self._http.stream("GET", source.url, params=params) as response:
                 status = response.status_code
                 if status in (429, 503):
                     retry_after = parse_retry_after(response.headers.get("Retry-After"), source.max_retry_after_s)
+                # The response has begun: the request reached the source before now. Close the slot at
+                # once rather than after the body, so a long body does not stretch the spacing.
+                self.gate.close(defer_s=retry_after or 0.0)
+                closed = True
                 body = self._read_capped(response, deadline)
-        except (BodyTooLarge, DeadlineExceeded) as exc:
-            self.gate.close()
-            return Outcome(Kind.RETRY, reason=str(exc), elapsed_s=time.monotonic() - started)
-        except httpx.TimeoutException as exc:
-            self.gate.close()
-            return Outcome(Kind.RETRY, reason=f"timeout ({type(exc).__name__})", elapsed_s=time.monotonic() - started)
-        except httpx.DecodingError as exc:
-            self.gate.close()
-            return Outcome(Kind.RETRY, reason=f"body cannot be decoded ({exc})", elapsed_s=time.monotonic() - started)
-        except httpx.TransportError as exc:
-            self.gate.close()
-            return Outcome(
-                Kind.RETRY, reason=f"connection error ({type(exc).__name__}: {exc})",
-                elapsed_s=time.monotonic() - started,
-            )
-        # The response is in: the request reached the source before now.
-        self.gate.close(defer_s=retry_after or 0.0)
+        except (BodyTooLarge, DeadlineExceeded, httpx.HTTPError) as exc:
+            if not closed:
+                self.gate.close()
+            return Outcome(Kind.RETRY, reason=_transport_reason(exc), elapsed_s=time.monotonic() - started)
         elapsed = time.monotonic() - started
 
         if status == 200:
@@ -152,6 +144,16 @@ class SourceClient:
             return Outcome(Kind.FATAL, reason=f"HTTP {status} redirect to {where!r} not followed; fix the source url",
                            status=status, elapsed_s=elapsed)
         return Outcome(Kind.FATAL, reason=f"HTTP {status}{_error_hint(body)}", status=status, elapsed_s=elapsed)
+
+
+def _transport_reason(exc: Exception) -> str:
+    if isinstance(exc, (BodyTooLarge, DeadlineExceeded)):
+        return str(exc)
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timeout ({type(exc).__name__})"
+    if isinstance(exc, httpx.DecodingError):
+        return f"body cannot be decoded ({exc})"
+    return f"connection error ({type(exc).__name__}: {exc})"
 
 
 def _error_hint(body: bytes) -> str:

@@ -1,0 +1,74 @@
+"""``python3 -m event_ingest dev|test|...`` from a clean clone, with nothing installed.
+
+Runs on the standard library alone: it makes ``.venv`` beside the project if
+missing (or when pyproject.toml changed since), installs the project into it,
+then hands over to the real command inside it:
+
+    python3 -m event_ingest dev     ->  .venv/bin/event-ingest dev
+    python3 -m event_ingest test    ->  .venv/bin/python -m pytest
+    python3 -m event_ingest setup   ->  only make/refresh .venv
+    python3 -m event_ingest ARGS    ->  .venv/bin/event-ingest ARGS
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+STAMP = VENV / ".event-ingest-installed"
+
+
+def _venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def _wanted_stamp() -> str:
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+
+
+def ensure_venv(quiet: bool = True) -> Path:
+    python = _venv_python()
+    if python.exists() and STAMP.exists() and STAMP.read_text().strip() == _wanted_stamp():
+        return python
+    if not python.exists():
+        print(f"event-ingest: creating {VENV} (first run only)", file=sys.stderr, flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    print("event-ingest: installing the project and its dependencies into .venv (first run only)",
+          file=sys.stderr, flush=True)
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"] + (["-q"] if quiet else [])
+    subprocess.run(pip + ["-e", f"{ROOT}[dev]"], check=True)
+    STAMP.write_text(_wanted_stamp())
+    return python
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    # Already inside the project's environment (or one that has it installed): no bootstrap.
+    inside = Path(sys.prefix).resolve() == VENV.resolve()
+    python = Path(sys.executable) if inside else ensure_venv()
+    if argv[0] == "setup":
+        print(f"event-ingest: ready: {python}")
+        return 0
+    if argv[0] == "test":
+        command = [str(python), "-m", "pytest", *argv[1:]]
+    else:
+        command = [str(python), "-m", "event_ingest.cli", *argv]
+    if inside:
+        return subprocess.call(command, cwd=ROOT if argv[0] == "test" else None)
+    # Replace this process so signals (Ctrl-C) go straight to the real command.
+    if argv[0] == "test":
+        os.chdir(ROOT)
+    os.execv(command[0], command)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,5 @@
+"""``python -m event_ingest.mocksource --name a --port 0`` runs one mock source."""
+
+from event_ingest.mocksource.server import main
+
+raise SystemExit(main())

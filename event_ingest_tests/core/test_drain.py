@@ -1,0 +1,173 @@
+"""The whole drain against real Postgres, real Redis and real mock sources over HTTP."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from event_ingest.core import DrainHooks, DrainOptions, Store, connect_redis, drain
+from event_ingest.core.drain import CAUGHT_UP, FENCED, LEASE_BUSY, LEASE_LOST
+from event_ingest_tests.conftest import source_config
+
+
+def run_drain(source, database_url, redis_url, **options):
+    with Store(database_url) as store:
+        store.apply_schema([source.name])
+        return drain(source, store=store, redis_client=connect_redis(redis_url), options=DrainOptions(**options))
+
+
+def test_drains_a_backlog_through_a_failing_source(make_mock, database_url, redis_url, source_name, store):
+    mock = make_mock(backlog=2500, error_rate=0.3, random_seed=7)
+    source = source_config(source_name, mock.url, page_size=500)
+    stats = run_drain(source, database_url, redis_url)
+    assert stats.status == CAUGHT_UP, stats.summary()
+    assert stats.events_stored == 2500 and stats.cursor_after == 2500
+    assert stats.errors > 0  # retries happened, through the gate
+    assert store.event_ids(source_name) == list(range(1, 2501))
+    served = mock.stats()
+    assert served["requests"] == stats.requests
+    assert served["gaps_under_200ms"] == 0 and served["min_gap_ms"] >= 200
+
+
+def test_a_second_drain_resumes_from_the_cursor(make_mock, database_url, redis_url, source_name, store):
+    mock = make_mock(backlog=300)
+    source = source_config(source_name, mock.url, page_size=100)
+    first = run_drain(source, database_url, redis_url)
+    mock.control({"next": [{"kind": "events", "events": [{"id": 301, "payload": "late"}], "record": True}]})
+    second = run_drain(source, database_url, redis_url)
+    assert (first.cursor_after, second.cursor_before, second.cursor_after) == (300, 300, 301)
+    assert second.epoch == first.epoch + 1
+    assert store.event_ids(source_name) == list(range(1, 302))
+
+
+def test_the_time_budget_ends_a_drain_of_an_endless_source(make_mock, database_url, redis_url, source_name):
+    mock = make_mock(seed_batch=3)  # the original system's mocks: never caught up
+    stats = run_drain(source_config(source_name, mock.url), database_url, redis_url, max_seconds=2)
+    assert stats.status == "budget_spent"
+    assert stats.events_stored == 3 * stats.pages > 0
+
+
+def test_a_busy_lease_ends_the_drain_cleanly(make_mock, database_url, redis_url, redis_client, source_name):
+    from event_ingest.core import Lease
+
+    mock = make_mock(backlog=10)
+    holder = Lease(redis_client, source_name, ttl_s=10)
+    assert holder.acquire()
+    try:
+        stats = run_drain(source_config(source_name, mock.url), database_url, redis_url, lease_wait_s=0.3)
+    finally:
+        holder.release()
+    assert stats.status == LEASE_BUSY and stats.requests == 0 and stats.ok
+
+
+def test_a_hook_taking_over_mid_drain_gets_the_commit_fenced(make_mock, database_url, redis_url, source_name, store):
+    """A holder whose source was taken over between fetch and commit stores nothing of that page."""
+    mock = make_mock(backlog=200)
+    source = source_config(source_name, mock.url, page_size=50)
+
+    def take_over(stats, page):
+        if stats.pages == 2:  # after two committed pages, someone else bumps the epoch
+            with Store(database_url) as other:
+                other.begin_epoch(source_name)
+
+    with Store(database_url) as s:
+        s.apply_schema([source_name])
+        stats = drain(source, store=s, redis_client=connect_redis(redis_url), hooks=DrainHooks(after_fetch=take_over))
+    assert stats.status == FENCED and "fence" in stats.error
+    assert store.event_ids(source_name) == list(range(1, 101))  # pages 1-2 only; page 3 rolled back
+    assert store.source_status(source_name).fenced_commits == 1
+
+
+def _consumer(database_url: str, redis_url: str, sources: list, seconds: float, out) -> None:
+    """One independent consumer process: drain every source in turn until time is up."""
+    redis_client = connect_redis(redis_url)
+    ends: dict[str, int] = {}
+    with Store(database_url) as store:
+        store.apply_schema(s.name for s in sources)
+        stop_at = time.monotonic() + seconds
+        while time.monotonic() < stop_at:
+            for source in sources:
+                stats = drain(source, store=store, redis_client=redis_client,
+                              options=DrainOptions(max_seconds=1.5, lease_wait_s=0.2, lease_ttl_s=5))
+                ends[stats.status] = ends.get(stats.status, 0) + 1
+    out.put(ends)
+
+
+@pytest.mark.slow
+def test_three_processes_three_sources_nothing_lost_duplicated_or_too_early(make_mock, database_url, redis_url,
+                                                                           store):
+    mocks = [make_mock(backlog=2000, rate=40, error_rate=0.1, random_seed=i) for i in range(3)]
+    sources = [
+        source_config(f"c{i}_{os.getpid()}_{int(time.time())}", m.url, page_size=100, max_run_seconds=2)
+        for i, m in enumerate(mocks)
+    ]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_consumer, args=(database_url, redis_url, sources, 12.0, out)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    endings = [out.get(timeout=90) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    assert sum(e.get(LEASE_BUSY, 0) for e in endings) > 0, "the processes really competed for the sources"
+    for source, mock in zip(sources, mocks):
+        mock.control({"producing": False, "error_rate": 0.0})
+        final = run_drain(source, database_url, redis_url)  # catch up whatever arrived last
+        assert final.status == CAUGHT_UP, final.summary()
+        stored = store.event_ids(source.name)
+        seen = mock.stats(include_ids=True)
+        assert stored == sorted(seen["served_ids"]), "stored ids are exactly the served ids"
+        assert stored == list(range(1, stored[-1] + 1)), "ids contiguous, none duplicated"
+        assert store.source_status(source.name).cursor == stored[-1]
+        assert seen["gaps_under_200ms"] == 0, seen
+        assert seen["min_gap_ms"] >= 200
+
+
+@pytest.mark.slow
+def test_a_process_paused_past_its_lease_is_fenced_and_loses_nothing(make_mock, database_url, redis_url, store,
+                                                                    source_name, tmp_path):
+    mock = make_mock(backlog=3000, latency_ms=100)
+    sources_file = tmp_path / "sources.yaml"
+    sources_file.write_text(
+        f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    page_size: 50\n    timeout_s: 2\n"
+    )
+    env = {**os.environ, "EVENT_INGEST_SOURCES": str(sources_file), "EVENT_INGEST_DATABASE_URL": database_url,
+           "EVENT_INGEST_REDIS_URL": redis_url}
+    stale = subprocess.Popen(
+        [sys.executable, "-m", "event_ingest.cli", "ingest", source_name, "--lease-ttl", "1", "--json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = store.source_status(source_name)
+            if status and status.cursor >= 100:
+                break
+            time.sleep(0.05)
+        else:
+            stale.kill()
+            pytest.fail(f"the first consumer made no progress: {stale.communicate()[1][-2000:]}")
+        os.kill(stale.pid, signal.SIGSTOP)
+        time.sleep(2.0)  # twice the lease TTL: the lease expires while it sleeps
+        source = source_config(source_name, mock.url, page_size=50, timeout_s=2)
+        taker = run_drain(source, database_url, redis_url, max_seconds=60)
+        assert taker.status == CAUGHT_UP, taker.summary()
+        os.kill(stale.pid, signal.SIGCONT)
+        out, err = stale.communicate(timeout=60)
+    finally:
+        if stale.poll() is None:
+            os.kill(stale.pid, signal.SIGCONT)
+            stale.kill()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["status"] in (FENCED, LEASE_LOST), (result, err[-2000:])
+    assert stale.returncode == 1
+    assert store.event_ids(source_name) == list(range(1, 3001))
+    assert mock.stats()["gaps_under_200ms"] == 0
