@@ -1,0 +1,76 @@
+"""The `event-ingest` command as a user runs it: real processes, real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def cli(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "event_ingest.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def environment(tmp_path, database_url, redis_url, sources_text):
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(sources_text)
+    return {**os.environ, "EVENT_INGEST_SOURCES": str(sources), "EVENT_INGEST_DATABASE_URL": database_url,
+            "EVENT_INGEST_REDIS_URL": redis_url}
+
+
+def test_ingest_then_status(tmp_path, make_mock, database_url, redis_url, source_name):
+    mock = make_mock(backlog=250, error_rate=0.2, random_seed=3)
+    env = environment(tmp_path, database_url, redis_url,
+                      f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    page_size: 100\n    timeout_s: 1\n")
+    done = cli("ingest", source_name, "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout)
+    assert stats["status"] == "caught_up" and stats["events_stored"] == 250 and stats["cursor_after"] == 250
+    status = cli("status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    row = next(r for r in json.loads(status.stdout) if r["source"] == source_name)
+    assert (row["cursor"], row["events"], row["gaps"], row["quarantined"]) == (250, 250, 0, 0)
+    table = cli("status", env=env)
+    assert table.stdout.splitlines()[0].split()[:4] == ["source", "cursor", "events", "gaps"]
+    assert any(line.startswith(source_name) for line in table.stdout.splitlines())
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path, database_url, redis_url):
+    env = environment(tmp_path, database_url, redis_url,
+                      "sources:\n  - name: s1\n    url: http://127.0.0.1:1/events\n    min_interval_ms: 100\n")
+    done = cli("ingest", "s1", env=env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "sources.yaml: source 's1': field 'min_interval_ms': 100" in lines[0]
+
+
+def test_unknown_source_names_the_configured_ones(tmp_path, database_url, redis_url):
+    env = environment(tmp_path, database_url, redis_url, "sources:\n  - name: s1\n    url: http://127.0.0.1:1/e\n")
+    done = cli("ingest", "nope", env=env)
+    assert done.returncode == 2 and "source 'nope' is not configured (configured: s1)" in done.stderr
+
+
+def test_unreachable_redis_and_postgres_are_one_clear_line(tmp_path, database_url, redis_url):
+    text = "sources:\n  - name: s1\n    url: http://127.0.0.1:1/e\n"
+    env = environment(tmp_path, database_url, "redis://127.0.0.1:1/0", text)
+    done = cli("ingest", "s1", env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in done.stderr
+    env = environment(tmp_path, "postgresql://postgres@127.0.0.1:1/x", redis_url, text)
+    done = cli("status", env=env)
+    assert done.returncode == 2 and "cannot connect to Postgres at postgresql://postgres@127.0.0.1:1/x" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_source_that_keeps_failing_exits_1_with_the_reason(tmp_path, make_mock, database_url, redis_url,
+                                                            source_name):
+    mock = make_mock(backlog=5, error_rate=1.0)
+    env = environment(tmp_path, database_url, redis_url,
+                      f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 0.5\n"
+                      "    max_attempts: 2\n")
+    done = cli("ingest", source_name, env=env)
+    assert done.returncode == 1
+    assert "source_error" in done.stdout and "2 attempts failed, last: HTTP 500" in done.stdout
