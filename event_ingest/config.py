@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import yaml
 
@@ -23,7 +23,11 @@ DEFAULT_SOURCES_FILE = "sources.yaml"
 
 # Source names reach SQL identifiers (partition names) and Redis keys, so only
 # this shape is ever let through.
-SOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+SOURCE_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")  # always used with fullmatch ("$" lets "a\n" through)
+
+
+def is_valid_source_name(name: object) -> bool:
+    return isinstance(name, str) and SOURCE_NAME_RE.fullmatch(name) is not None
 
 # The politeness floor: nobody can configure a source to be hit faster.
 MIN_INTERVAL_FLOOR_MS = 200
@@ -45,6 +49,11 @@ class SourceConfig:
     max_response_bytes: int = 32 * 1024 * 1024
     max_payload_bytes: int = 1024 * 1024
     max_retry_after_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        # Names reach SQL identifiers and Redis keys: no SourceConfig exists with an unchecked one,
+        # however it was built (the file loader checks it too, with the file's name in the message).
+        validate_source_name(self.name)
 
     @property
     def min_interval_s(self) -> float:
@@ -73,7 +82,7 @@ _ALLOWED_FIELDS = {f.name for f in fields(SourceConfig)}
 
 
 def validate_source_name(name: Any, where: str = "source") -> str:
-    if not isinstance(name, str) or not SOURCE_NAME_RE.match(name):
+    if not is_valid_source_name(name):
         raise ConfigError(
             f"{where}: field 'name': {name!r} is not a valid source name "
             "(lowercase letter, then up to 62 of a-z, 0-9, _)"
@@ -180,12 +189,18 @@ def redis_url() -> str:
 
 
 def redact_url(url: str) -> str:
-    """A URL fit for logs: the password, if any, replaced by ***."""
+    """A URL fit for logs: the password replaced by ***, in the user:password@ part and in a
+    ?password= parameter (libpq and redis-py accept both)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    if parts.query:
+        query = [
+            (key, "***" if key.lower() in ("password", "pass", "passwd") else value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return parts.geturl()
 
 
 @dataclass

@@ -157,5 +157,8 @@ def _transport_reason(exc: Exception) -> str:
 
 
 def _error_hint(body: bytes) -> str:
-    text = body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
+    # The hint goes into a log line: a CR would forge a second line, ESC sequences would drive the
+    # reader's terminal, NUL truncates some viewers. Anything not printable becomes a space.
+    text = "".join(c if c.isprintable() else " " for c in body[:200].decode("utf-8", "replace"))
+    text = " ".join(text.split())
     return f": {text}" if text else ""

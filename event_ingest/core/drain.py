@@ -222,6 +222,7 @@ def _loop(source, stats, store, lease, gate, client, cursor, deadline, options, 
         except StoreError as exc:
             # The commit may or may not have landed; the next drain reads the cursor from Postgres either way.
             return _end(stats, POSTGRES_DOWN, str(exc), logger)
+        moved = new_cursor > cursor
         cursor = new_cursor
         stats.cursor_after = cursor
         stats.pages += 1
@@ -231,6 +232,11 @@ def _loop(source, stats, store, lease, gate, client, cursor, deadline, options, 
         stats.lag_s = _lag_s(page)
         if hooks.after_commit:
             hooks.after_commit(stats)
+        if not moved:
+            # Only ids at or below the cursor: the source re-served old events. Asking again with
+            # the same lastId would get the same page until the budget runs out; nothing is new.
+            stats.warnings.append(f"lastId={cursor}: page held no id above the cursor; treated as caught up")
+            return _end(stats, CAUGHT_UP, None, logger)
 
 
 def _fetch_with_retries(source, stats, store, lease, gate, client, cursor, deadline, options, should_stop, logger):

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import redis
 
+from ..config import is_valid_source_name
+
 KEY_PREFIX = "event-ingest:gate:"
 
 # Keep an idle gate's record for an hour; after that a cold start (one hold) is cheap.
@@ -123,6 +125,8 @@ class Gate:
         hold_s: float,
         token: str,
     ) -> None:
+        if not is_valid_source_name(source):
+            raise ValueError(f"invalid source name {source!r}: not used as a Redis key")
         self.key = KEY_PREFIX + source
         self.source = source
         self.interval_us = int(interval_s * 1_000_000)

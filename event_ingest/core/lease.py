@@ -26,6 +26,8 @@ import time
 import redis
 from redis.exceptions import LockError
 
+from ..config import is_valid_source_name
+
 KEY_PREFIX = "event-ingest:lease:"
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ class LeaseUnavailable(RuntimeError):
 
 class Lease:
     def __init__(self, client: redis.Redis, source: str, *, ttl_s: float = 30.0, wait_s: float = 5.0) -> None:
+        if not is_valid_source_name(source):
+            raise ValueError(f"invalid source name {source!r}: not used as a Redis key")
         self.source = source
         self.key = KEY_PREFIX + source
         self.ttl_s = ttl_s

@@ -9,10 +9,18 @@ ends up in exactly one of two lists: ``events`` (stored) or ``quarantined``
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 MAX_EVENT_ID = 2**63 - 1  # Postgres bigint
+
+# json.dumps writes a NUL as the escape \u0000; a backslash before it that is itself escaped
+# (the text "\\u0000") is a harmless backslash followed by "u0000", which jsonb stores fine.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+# Reasons named in a page's warning (log line); the quarantine table has them all.
+_REASONS_IN_WARNING = 3
 
 
 class MalformedPage(ValueError):
@@ -90,14 +98,18 @@ def _invalid_id_reason(item_id: Any) -> str | None:
 def _payload_json(payload: Any) -> tuple[str | None, str | None]:
     """(json text, None) or (None, why it cannot be stored as jsonb)."""
     try:
-        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        # allow_nan=False: a number like 1e400 parses to float('inf'), which would be written as
+        # Infinity, which jsonb refuses - and that would fail the whole page's commit, every time.
+        text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except RecursionError:
         return None, "payload nested too deeply"
+    except ValueError:
+        return None, "payload holds a number out of float range (like 1e400), which jsonb cannot store as read"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return None, "payload holds an unpaired surrogate (\\ud800-\\udfff), which Postgres cannot store"
-    if "\\u0000" in text or "\x00" in text:
+    if _NUL_ESCAPE.search(text) or "\x00" in text:
         return None, "payload holds a NUL character (\\u0000), which Postgres jsonb cannot store"
     return text, None
 
@@ -150,5 +162,8 @@ def parse_page(body: bytes, *, cursor: int, max_payload_bytes: int) -> Page:
     if below_cursor:
         page.warnings.append(f"{below_cursor} ids at or below the cursor {cursor} (re-sent; kept if not stored yet)")
     if page.quarantined:
-        page.warnings.append(f"{len(page.quarantined)} items quarantined")
+        # Name the reasons, so the log line says why and not only how many.
+        reasons = list(dict.fromkeys(q.reason for q in page.quarantined))
+        named = "; ".join(reasons[:_REASONS_IN_WARNING]) + ("; ..." if len(reasons) > _REASONS_IN_WARNING else "")
+        page.warnings.append(f"{len(page.quarantined)} items quarantined: {named}")
     return page

@@ -23,7 +23,7 @@ from typing import Iterable
 import psycopg
 from psycopg import sql
 
-from ..config import SOURCE_NAME_RE, redact_url
+from ..config import is_valid_source_name, redact_url
 from .page import Event, Quarantined
 
 # Serialises schema changes across processes (any constant works; this is "event-ingest").
@@ -162,7 +162,7 @@ class Gap:
 
 def partition_name(source: str) -> str:
     """Name of the events partition of a source, within Postgres' 63-byte identifiers."""
-    if not SOURCE_NAME_RE.match(source):
+    if not is_valid_source_name(source):
         raise ValueError(f"invalid source name {source!r}")
     name = f"events_{source}"
     if len(name) > 63:

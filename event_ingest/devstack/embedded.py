@@ -124,7 +124,7 @@ def free_port(host: str = HOST) -> int:
         return s.getsockname()[1]
 
 
-def _port_is_free(port: int, host: str = HOST) -> bool:
+def port_is_free(port: int, host: str = HOST) -> bool:
     """Nothing listens on host:port and a server could bind it.
 
     SO_REUSEADDR is set for the test bind, as both servers do, so a port whose old
@@ -496,13 +496,13 @@ class _EmbeddedServer:
         """(port, auto): the requested port (must be free), else the remembered one if
         free, else a new free one. `auto` says a different port may be tried on a clash."""
         if self._requested_port is not None:
-            if not _port_is_free(self._requested_port):
+            if not port_is_free(self._requested_port):
                 raise self._error(f"cannot start {self.kind}: port {self._requested_port} on {HOST} "
                                   f"is already in use", with_log=False)
             return self._requested_port, False
         remembered = self._read_port_file()
         if remembered is not None:
-            if _port_is_free(remembered):
+            if port_is_free(remembered):
                 return remembered, True
             log.info("%s: remembered port %s is taken, choosing another", self.kind, remembered)
         return free_port(), True
