@@ -74,7 +74,10 @@ class SourceClient:
         self.gate = gate
         self.request_starts: list[float] = []  # monotonic send times of this client's requests
         self._http = httpx.Client(
-            timeout=httpx.Timeout(source.timeout_s),
+            # httpx gives connect, write and pool a full timeout each; a third each keeps the moment
+            # the request reaches the source within timeout_s of sending, inside the gate's hold.
+            timeout=httpx.Timeout(source.timeout_s, connect=source.timeout_s / 3, write=source.timeout_s / 3,
+                                  pool=source.timeout_s / 3),
             follow_redirects=False,  # a redirect to another host is not followed blindly
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             headers={"User-Agent": f"event-ingest/{__version__}", "Accept": "application/json"},
@@ -104,6 +107,14 @@ class SourceClient:
         source = self.source
         params = {"lastId": last_id, "limit": source.page_size}
         started = time.monotonic()
+        if started - grant.granted_monotonic > source.min_interval_s / 2:
+            # Paused (GC, SIGSTOP, a frozen VM) between the grant and here: the reservation lasts
+            # timeout + interval, and a request sent this late might land after it expired and
+            # another consumer's slot began. Give the slot back unused (closing only ever moves the
+            # next slot later) and let the caller ask again. Sending takes microseconds after this.
+            self.gate.close()
+            return Outcome(Kind.RETRY, reason="gate slot went stale before sending (process paused?); not sent",
+                           elapsed_s=0.0)
         self.request_starts.append(started)
         deadline = started + source.timeout_s
         retry_after: float | None = None

@@ -96,3 +96,27 @@ def test_unreachable_redis_grants_nothing(source_name):
     gate = Gate(dead, source_name, interval_s=INTERVAL, hold_s=1, token="x")
     with pytest.raises(GateUnavailable, match=source_name):
         gate.acquire(max_wait_s=1)
+
+
+def test_a_slot_that_went_stale_before_sending_is_given_back_unused(redis_client, source_name, make_mock):
+    """A consumer paused between its grant and its send must not send late into someone else's slot."""
+    from event_ingest.core.client import Kind, SourceClient
+    from event_ingest_tests.conftest import source_config
+
+    mock = make_mock(backlog=5)
+    source = source_config(source_name, mock.url, timeout_s=1.0)
+    _warm(redis_client, source_name)
+    gate = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=1.2, token="paused")
+    client = SourceClient(source, gate)
+    try:
+        grant = gate.acquire(max_wait_s=2)
+        time.sleep(INTERVAL)  # the "pause": longer than half an interval
+        outcome = client.attempt(grant, 0)
+        assert outcome.kind is Kind.RETRY and "stale" in outcome.reason
+        assert mock.stats()["requests"] == 0 and client.request_starts == []
+        fresh = gate.acquire(max_wait_s=2)  # the slot was closed, not left to expire
+        assert fresh is not None
+        assert client.attempt(fresh, 0).kind is Kind.OK
+    finally:
+        client.close()
+    assert mock.stats()["requests"] == 1
