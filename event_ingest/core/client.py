@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+import zlib
 from dataclasses import dataclass
 from enum import Enum
 
@@ -43,6 +44,10 @@ class BodyTooLarge(Exception):
 
 
 class DeadlineExceeded(Exception):
+    pass
+
+
+class UndecodableBody(Exception):
     pass
 
 
@@ -80,7 +85,8 @@ class SourceClient:
                                   pool=source.timeout_s / 3),
             follow_redirects=False,  # a redirect to another host is not followed blindly
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            headers={"User-Agent": f"event-ingest/{__version__}", "Accept": "application/json"},
+            headers={"User-Agent": f"event-ingest/{__version__}", "Accept": "application/json",
+                     "Accept-Encoding": "gzip, deflate"},
             transport=transport,
         )
 
@@ -88,15 +94,40 @@ class SourceClient:
         self._http.close()
 
     def _read_capped(self, response: httpx.Response, deadline: float) -> bytes:
-        # iter_bytes() yields *decoded* bytes, so a gzip bomb is cut at the cap too.
+        """The decoded body, never more than the cap in memory, never past the deadline.
+
+        Decompression is done here, not by httpx: httpx inflates a whole network chunk at once, so
+        one 64 KB read of a gzip bomb could become ~64 MB before any cap is checked. Here each
+        step inflates at most what the cap still allows.
+        """
         cap = self.source.max_response_bytes
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            # wbits 47 = zlib or gzip header, detected; raw deflate (rare, non-conforming) is refused.
+            inflater = zlib.decompressobj(47)
+        elif encoding in ("", "identity"):
+            inflater = None
+        else:
+            raise UndecodableBody(f"Content-Encoding {encoding!r} not supported (we ask for gzip or deflate)")
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > cap:
-                raise BodyTooLarge(f"response body over the {cap}-byte cap")
-            chunks.append(chunk)
+        for raw in response.iter_raw():
+            pending = raw
+            while pending:
+                if inflater is None:
+                    piece, pending = pending, b""
+                else:
+                    try:
+                        piece = inflater.decompress(pending, cap - size + 1)
+                    except zlib.error as exc:
+                        raise UndecodableBody(f"body cannot be decoded ({encoding}: {exc})") from None
+                    pending = inflater.unconsumed_tail
+                size += len(piece)
+                if size > cap:
+                    raise BodyTooLarge(f"response body over the {cap}-byte cap")
+                chunks.append(piece)
+                if not piece:
+                    break
             if time.monotonic() > deadline:
                 # A body that dribbles forever (slowloris) never trips the per-read timeout.
                 raise DeadlineExceeded(f"response not complete within {self.source.timeout_s}s")
@@ -129,7 +160,7 @@ class SourceClient:
                 self.gate.close(defer_s=retry_after or 0.0)
                 closed = True
                 body = self._read_capped(response, deadline)
-        except (BodyTooLarge, DeadlineExceeded, httpx.HTTPError) as exc:
+        except (BodyTooLarge, DeadlineExceeded, UndecodableBody, httpx.HTTPError) as exc:
             if not closed:
                 self.gate.close()
             return Outcome(Kind.RETRY, reason=_transport_reason(exc), elapsed_s=time.monotonic() - started)
@@ -158,7 +189,7 @@ class SourceClient:
 
 
 def _transport_reason(exc: Exception) -> str:
-    if isinstance(exc, (BodyTooLarge, DeadlineExceeded)):
+    if isinstance(exc, (BodyTooLarge, DeadlineExceeded, UndecodableBody)):
         return str(exc)
     if isinstance(exc, httpx.TimeoutException):
         return f"timeout ({type(exc).__name__})"

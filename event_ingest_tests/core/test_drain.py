@@ -171,3 +171,16 @@ def test_a_process_paused_past_its_lease_is_fenced_and_loses_nothing(make_mock, 
     assert stale.returncode == 1
     assert store.event_ids(source_name) == list(range(1, 3001))
     assert mock.stats()["gaps_under_200ms"] == 0
+
+
+def test_a_gzip_page_is_decoded_and_stored(make_mock, database_url, redis_url, source_name, store):
+    import base64
+    import gzip
+
+    mock = make_mock(backlog=0)
+    page = {"events": [{"id": i, "payload": {"n": i}} for i in range(1, 4)]}
+    mock.control({"next": [{"kind": "body", "content_encoding": "gzip", "content_type": "application/json",
+                            "body_b64": base64.b64encode(gzip.compress(json.dumps(page).encode())).decode()}]})
+    stats = run_drain(source_config(source_name, mock.url), database_url, redis_url)
+    assert stats.status == CAUGHT_UP and stats.events_stored == 3, stats.summary()
+    assert store.event_ids(source_name) == [1, 2, 3]
