@@ -41,10 +41,7 @@ def ensure_venv(quiet: bool = True) -> Path:
         venv.EnvBuilder(with_pip=True).create(VENV)
     print("event-ingest: installing the project and its dependencies into .venv (first run only)",
           file=sys.stderr, flush=True)
-    # --no-compile: byte-compiling all of Dagster up front is ~half the install time; Python compiles
-    # what is actually imported on first use instead.
-    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-compile"] + (
-        ["-q"] if quiet else [])
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"] + (["-q"] if quiet else [])
     subprocess.run(pip + ["-e", f"{ROOT}[dev]"], check=True)
     STAMP.write_text(_wanted_stamp())
     return python
