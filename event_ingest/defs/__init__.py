@@ -27,6 +27,9 @@ def build_definitions(sources: list[SourceConfig], ingest: IngestResource | None
         "ingest",
         selection=dg.AssetSelection.assets(events, rollup),  # checks on these assets come along
         description="Drain one source (one partition), run its checks, refresh its per-minute rollup.",
+        # One process per run, not one per step: the steps are short and sequential, and each extra
+        # process would import Dagster again (seconds on a small machine, every few seconds per source).
+        executor_def=dg.in_process_executor,
     )
     return dg.Definitions(
         assets=[events, rollup],
