@@ -38,8 +38,9 @@ REQUIRED_SERVICES = {"postgres", "redis", "source1", "source2", "source3", "code
 DAGSTER_SERVICES = ("code", "webserver", "daemon")
 # The original system's mocks: every answer K new events, 20% of requests fail.
 MOCK_SHAPE = {"source1": ("3", "0.2"), "source2": ("2", "0.2"), "source3": ("4", "0.2")}
-# Code that never runs in the containers: the local dev stack starts its own servers.
-ENV_SCAN_EXCLUDE = ("devstack",)
+# Code that never runs in the containers: the local dev stack starts its own servers, and the
+# `python3 -m event_ingest` bootstrap makes a local .venv (the image installs the package itself).
+ENV_SCAN_EXCLUDE = ("devstack", "__main__.py")
 # Variables only the test suite reads (EVENT_INGEST_TEST_DATABASE_URL, ...).
 TEST_ONLY_ENV_PREFIX = "EVENT_INGEST_TEST_"
 
