@@ -156,14 +156,19 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return logical
 
 
+def read_env_instruction(rest: str, env: dict[str, str]) -> None:
+    """Add the KEY=VALUE pairs of one ENV instruction to ``env``."""
+    for token in shlex.split(rest):
+        if "=" in token:
+            key, value = token.split("=", 1)
+            env[key] = value
+
+
 def dockerfile_env() -> dict[str, str]:
     env: dict[str, str] = {}
     for keyword, rest in dockerfile_instructions():
         if keyword == "ENV":
-            for token in shlex.split(rest):
-                if "=" in token:
-                    key, value = token.split("=", 1)
-                    env[key] = value
+            read_env_instruction(rest, env)
     return env
 
 
@@ -178,10 +183,7 @@ def dockerfile_copies() -> list[tuple[list[str], str]]:
     copies = []
     for keyword, rest in dockerfile_instructions():
         if keyword == "ENV":
-            for token in shlex.split(rest):
-                if "=" in token:
-                    key, value = token.split("=", 1)
-                    env[key] = value
+            read_env_instruction(rest, env)
         elif keyword == "WORKDIR":
             workdir = str(PurePosixPath(workdir) / expand_build_vars(rest, env))
         elif keyword in ("COPY", "ADD"):

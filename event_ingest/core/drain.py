@@ -9,6 +9,7 @@ The same function backs the Dagster asset and ``event-ingest ingest``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -117,8 +118,6 @@ def _lag_s(page: Page) -> float | None:
     """Age of the newest event, if its payload says when it was made (the mock source's do)."""
     if not page.events:
         return None
-    import json
-
     try:
         payload = json.loads(page.events[-1].payload_json)
         created = float(payload["created_at"])

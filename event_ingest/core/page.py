@@ -95,8 +95,8 @@ def _invalid_id_reason(item_id: Any) -> str | None:
     return None
 
 
-def _payload_json(payload: Any) -> tuple[str | None, str | None]:
-    """(json text, None) or (None, why it cannot be stored as jsonb)."""
+def _payload_json(payload: Any, max_bytes: int) -> tuple[str | None, str | None]:
+    """(json text, None) or (None, why it cannot be stored as jsonb, or is over the cap)."""
     try:
         # allow_nan=False: a number like 1e400 parses to float('inf'), which would be written as
         # Infinity, which jsonb refuses - and that would fail the whole page's commit, every time.
@@ -106,11 +106,13 @@ def _payload_json(payload: Any) -> tuple[str | None, str | None]:
     except ValueError:
         return None, "payload holds a number out of float range (like 1e400), which jsonb cannot store as read"
     try:
-        text.encode("utf-8")
+        size = len(text.encode("utf-8"))  # encoded once: checks the surrogates and gives the size
     except UnicodeEncodeError:
         return None, "payload holds an unpaired surrogate (\\ud800-\\udfff), which Postgres cannot store"
     if _NUL_ESCAPE.search(text) or "\x00" in text:
         return None, "payload holds a NUL character (\\u0000), which Postgres jsonb cannot store"
+    if size > max_bytes:
+        return None, f"payload is {size} bytes, over the {max_bytes}-byte cap"
     return text, None
 
 
@@ -150,9 +152,7 @@ def parse_page(body: bytes, *, cursor: int, max_payload_bytes: int) -> Page:
         previous = item_id
         if item_id <= cursor:
             below_cursor += 1
-        text, why = _payload_json(item.get("payload"))
-        if why is None and len(text.encode("utf-8")) > max_payload_bytes:
-            why = f"payload is {len(text.encode('utf-8'))} bytes, over the {max_payload_bytes}-byte cap"
+        text, why = _payload_json(item.get("payload"), max_payload_bytes)
         if why is not None:
             page.quarantined.append(Quarantined(_item_raw(item), why, item_id))
             continue

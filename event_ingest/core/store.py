@@ -60,6 +60,14 @@ CREATE TABLE IF NOT EXISTS quarantine (
     last_seen_at timestamptz NOT NULL DEFAULT now(),
     UNIQUE (source, digest)
 );
+
+-- Written by the Dagster asset events_per_minute (a pandas rollup of ingested_at).
+CREATE TABLE IF NOT EXISTS events_per_minute (
+    source   text        NOT NULL,
+    minute   timestamptz NOT NULL,
+    events   bigint      NOT NULL,
+    PRIMARY KEY (source, minute)
+);
 """
 
 # Open the drain's epoch: every earlier holder's commits are refused from now on.
@@ -113,13 +121,32 @@ ORDER BY first_missing
 LIMIT %(limit)s
 """
 
+RECENT_INGEST_TIMES_SQL = """
+SELECT ingested_at FROM events
+WHERE source = %(source)s AND ingested_at >= now() - make_interval(hours => %(hours)s)
+"""
+
+UPSERT_ROLLUP_SQL = """
+INSERT INTO events_per_minute (source, minute, events) VALUES (%s, %s, %s)
+ON CONFLICT (source, minute) DO UPDATE SET events = excluded.events
+"""
+
 STATUS_SQL = """
 SELECT s.source, s.cursor, s.epoch, s.last_ingest_at, s.fenced_commits,
        (SELECT count(*) FROM events e WHERE e.source = s.source) AS events,
        (SELECT coalesce(max(event_id), 0) FROM events e WHERE e.source = s.source) AS max_event_id,
        (SELECT count(*) FROM quarantine q WHERE q.source = s.source) AS quarantined
 FROM source_state s
+WHERE %(source)s::text IS NULL OR s.source = %(source)s
 ORDER BY s.source
+"""
+
+# What the quarantine holds for one source: how many, the newest reason, the highest id kept.
+QUARANTINE_SUMMARY_SQL = """
+SELECT count(*),
+       (SELECT reason FROM quarantine WHERE source = %(source)s ORDER BY last_seen_at DESC LIMIT 1),
+       coalesce(max(event_id), 0)
+FROM quarantine WHERE source = %(source)s
 """
 
 
@@ -298,9 +325,11 @@ class Store:
 
         self._run(f"quarantine for {source!r}", put)
 
-    def status(self) -> list[SourceStatus]:
+    def status(self, source: str | None = None) -> list[SourceStatus]:
+        """Per-source state and counts: every source, or only ``source``."""
+
         def read(cur):
-            cur.execute(STATUS_SQL)
+            cur.execute(STATUS_SQL, {"source": source})
             return [
                 SourceStatus(
                     source=r[0], cursor=r[1], epoch=r[2], last_ingest_at=r[3], fenced_commits=r[4],
@@ -312,7 +341,17 @@ class Store:
         return self._run("status query", read)
 
     def source_status(self, source: str) -> SourceStatus | None:
-        return next((s for s in self.status() if s.source == source), None)
+        return next(iter(self.status(source)), None)
+
+    def quarantine_summary(self, source: str) -> tuple[int, str | None, int]:
+        """(items quarantined, the newest reason, the highest event id among them or 0)."""
+
+        def read(cur):
+            cur.execute(QUARANTINE_SUMMARY_SQL, {"source": source})
+            count, reason, max_id = cur.fetchone()
+            return int(count), reason, int(max_id)
+
+        return self._run(f"quarantine summary for {source!r}", read)
 
     def gaps(self, source: str, limit: int = 100) -> list[Gap]:
         """Missing id ranges between the lowest and the highest accounted-for id.
@@ -325,6 +364,18 @@ class Store:
             return [Gap(int(a), int(b)) for a, b in cur.fetchall()]
 
         return self._run(f"gap query for {source!r}", read)
+
+    def recent_ingest_times(self, source: str, hours: int = 1) -> list[datetime]:
+        def read(cur):
+            cur.execute(RECENT_INGEST_TIMES_SQL, {"source": source, "hours": hours})
+            return [r[0] for r in cur.fetchall()]
+
+        return self._run(f"ingest times of {source!r}", read)
+
+    def save_rollup(self, source: str, rows: list[tuple[datetime, int]]) -> None:
+        """Upsert (minute, events) rows of events_per_minute for one source."""
+        self._run(f"rollup of {source!r}",
+                  lambda cur: cur.executemany(UPSERT_ROLLUP_SQL, [(source, m, n) for m, n in rows]))
 
     def event_ids(self, source: str) -> list[int]:
         def read(cur):

@@ -8,26 +8,6 @@ from ..config import SourceConfig
 from ..core.drain import DrainStats
 from .resources import IngestResource
 
-ROLLUP_SQL = """
-CREATE TABLE IF NOT EXISTS events_per_minute (
-    source   text        NOT NULL,
-    minute   timestamptz NOT NULL,
-    events   bigint      NOT NULL,
-    PRIMARY KEY (source, minute)
-)
-"""
-
-RECENT_EVENTS_SQL = """
-SELECT event_id, ingested_at FROM events
-WHERE source = %(source)s AND ingested_at >= now() - interval '1 hour'
-"""
-
-UPSERT_ROLLUP_SQL = """
-INSERT INTO events_per_minute (source, minute, events) VALUES (%s, %s, %s)
-ON CONFLICT (source, minute) DO UPDATE SET events = excluded.events
-"""
-
-
 def drain_metadata(stats: DrainStats) -> dict:
     """What the UI plots for each materialization of a partition."""
     metadata = {
@@ -87,20 +67,14 @@ def build_rollup_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefiniti
     def events_per_minute(context: dg.AssetExecutionContext, ingest: IngestResource) -> dg.MaterializeResult:
         source = context.partition_key
         with ingest.store() as store:
-            cur = store.conn.cursor()
-            cur.execute(RECENT_EVENTS_SQL, {"source": source})
-            frame = pd.DataFrame(cur.fetchall(), columns=["event_id", "ingested_at"])
+            frame = pd.DataFrame({"ingested_at": store.recent_ingest_times(source, hours=1)})
             per_minute = (
                 frame.assign(minute=pd.to_datetime(frame["ingested_at"], utc=True).dt.floor("min"))
                 .groupby("minute").size().rename("events").reset_index()
                 if not frame.empty else pd.DataFrame({"minute": [], "events": []})
             )
-            cur.execute(ROLLUP_SQL)
-            cur.executemany(
-                UPSERT_ROLLUP_SQL,
-                [(source, row.minute.to_pydatetime(), int(row.events)) for row in per_minute.itertuples()],
-            )
-            store.conn.commit()
+            store.save_rollup(source, [(row.minute.to_pydatetime(), int(row.events))
+                                       for row in per_minute.itertuples()])
         return dg.MaterializeResult(
             metadata={
                 "minutes": dg.MetadataValue.int(len(per_minute)),

@@ -34,10 +34,7 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
         source = context.partition_key
         with ingest.store() as store:
             status = store.source_status(source)
-            max_quarantined = store.conn.execute(
-                "SELECT coalesce(max(event_id), 0) FROM quarantine WHERE source = %s", (source,)
-            ).fetchone()[0]
-            store.conn.rollback()
+            _, _, max_quarantined = store.quarantine_summary(source)
         if status is None:
             return dg.AssetCheckResult(passed=True, metadata={"note": "source not ingested yet"})
         highest = max(status.max_event_id, max_quarantined)
@@ -51,11 +48,7 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
     def quarantine_empty(context: dg.AssetCheckExecutionContext, ingest: IngestResource) -> dg.AssetCheckResult:
         source = context.partition_key
         with ingest.store() as store:
-            count, last_reason = store.conn.execute(
-                "SELECT count(*), (SELECT reason FROM quarantine WHERE source = %(s)s ORDER BY last_seen_at DESC LIMIT 1)"
-                " FROM quarantine WHERE source = %(s)s", {"s": source}
-            ).fetchone()
-            store.conn.rollback()
+            count, last_reason, _ = store.quarantine_summary(source)
         return dg.AssetCheckResult(
             passed=count == 0,
             severity=dg.AssetCheckSeverity.WARN,

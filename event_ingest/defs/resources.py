@@ -30,7 +30,7 @@ class IngestResource(dg.ConfigurableResource):
             raise dg.Failure(description=str(exc)) from None
         with self.store() as store:
             try:
-                store.apply_schema([source.name])
+                store.apply_schema()  # the tables; drain() adds this source's partition and state row
             except StoreError as exc:
                 raise dg.Failure(description=str(exc)) from None
             try:

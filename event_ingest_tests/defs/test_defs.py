@@ -73,6 +73,9 @@ def test_materializing_a_partition_drains_its_source_and_reports(defs, sources, 
     with Store(database_url) as store:
         assert store.event_ids(source.name) == list(range(1, 1201))
         assert store.event_ids(sources[1].name) == []  # one partition, one source
+        rolled = store.conn.execute("SELECT sum(events) FROM events_per_minute WHERE source = %s",
+                                    (source.name,)).fetchone()[0]
+        assert rolled == 1200  # the rollup's rows are in Postgres, not only in the metadata
 
 
 def test_checks_fail_on_a_planted_gap(defs, sources, database_url):
