@@ -37,6 +37,7 @@ class Outcome:
     bad_body: Quarantined | None = None  # bytes that could not be read as a page
     status: int | None = None
     elapsed_s: float = 0.0
+    sent: bool = True  # False: the slot went stale and the request was never sent
 
 
 class BodyTooLarge(Exception):
@@ -145,7 +146,7 @@ class SourceClient:
             # next slot later) and let the caller ask again. Sending takes microseconds after this.
             self.gate.close()
             return Outcome(Kind.RETRY, reason="gate slot went stale before sending (process paused?); not sent",
-                           elapsed_s=0.0)
+                           sent=False)
         self.request_starts.append(started)
         deadline = started + source.timeout_s
         retry_after: float | None = None

@@ -255,6 +255,10 @@ def _fetch_with_retries(source, stats, store, lease, gate, client, cursor, deadl
         outcome: Outcome = client.attempt(grant, cursor)
         if outcome.kind is Kind.OK:
             return outcome
+        if not outcome.sent:
+            # Nothing reached the source: no error to count, no backoff; just ask the gate again.
+            logger.warning("source %s: %s", source.name, outcome.reason)
+            continue
         stats.errors += 1
         if outcome.bad_body is not None:
             store.quarantine(source.name, [outcome.bad_body])

@@ -112,7 +112,7 @@ def test_a_slot_that_went_stale_before_sending_is_given_back_unused(redis_client
         grant = gate.acquire(max_wait_s=2)
         time.sleep(INTERVAL)  # the "pause": longer than half an interval
         outcome = client.attempt(grant, 0)
-        assert outcome.kind is Kind.RETRY and "stale" in outcome.reason
+        assert outcome.kind is Kind.RETRY and "stale" in outcome.reason and not outcome.sent
         assert mock.stats()["requests"] == 0 and client.request_starts == []
         fresh = gate.acquire(max_wait_s=2)  # the slot was closed, not left to expire
         assert fresh is not None
