@@ -61,6 +61,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
     UNIQUE (source, digest)
 );
 
+-- Added after the first release: upgrade databases made before it.
+ALTER TABLE source_state ADD COLUMN IF NOT EXISTS last_poll_at timestamptz;
+
 -- Written by the Dagster asset events_per_minute (a pandas rollup of ingested_at).
 CREATE TABLE IF NOT EXISTS events_per_minute (
     source   text        NOT NULL,
@@ -82,9 +85,12 @@ ENSURE_STATE_SQL = "INSERT INTO source_state (source) VALUES (%(source)s) ON CON
 # The fence: matches only if nobody took the source over and the cursor is where we left it.
 ADVANCE_CURSOR_SQL = """
 UPDATE source_state
-SET cursor = %(new_cursor)s, last_ingest_at = now()
+SET cursor = %(new_cursor)s, last_ingest_at = now(), last_poll_at = now()
 WHERE source = %(source)s AND epoch = %(epoch)s AND cursor = %(old_cursor)s
 """
+
+# A tailing drain of an idle source says it is still polling (freshness sees it), fenced like a commit.
+MARK_POLLED_SQL = "UPDATE source_state SET last_poll_at = now() WHERE source = %(source)s AND epoch = %(epoch)s"
 
 COUNT_FENCED_SQL = "UPDATE source_state SET fenced_commits = fenced_commits + 1 WHERE source = %(source)s"
 
@@ -132,7 +138,7 @@ ON CONFLICT (source, minute) DO UPDATE SET events = excluded.events
 """
 
 STATUS_SQL = """
-SELECT s.source, s.cursor, s.epoch, s.last_ingest_at, s.fenced_commits,
+SELECT s.source, s.cursor, s.epoch, s.last_ingest_at, s.fenced_commits, s.last_poll_at,
        (SELECT count(*) FROM events e WHERE e.source = s.source) AS events,
        (SELECT coalesce(max(event_id), 0) FROM events e WHERE e.source = s.source) AS max_event_id,
        (SELECT count(*) FROM quarantine q WHERE q.source = s.source) AS quarantined
@@ -140,6 +146,14 @@ FROM source_state s
 WHERE %(source)s::text IS NULL OR s.source = %(source)s
 ORDER BY s.source
 """
+
+# Seconds since the source was last polled successfully, on the database's clock (one clock for all).
+POLL_AGE_SQL = """
+SELECT extract(epoch FROM now() - greatest(last_ingest_at, last_poll_at))::float8
+FROM source_state WHERE source = %(source)s
+"""
+
+ROW_COUNTS_SQL = "SELECT source, events_stored FROM source_state WHERE source = ANY(%(sources)s)"
 
 # What the quarantine holds for one source: how many, the newest reason, the highest id kept.
 QUARANTINE_SUMMARY_SQL = """
@@ -175,6 +189,7 @@ class SourceStatus:
     quarantined: int
     fenced_commits: int
     last_ingest_at: datetime | None
+    last_poll_at: datetime | None = None  # the last successful poll (a page committed, or nothing new)
 
 
 @dataclass(frozen=True)
@@ -315,6 +330,12 @@ class Store:
             self._run("fence count", lambda cur: cur.execute(COUNT_FENCED_SQL, {"source": source}))
             raise
 
+    def mark_polled(self, source: str, epoch: int) -> bool:
+        """Record that the holder of ``epoch`` just polled ``source`` and found nothing new.
+        False if the epoch is no longer current (nothing written)."""
+        return self._run(f"poll mark for {source!r}",
+                         lambda cur: cur.execute(MARK_POLLED_SQL, {"source": source, "epoch": epoch}).rowcount == 1)
+
     def quarantine(self, source: str, items: Iterable[Quarantined]) -> None:
         """Keep bytes that could not be read as a page (outside any cursor move)."""
         items = list(items)
@@ -333,12 +354,30 @@ class Store:
             return [
                 SourceStatus(
                     source=r[0], cursor=r[1], epoch=r[2], last_ingest_at=r[3], fenced_commits=r[4],
-                    events=r[5], max_event_id=r[6], quarantined=r[7],
+                    last_poll_at=r[5], events=r[6], max_event_id=r[7], quarantined=r[8],
                 )
                 for r in cur.fetchall()
             ]
 
         return self._run("status query", read)
+
+    def poll_age_s(self, source: str) -> float | None:
+        """Seconds since the last page was committed or the last poll found nothing new; None if never."""
+
+        def read(cur):
+            row = cur.execute(POLL_AGE_SQL, {"source": source}).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return self._run(f"poll age of {source!r}", read)
+
+    def row_counts(self, sources: list[str]) -> dict[str, int]:
+        """Rows stored per source, from the counter kept in the fenced commit (no count(*))."""
+
+        def read(cur):
+            cur.execute(ROW_COUNTS_SQL, {"sources": list(sources)})
+            return {name: int(n) for name, n in cur.fetchall()}
+
+        return self._run("row counts", read)
 
     def source_status(self, source: str) -> SourceStatus | None:
         return next(iter(self.status(source)), None)
