@@ -3,6 +3,7 @@
     event-ingest dev                      the whole system locally (embedded Postgres/Redis, mock sources, Dagster)
     event-ingest ingest SOURCE            one drain, the same code the Dagster asset runs
     event-ingest status                   cursor, events, gaps, quarantine per source
+    event-ingest --version                the installed version
     event-ingest mock-source ...          a mock event source on 127.0.0.1
     event-ingest bench ...                the spacing/throughput benchmark
     event-ingest chaos ...                the fault-injection harness
@@ -21,6 +22,7 @@ import signal
 import sys
 import threading
 
+from . import __version__
 from .config import ConfigError, Settings, database_url, load_sources, redis_url
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -137,6 +139,7 @@ LAZY_COMMANDS = {
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="event-ingest", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"event-ingest {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("ingest", help="drain one source now (the same drain the Dagster asset runs)")

@@ -74,3 +74,16 @@ def test_a_source_that_keeps_failing_exits_1_with_the_reason(tmp_path, make_mock
     done = cli("ingest", source_name, env=env)
     assert done.returncode == 1
     assert "source_error" in done.stdout and "2 attempts failed, last: HTTP 500" in done.stdout
+
+
+def test_version_from_the_command_and_the_bootstrap():
+    import importlib.metadata
+
+    from event_ingest import __version__
+
+    # The installed package's metadata comes from the same one place (pyproject reads __version__).
+    assert importlib.metadata.version("event-ingest") == __version__
+    for command in (["-m", "event_ingest.cli", "--version"], ["-m", "event_ingest", "--version"]):
+        done = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == f"event-ingest {__version__}", command
