@@ -87,3 +87,32 @@ def test_version_from_the_command_and_the_bootstrap():
         done = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == f"event-ingest {__version__}", command
+
+
+def test_a_missing_header_variable_is_one_line_naming_file_source_header_and_variable(tmp_path, database_url,
+                                                                                       redis_url):
+    env = environment(tmp_path, database_url, redis_url,
+                      "sources:\n  - name: s1\n    url: https://127.0.0.1:1/e\n"
+                      "    headers:\n      Authorization: {env: EVENT_INGEST_TEST_UNSET_TOKEN}\n")
+    env.pop("EVENT_INGEST_TEST_UNSET_TOKEN", None)
+    done = cli("ingest", "s1", env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"event-ingest: {tmp_path / 'sources.yaml'}: source 's1': field 'headers': header 'Authorization': "
+        "environment variable EVENT_INGEST_TEST_UNSET_TOKEN is not set (it holds the header's value)"
+    ]
+
+
+def test_cli_output_never_shows_a_header_secret(tmp_path, make_mock, database_url, redis_url, source_name):
+    secret = "cli-s3cr3t-7d2e9f0a"
+    mock = make_mock(backlog=5)
+    mock.control({"next": [{"kind": "status", "status": 403, "body": f"token {secret} revoked"}]})
+    env = environment(tmp_path, database_url, redis_url,
+                      f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 1\n"
+                      "    headers: {X-Token: {env: EVENT_INGEST_TEST_TOKEN}}\n")
+    env["EVENT_INGEST_TEST_TOKEN"] = secret
+    for args in (["ingest", source_name], ["ingest", source_name, "--json"], ["-v", "status"]):
+        done = cli(*args, env=env)
+        assert secret not in done.stdout + done.stderr, args
+    assert mock.stats()["last_request_headers"]["X-Token"] == secret
+    assert mock.stats()["statuses"] == {"403": 1, "200": 2}
