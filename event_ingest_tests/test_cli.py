@@ -116,3 +116,33 @@ def test_cli_output_never_shows_a_header_secret(tmp_path, make_mock, database_ur
         assert secret not in done.stdout + done.stderr, args
     assert mock.stats()["last_request_headers"]["X-Token"] == secret
     assert mock.stats()["statuses"] == {"403": 1, "200": 2}
+
+
+def test_skip_moves_a_stuck_source_and_says_what_it_did(tmp_path, make_mock, database_url, redis_url, source_name):
+    import base64
+
+    bad = b'{"id": 2' + b"0" * 5000 + b"}"
+    page = {"kind": "body", "body_b64": base64.b64encode(b'{"events": [' + bad + b"]}").decode()}
+    mock = make_mock(backlog=4)
+    mock.control({"next": [{"kind": "events", "events": [{"id": 1}]}, page, page]})
+    env = environment(tmp_path, database_url, redis_url,
+                      f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 1\n")
+    stuck = cli("ingest", source_name, "--json", env=env)
+    assert stuck.returncode == 0 and json.loads(stuck.stdout)["cursor_after"] == 1, stuck.stdout + stuck.stderr
+    assert "has no readable id" in stuck.stderr and "`event-ingest skip` moves past it" in stuck.stderr
+
+    refused = cli("skip", source_name, "--to-id", "1", env=env)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"event-ingest: refused: source {source_name!r}: --to-id 1 is not above the cursor 1; nothing done "
+        "(skip only moves forward; the events at or below the cursor are already accounted for)"]
+
+    done = cli("skip", source_name, "--to-id", "2", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"source {source_name}: cursor moved 1 -> 2 (epoch ")
+    assert f"the page served at lastId=1 ({len(bad) + 14} bytes, 1 items) is kept in quarantine" in done.stdout
+    flowing = cli("ingest", source_name, "--json", env=env)
+    stats = json.loads(flowing.stdout)
+    assert (stats["status"], stats["events_stored"], stats["cursor_after"]) == ("caught_up", 2, 4)
+    row = next(r for r in json.loads(cli("status", "--json", env=env).stdout) if r["source"] == source_name)
+    assert (row["cursor"], row["events"], row["quarantined"]) == (4, 3, 2)
