@@ -12,6 +12,7 @@ from __future__ import annotations
 import dagster as dg
 
 from ..config import SourceConfig
+from .alerts import build_alerts
 from .assets import build_events_asset, build_rollup_asset
 from .checks import build_checks
 from .resources import IngestResource, ingest_resource_from_env
@@ -31,11 +32,15 @@ def build_definitions(sources: list[SourceConfig], ingest: IngestResource | None
         # process would import Dagster again (seconds on a small machine, every few seconds per source).
         executor_def=dg.in_process_executor,
     )
-    return dg.Definitions(
+    ingest_defs = dg.Definitions(
         assets=[events, rollup],
         asset_checks=checks,
         jobs=[ingest_job],
         sensors=[build_source_sensor(s.name, ingest_job) for s in sources],
         resources={"ingest": ingest or ingest_resource_from_env()},
+    )
+    return dg.Definitions.merge(
+        ingest_defs,
+        build_alerts(sources),  # run- and check-failure webhooks, one message per incident
     )
 
