@@ -197,3 +197,24 @@ def test_no_secret_leaves(defs, dagster_instance, webhook):
     tick()
     [message] = webhook.take()
     assert SECRET not in json.dumps(message) and "***" in message["error"]
+
+
+def test_the_project_s_own_ingest_run_failing_is_alerted_with_the_drain_s_reason(
+    make_mock, database_url, redis_url, dagster_instance, webhook, source_name
+):
+    from event_ingest.defs import build_definitions
+    from event_ingest.defs.resources import IngestResource
+
+    mock = make_mock(backlog=3)
+    mock.control({"next": [{"kind": "status", "status": 401, "body": f"token {SECRET} expired"}]})
+    source = SourceConfig(name=source_name, url=mock.url, timeout_s=1.0, headers={"X-Token": SECRET})
+    project = build_definitions([source], IngestResource(database_url=database_url, redis_url=redis_url))
+    tick = Ticker(project, "alert_on_run_failure", dagster_instance)
+    tick()
+    result = project.resolve_job_def("ingest").execute_in_process(
+        instance=dagster_instance, partition_key=source_name, raise_on_error=False)
+    assert not result.success
+    tick()
+    [message] = webhook.take()
+    assert (message["job"], message["source"], message["run_id"]) == ("ingest", source_name, result.run_id)
+    assert message["error"] == f"source {source_name!r} at lastId=0: HTTP 401: token *** expired"
