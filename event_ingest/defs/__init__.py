@@ -16,6 +16,7 @@ from .alerts import build_alerts
 from .assets import build_events_asset, build_rollup_asset
 from .checks import build_checks
 from .resources import IngestResource, ingest_resource_from_env
+from .retention import build_retention
 from .sensors import build_source_sensor
 
 
@@ -42,5 +43,6 @@ def build_definitions(sources: list[SourceConfig], ingest: IngestResource | None
     return dg.Definitions.merge(
         ingest_defs,
         build_alerts(sources),  # run- and check-failure webhooks, one message per incident
+        build_retention(),  # hourly deletion of old finished runs
     )
 
