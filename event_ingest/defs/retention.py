@@ -67,7 +67,7 @@ def retention_limits(config: RunRetentionConfig) -> tuple[float, float]:
 
 def build_retention() -> dg.Definitions:
     @dg.op(description="Delete finished runs (and their event logs) older than the retention limits.")
-    def delete_old_runs(context: dg.OpExecutionContext, config: RunRetentionConfig) -> dg.Output:
+    def delete_runs_past_retention(context: dg.OpExecutionContext, config: RunRetentionConfig) -> dg.Output:
         keep, keep_failed = retention_limits(config)
         now = datetime.now(timezone.utc)
         budget = config.max_runs
@@ -95,7 +95,7 @@ def build_retention() -> dg.Definitions:
     @dg.job(name="delete_old_runs", executor_def=dg.in_process_executor,
             description="Retention of Dagster's run storage: finished runs older than the limits are deleted.")
     def cleanup_job() -> None:
-        delete_old_runs()
+        delete_runs_past_retention()
 
     schedule = dg.ScheduleDefinition(
         name="delete_old_runs_hourly", job=cleanup_job, cron_schedule="17 * * * *",

@@ -91,7 +91,7 @@ def runs(dagster_instance):
 def cleanup(instance, config: dict | None = None):
     job = build_retention().resolve_job_def("delete_old_runs")
     return job.execute_in_process(instance=instance, raise_on_error=False,
-                                  run_config={"ops": {"delete_old_runs": {"config": config or {}}}})
+                                  run_config={"ops": {"delete_runs_past_retention": {"config": config or {}}}})
 
 
 def remaining(instance, made: dict[str, str]) -> set[str]:
@@ -144,6 +144,7 @@ def test_limits_that_make_no_sense_fail_the_run_and_delete_nothing(dagster_insta
 
 def test_the_cleanup_is_scheduled_hourly_and_on_by_default(dagster_instance):
     defs = build_retention()
+    dg.Definitions.validate_loadable(defs)
     [schedule] = defs.schedules
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING and schedule.cron_schedule == "17 * * * *"
     [request] = schedule.evaluate_tick(dg.build_schedule_context(instance=dagster_instance)).run_requests
