@@ -1,7 +1,8 @@
 """Dagster definitions: thin glue over event_ingest.core.
 
 `events` is partitioned by source; each source has a sensor that keeps a run
-draining it; checks find gaps. `event_ingest.defs.definitions` is the module
+draining it; checks find gaps. Alert sensors and the retention job live in
+their own modules, one factory each. `event_ingest.defs.definitions` is the module
 Dagster loads (workspace.yaml): it reads the sources file
 ($EVENT_INGEST_SOURCES, default ./sources.yaml) and takes Postgres and Redis
 URLs from EVENT_INGEST_DATABASE_URL and EVENT_INGEST_REDIS_URL.
