@@ -214,6 +214,9 @@ def test_the_project_s_own_ingest_run_failing_is_alerted_with_the_drain_s_reason
     result = project.resolve_job_def("ingest").execute_in_process(
         instance=dagster_instance, partition_key=source_name, raise_on_error=False)
     assert not result.success
+    # Nothing Dagster stored of the run (logs, failure metadata) holds the header's value either.
+    stored = [str(entry) for entry in dagster_instance.all_logs(result.run_id)]
+    assert any("token *** expired" in entry for entry in stored) and not any(SECRET in entry for entry in stored)
     tick()
     [message] = webhook.take()
     assert (message["job"], message["source"], message["run_id"]) == ("ingest", source_name, result.run_id)
