@@ -150,7 +150,7 @@ def _payload_json(payload: Any, max_bytes: int) -> tuple[str | None, str | None]
 # JSON's structural characters are ASCII and never occur inside a multi-byte UTF-8 sequence, so the
 # split works on bytes, even when an item holds bytes that are not UTF-8.
 
-_WHITESPACE = b" \t\r\n"
+_WHITESPACE = re.compile(rb"[ \t\r\n]*")
 _STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # after the opening quote
 _STRUCTURAL = re.compile(rb'[\[\]{}"]')
 _SCALAR = re.compile(rb"[^\s,\]}]+")
@@ -163,9 +163,7 @@ class _NotSplittable(Exception):
 
 
 def _skip_ws(body: bytes, i: int) -> int:
-    while i < len(body) and body[i] in _WHITESPACE:
-        i += 1
-    return i
+    return _WHITESPACE.match(body, i).end()
 
 
 def _expect(body: bytes, i: int, char: bytes) -> int:
