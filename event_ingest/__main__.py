@@ -7,6 +7,7 @@ then hands over to the real command inside it:
     python3 -m event_ingest dev     ->  .venv/bin/event-ingest dev
     python3 -m event_ingest test    ->  .venv/bin/python -m pytest
     python3 -m event_ingest setup   ->  only make/refresh .venv
+    python3 -m event_ingest --version  the version, at once (no .venv needed)
     python3 -m event_ingest ARGS    ->  .venv/bin/event-ingest ARGS
 """
 
@@ -18,6 +19,8 @@ import subprocess
 import sys
 import venv
 from pathlib import Path
+
+from . import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
@@ -85,6 +88,10 @@ def installed_here() -> bool:
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
+        return 0
+    if argv[0] == "--version":
+        # Same answer as `event-ingest --version`, without making .venv first.
+        print(f"event-ingest {__version__}")
         return 0
     # Already inside the project's environment (or one that has it installed): no bootstrap.
     inside = Path(sys.prefix).resolve() == VENV.resolve() or installed_here()

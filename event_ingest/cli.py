@@ -3,12 +3,15 @@
     event-ingest dev                      the whole system locally (embedded Postgres/Redis, mock sources, Dagster)
     event-ingest ingest SOURCE            one drain, the same code the Dagster asset runs
     event-ingest status                   cursor, events, gaps, quarantine per source
+    event-ingest skip SOURCE --to-id N    move a source stuck on a page it cannot read past it (fenced)
+    event-ingest --version                the installed version
     event-ingest mock-source ...          a mock event source on 127.0.0.1
     event-ingest bench ...                the spacing/throughput benchmark
     event-ingest chaos ...                the fault-injection harness
 
 Exit codes: 0 success; 1 the work ended badly (a source error, a fenced drain,
-lost events); 2 bad configuration or unreachable Postgres/Redis.
+lost events, a skip that could not be done now); 2 bad configuration, a refused
+request or unreachable Postgres/Redis.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import signal
 import sys
 import threading
 
+from . import __version__
 from .config import ConfigError, Settings, database_url, load_sources, redis_url
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -100,6 +104,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_skip(args: argparse.Namespace) -> int:
+    from .core import StoreError
+    from .core.skip import SkipFailed, SkipRefused, skip_page
+
+    settings = settings_from_env(args.sources)
+    source = settings.source(args.source)
+    store, redis_client = open_services(settings)
+    with store:
+        try:
+            result = skip_page(source, store=store, redis_client=redis_client, to_id=args.to_id,
+                               lease_wait_s=args.lease_wait)
+        except SkipRefused as exc:
+            raise CliError(f"event-ingest: refused: {exc}", EXIT_CONFIG) from None
+        except (SkipFailed, StoreError) as exc:
+            raise CliError(f"event-ingest: skip failed: {exc}", EXIT_FAILED) from None
+    print(json.dumps(result.__dict__) if args.json else result.summary(), flush=True)
+    return EXIT_OK
+
+
 def cmd_mock_source(args: argparse.Namespace) -> int:
     from .mocksource.server import run_from_args
 
@@ -137,6 +160,7 @@ LAZY_COMMANDS = {
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="event-ingest", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"event-ingest {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("ingest", help="drain one source now (the same drain the Dagster asset runs)")
@@ -147,6 +171,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--sources", help="sources file (default: $EVENT_INGEST_SOURCES or ./sources.yaml)")
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("skip", help="move a source stuck on a page it cannot read past it: the page is kept in "
+                       "quarantine and the cursor moves to N in one fenced commit")
+    p.add_argument("source", help="source name from the sources file")
+    p.add_argument("--to-id", type=int, required=True, metavar="N",
+                   help="new cursor: the next request asks for ids above N (must be above the cursor)")
+    p.add_argument("--lease-wait", type=float, default=5.0, help="wait this long for a busy lease (default 5)")
+    p.add_argument("--sources", help="sources file (default: $EVENT_INGEST_SOURCES or ./sources.yaml)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_skip)
 
     p = sub.add_parser("status", help="cursor, events, gaps and quarantine per source")
     p.add_argument("--sources", help="sources file (default: $EVENT_INGEST_SOURCES or ./sources.yaml)")

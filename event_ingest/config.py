@@ -3,12 +3,19 @@
 Sources are data, not classes: one YAML file lists them, each with optional
 per-source overrides of the defaults. The file is validated at load and a bad
 one fails with ONE line naming the file, the source and the field.
+
+Request headers may carry credentials, so a header's value can name an
+environment variable (``Authorization: {env: SOURCE1_TOKEN}``) instead of
+being written in the file, and header values are never shown: not in
+``repr()``, ``to_dict()``, errors or logs.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,33 @@ class ConfigError(ValueError):
     """A configuration problem; the message is one line that says what and where."""
 
 
+# A header name is an HTTP token (RFC 9110); an environment variable name is a shell identifier.
+HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
+# Framing and transport headers belong to the HTTP client: overriding them could desync the
+# connection or defeat the body cap (Accept-Encoding decides what the client must inflate).
+RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "te", "upgrade",
+                              "accept-encoding", "keep-alive", "proxy-authorization"})
+REDACTED = "***"
+
+
+@dataclass(frozen=True)
+class HeaderValue:
+    """One request header's value. Shown only as ``***`` or as the variable it came from."""
+
+    value: str = field(repr=False)
+    env: str | None = None  # the environment variable it was read from, if any
+
+    def __repr__(self) -> str:
+        return f"HeaderValue(env={self.env!r})" if self.env else f"HeaderValue({REDACTED!r})"
+
+    __str__ = __repr__
+
+    def public(self) -> str | dict[str, str]:
+        """What may be shown: the file's own spelling for an env value, ``***`` for a literal."""
+        return {"env": self.env} if self.env else REDACTED
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     name: str
@@ -51,11 +85,15 @@ class SourceConfig:
     max_retry_after_s: float = 300.0
     idle_poll_ms: int | None = None  # when caught up, poll this often (default: min_interval_ms)
     max_lag_s: float = 30.0  # the freshness check fails when the source was last polled longer ago
+    headers: tuple[tuple[str, HeaderValue], ...] = ()  # sent with every request; values never shown
+    ca_file: str | None = None  # https only: trust this CA bundle instead of the system's store
 
     def __post_init__(self) -> None:
         # Names reach SQL identifiers and Redis keys: no SourceConfig exists with an unchecked one,
         # however it was built (the file loader checks it too, with the file's name in the message).
         validate_source_name(self.name)
+        if isinstance(self.headers, Mapping):  # built in code: {"X-Key": "v"} reads as the file would
+            object.__setattr__(self, "headers", parse_headers(dict(self.headers), f"source {self.name!r}"))
 
     @property
     def min_interval_s(self) -> float:
@@ -67,7 +105,18 @@ class SourceConfig:
         return max(self.idle_poll_ms or 0, self.min_interval_ms) / 1000.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every field, header values redacted (safe to print, log or put in metadata)."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["headers"] = {name: value.public() for name, value in self.headers}
+        return shown
+
+    def secret_values(self) -> list[str]:
+        """Header values as sent, for scrubbing text that came back from the source (an error page
+        that echoes the token). Whole values, and their long words (the token after "Bearer ")."""
+        found: set[str] = set()
+        for _, header in self.headers:
+            found.update(part for part in [header.value, *header.value.split()] if len(part) >= 8)
+        return sorted(found, key=len, reverse=True)
 
 
 # field -> (type check, rule, human description)
@@ -132,6 +181,65 @@ class IngestConfig:
         raise ConfigError(f"source {name!r} is not configured (configured: {known})")
 
 
+def _has_control_character(text: str) -> bool:
+    # CR/LF would splice extra header lines into the request; the rest no server accepts.
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
+def parse_header_value(name: str, raw: Any, where: str) -> HeaderValue:
+    # The value itself never appears in a message: it may be the secret.
+    what = f"{where}: field 'headers': header {name!r}"
+    if isinstance(raw, dict):
+        if set(raw) != {"env"} or not isinstance(raw["env"], str) or not ENV_NAME_RE.fullmatch(raw["env"]):
+            raise ConfigError(f"{what}: expected {{env: VARIABLE_NAME}} (one key 'env', a variable name)")
+        variable = raw["env"]
+        value = os.environ.get(variable)
+        if not value:
+            raise ConfigError(f"{what}: environment variable {variable} is not set (it holds the header's value)")
+        if _has_control_character(value):
+            raise ConfigError(f"{what}: environment variable {variable} holds a control character (a line break?)")
+        return HeaderValue(value, env=variable)
+    if not isinstance(raw, str):
+        raise ConfigError(f"{what}: expected a string or {{env: VARIABLE_NAME}}, got {type(raw).__name__}")
+    if _has_control_character(raw):
+        raise ConfigError(f"{what}: the value holds a control character (a line break?)")
+    return HeaderValue(raw)
+
+
+def parse_headers(raw: Any, where: str) -> tuple[tuple[str, HeaderValue], ...]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: field 'headers': expected a mapping of header name to value")
+    parsed: list[tuple[str, HeaderValue]] = []
+    seen: set[str] = set()
+    for name, value in raw.items():
+        if not isinstance(name, str) or not HEADER_NAME_RE.fullmatch(name):
+            raise ConfigError(f"{where}: field 'headers': {name!r} is not a valid header name")
+        if name.lower() in RESERVED_HEADERS:
+            raise ConfigError(f"{where}: field 'headers': header {name!r} is set by the HTTP client and cannot "
+                              "be configured")
+        if name.lower() in seen:
+            raise ConfigError(f"{where}: field 'headers': header {name!r} given twice (names ignore case)")
+        seen.add(name.lower())
+        parsed.append((name, parse_header_value(name, value, where)))
+    return tuple(parsed)
+
+
+def parse_ca_file(raw: Any, url: str, where: str, base_dir: Path | None) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"{where}: field 'ca_file': expected a file path")
+    if urlsplit(url).scheme != "https":
+        raise ConfigError(f"{where}: field 'ca_file': only used for https urls, and the url is not https")
+    path = Path(raw).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path  # relative to the sources file, not to wherever the command runs
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{where}: field 'ca_file': {str(path)!r} is not a readable PEM CA bundle ({why})") from None
+    return str(path.resolve())
+
+
 def validate_source_name(name: Any, where: str = "source") -> str:
     if not is_valid_source_name(name):
         raise ConfigError(
@@ -155,7 +263,7 @@ def validate_url(url: Any, where: str) -> str:
     return url
 
 
-def parse_source(raw: Any, where: str) -> SourceConfig:
+def parse_source(raw: Any, where: str, base_dir: Path | None = None) -> SourceConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with 'name' and 'url', got {type(raw).__name__}")
     name = validate_source_name(raw.get("name"), where)
@@ -170,6 +278,10 @@ def parse_source(raw: Any, where: str) -> SourceConfig:
         raise ConfigError(f"{where}: field 'url' is missing")
     values: dict[str, Any] = {"name": name, "url": validate_url(raw["url"], where)}
     values.update(_checked(raw, _NUMERIC_FIELDS, where))
+    if "headers" in raw:
+        values["headers"] = parse_headers(raw["headers"], where)
+    if raw.get("ca_file") is not None:
+        values["ca_file"] = parse_ca_file(raw["ca_file"], values["url"], where, base_dir)
     return SourceConfig(**values)
 
 
@@ -202,27 +314,28 @@ def parse_runs(raw: Any, origin: str) -> RunSettings:
     return settings
 
 
-def parse_config(document: Any, origin: str) -> IngestConfig:
+def parse_config(document: Any, origin: str, base_dir: Path | None = None) -> IngestConfig:
     if not isinstance(document, dict) or "sources" not in document:
         raise ConfigError(f"{origin}: expected a top-level 'sources:' list")
     extra = sorted(set(document) - {"sources", "runs"})
     if extra:
         raise ConfigError(f"{origin}: top-level field {extra[0]!r} is not known (only 'sources' and 'runs')")
-    return IngestConfig(sources=_parse_source_list(document, origin), runs=parse_runs(document.get("runs"), origin))
+    return IngestConfig(sources=_parse_source_list(document, origin, base_dir),
+                        runs=parse_runs(document.get("runs"), origin))
 
 
-def parse_sources(document: Any, origin: str) -> list[SourceConfig]:
-    return parse_config(document, origin).sources
+def parse_sources(document: Any, origin: str, base_dir: Path | None = None) -> list[SourceConfig]:
+    return parse_config(document, origin, base_dir).sources
 
 
-def _parse_source_list(document: dict, origin: str) -> list[SourceConfig]:
+def _parse_source_list(document: dict, origin: str, base_dir: Path | None) -> list[SourceConfig]:
     items = document["sources"]
     if not isinstance(items, list) or not items:
         raise ConfigError(f"{origin}: field 'sources': expected a non-empty list")
     result: list[SourceConfig] = []
     seen: set[str] = set()
     for index, raw in enumerate(items):
-        source = parse_source(raw, f"{origin}: sources[{index}]")
+        source = parse_source(raw, f"{origin}: sources[{index}]", base_dir)
         if source.name in seen:
             raise ConfigError(f"{origin}: source {source.name!r}: field 'name': duplicate source name")
         seen.add(source.name)
@@ -256,7 +369,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> IngestConfig:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{file}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    return parse_config(document, str(file))
+    return parse_config(document, str(file), file.parent)
 
 
 def require_env(name: str, what: str) -> str:

@@ -9,7 +9,10 @@ so tests never see each other's rows or Redis keys.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -120,3 +123,42 @@ def source_config(name: str, url: str, **overrides) -> SourceConfig:
     overrides.setdefault("timeout_s", 2.0)
     overrides.setdefault("max_run_seconds", 30.0)
     return SourceConfig(name=name, url=url, **overrides)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_file: Path  # the CA that signed the server certificate
+    other_ca_file: Path  # a CA that did not
+    cert_file: Path  # server certificate for 127.0.0.1 and localhost
+    key_file: Path
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"openssl {' '.join(args)}: {done.stderr}"
+
+
+def _make_ca(directory: Path, stem: str) -> None:
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", f"{stem}.key", "-out", f"{stem}.pem", "-days", "2", "-subj", f"/CN=event-ingest test {stem}",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             cwd=directory)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory) -> TlsFiles:
+    """A CA made for this session (the openssl command) and a server certificate it signed."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test CA")
+    directory = tmp_path_factory.mktemp("pki")
+    _make_ca(directory, "ca")
+    _make_ca(directory, "other_ca")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key",
+             "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=directory)
+    (directory / "server.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.pem", "-days", "2", "-extfile", "server.ext", cwd=directory)
+    return TlsFiles(directory / "ca.pem", directory / "other_ca.pem", directory / "server.pem", directory / "server.key")

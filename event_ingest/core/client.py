@@ -4,11 +4,18 @@ Every attempt - first tries, retries, probes - takes a gate slot right before
 it is sent and closes it when the response (or the failure) comes back. The
 client classifies what came back; the retry *policy* lives in the drain, so
 there is one of it.
+
+``https`` sources are verified against the system's certificate store (not a
+bundle shipped with a Python package), or against the source's ``ca_file``.
+A certificate that is not trusted is a configuration problem, not a
+transient one: retrying cannot fix it. Configured header values never
+appear in a reason, even when the source echoes them back in an error page.
 """
 
 from __future__ import annotations
 
 import email.utils
+import ssl
 import time
 import zlib
 from dataclasses import dataclass
@@ -38,6 +45,7 @@ class Outcome:
     status: int | None = None
     elapsed_s: float = 0.0
     sent: bool = True  # False: the slot went stale and the request was never sent
+    body: bytes | None = None  # the 200 response's bytes as received (kept by an operator's skip)
 
 
 class BodyTooLarge(Exception):
@@ -72,6 +80,17 @@ def parse_retry_after(value: str | None, cap_s: float) -> float | None:
     return min(max(seconds, 0.0), cap_s)
 
 
+def tls_context(source: SourceConfig) -> ssl.SSLContext:
+    """The system's trust store (httpx alone would use certifi's bundle), or only the source's ca_file."""
+    return ssl.create_default_context(cafile=source.ca_file)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:  # longest first, so a token inside a longer value goes with it
+        text = text.replace(secret, "***")
+    return text
+
+
 class SourceClient:
     """HTTP access to one source: one connection pool, strict limits, all through the gate."""
 
@@ -79,6 +98,8 @@ class SourceClient:
         self.source = source
         self.gate = gate
         self.request_starts: list[float] = []  # monotonic send times of this client's requests
+        self._secrets = source.secret_values()
+        self.tls = tls_context(source)
         self._http = httpx.Client(
             # httpx gives connect, write and pool a full timeout each; a third each keeps the moment
             # the request reaches the source within timeout_s of sending, inside the gate's hold.
@@ -87,7 +108,8 @@ class SourceClient:
             follow_redirects=False,  # a redirect to another host is not followed blindly
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             headers={"User-Agent": f"event-ingest/{__version__}", "Accept": "application/json",
-                     "Accept-Encoding": "gzip, deflate"},
+                     "Accept-Encoding": "gzip, deflate", **{name: h.value for name, h in source.headers}},
+            verify=self.tls,
             transport=transport,
         )
 
@@ -136,6 +158,12 @@ class SourceClient:
 
     def attempt(self, grant: Grant, last_id: int) -> Outcome:
         """Send one request (the caller holds ``grant``) and classify the answer. Closes the gate slot."""
+        outcome = self._attempt(grant, last_id)
+        if self._secrets:
+            outcome.reason = redact(outcome.reason, self._secrets)
+        return outcome
+
+    def _attempt(self, grant: Grant, last_id: int) -> Outcome:
         source = self.source
         params = {"lastId": last_id, "limit": source.page_size}
         started = time.monotonic()
@@ -164,6 +192,12 @@ class SourceClient:
         except (BodyTooLarge, DeadlineExceeded, UndecodableBody, httpx.HTTPError) as exc:
             if not closed:
                 self.gate.close()
+            untrusted = _untrusted_certificate(exc)
+            if untrusted is not None:
+                trusted_by = f"ca_file {source.ca_file}" if source.ca_file else "the system certificate store"
+                hint = "" if source.ca_file else "; if the source uses a private CA, set ca_file in the sources file"
+                return Outcome(Kind.FATAL, reason=f"TLS certificate of {source.url} is not trusted by {trusted_by} "
+                               f"({untrusted}){hint}", elapsed_s=time.monotonic() - started)
             return Outcome(Kind.RETRY, reason=_transport_reason(exc), elapsed_s=time.monotonic() - started)
         elapsed = time.monotonic() - started
 
@@ -173,9 +207,9 @@ class SourceClient:
             except MalformedPage as exc:
                 return Outcome(
                     Kind.RETRY, reason=f"malformed page: {exc}", status=status, elapsed_s=elapsed,
-                    bad_body=Quarantined(body, f"malformed page at lastId={last_id}: {exc}"),
+                    bad_body=Quarantined(body, f"malformed page at lastId={last_id}: {exc}"), body=body,
                 )
-            return Outcome(Kind.OK, page=page, status=status, elapsed_s=elapsed)
+            return Outcome(Kind.OK, page=page, status=status, elapsed_s=elapsed, body=body)
         if status in (429, 503):
             told = f"Retry-After {retry_after:g}s" if retry_after is not None else "no Retry-After"
             return Outcome(Kind.RETRY, reason=f"HTTP {status} ({told})", retry_after_s=retry_after,
@@ -187,6 +221,18 @@ class SourceClient:
             return Outcome(Kind.FATAL, reason=f"HTTP {status} redirect to {where!r} not followed; fix the source url",
                            status=status, elapsed_s=elapsed)
         return Outcome(Kind.FATAL, reason=f"HTTP {status}{_error_hint(body)}", status=status, elapsed_s=elapsed)
+
+
+def _untrusted_certificate(exc: BaseException) -> str | None:
+    """What the TLS layer said, if the failure was a certificate it could not verify."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:  # httpx -> httpcore -> ssl
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause.verify_message or cause.reason or "certificate verify failed"
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _transport_reason(exc: Exception) -> str:

@@ -4,12 +4,27 @@ A page is either unusable as a whole (:class:`MalformedPage`: the drain
 quarantines the raw bytes and retries) or usable, in which case every item
 ends up in exactly one of two lists: ``events`` (stored) or ``quarantined``
 (kept with its raw JSON and a reason). Nothing received is silently dropped.
+
+Salvage. A page that is well-formed except for one item the JSON parser
+refuses (nested too deeply, a number out of range such as 1e400, an integer
+of thousands of digits, an invalid escape, bytes that are not UTF-8) would
+otherwise be refused whole on every attempt: the cursor could never move and
+the source would be stuck. So when the body does not parse, its ``events``
+array is split into items at the byte level (:func:`split_events`: strings,
+escapes and nesting respected, nothing parsed) and each item is parsed alone.
+The good ones are taken as usual; one that cannot be read is quarantined with
+its exact bytes. The cursor may pass it only if its id can still be read from
+the raw bytes (a top-level ``"id"`` integer); if not, the page stops there:
+the items before it are taken and the cursor stays before it, so no event
+after it is skipped unseen. ``event-ingest skip`` moves such a source on.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,20 +76,35 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def decode_body(body: bytes) -> Any:
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON that Python reads as inf, which jsonb refuses and no id can be.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def decode_body(body: bytes, what: str = "body") -> Any:
     if not body:
-        raise MalformedPage("empty body")
+        raise MalformedPage(f"empty {what}")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise MalformedPage(f"body is not valid UTF-8 (byte {exc.start})") from None
+        raise MalformedPage(f"{what} is not valid UTF-8 (byte {exc.start})") from None
     try:
         # NaN/Infinity are accepted by Python but are not JSON (and jsonb refuses them).
-        return json.loads(text, parse_constant=_reject_constant)
+        return _loads(text)
     except RecursionError:
         raise MalformedPage("JSON nested too deeply") from None
     except ValueError as exc:
-        raise MalformedPage(f"body is not JSON ({exc})") from None
+        why = str(exc)
+        if "integer string conversion" in why:  # Python's own guard against quadratic int parsing
+            why = f"an integer has more than {sys.get_int_max_str_digits()} digits"
+        raise MalformedPage(f"{what} is not JSON ({why})") from None
 
 
 def _item_raw(item: Any) -> bytes:
@@ -116,9 +146,163 @@ def _payload_json(payload: Any, max_bytes: int) -> tuple[str | None, str | None]
     return text, None
 
 
-def parse_page(body: bytes, *, cursor: int, max_payload_bytes: int) -> Page:
-    """Read one response body. Raises :class:`MalformedPage` if it is not a page at all."""
-    document = decode_body(body)
+# ---- salvage: the events array split at the byte level ------------------------------------------
+# JSON's structural characters are ASCII and never occur inside a multi-byte UTF-8 sequence, so the
+# split works on bytes, even when an item holds bytes that are not UTF-8.
+
+_WHITESPACE = re.compile(rb"[ \t\r\n]*")
+_STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # after the opening quote
+_STRUCTURAL = re.compile(rb'[\[\]{}"]')
+_SCALAR = re.compile(rb"[^\s,\]}]+")
+_CLOSER = {ord("["): ord("]"), ord("{"): ord("}")}
+_ID_LITERAL = re.compile(rb"[1-9][0-9]{0,18}")  # a positive integer that may fit in a bigint
+
+
+class _NotSplittable(Exception):
+    pass
+
+
+def _skip_ws(body: bytes, i: int) -> int:
+    return _WHITESPACE.match(body, i).end()
+
+
+def _expect(body: bytes, i: int, char: bytes) -> int:
+    if body[i:i + 1] != char:
+        raise _NotSplittable
+    return i + 1
+
+
+def _end_of_string(body: bytes, i: int) -> int:
+    match = _STRING_REST.match(body, _expect(body, i, b'"'))
+    if match is None:
+        raise _NotSplittable  # never closed
+    return match.end()
+
+
+def _end_of_value(body: bytes, i: int) -> int:
+    """Index just past the value starting at ``i``, judged by structure alone (iterative: any depth)."""
+    first = body[i:i + 1]
+    if first == b'"':
+        return _end_of_string(body, i)
+    if first not in (b"[", b"{"):
+        match = _SCALAR.match(body, i)
+        if match is None:
+            raise _NotSplittable
+        return match.end()
+    closers = [_CLOSER[body[i]]]
+    i += 1
+    while closers:
+        match = _STRUCTURAL.search(body, i)
+        if match is None:
+            raise _NotSplittable
+        char = body[match.start()]
+        if char == ord('"'):
+            i = _end_of_string(body, match.start())
+            continue
+        i = match.end()
+        if char in _CLOSER:
+            closers.append(_CLOSER[char])
+        elif char != closers.pop():
+            raise _NotSplittable  # [} or {]: where the item ends is not known
+    return i
+
+
+def _members(body: bytes, i: int):
+    """(raw key, value start, value end) of each member of the object at ``i``; then the index past it."""
+    i = _skip_ws(body, _expect(body, i, b"{"))
+    if body[i:i + 1] == b"}":
+        return i + 1
+    while True:
+        key_end = _end_of_string(body, i)
+        key = body[i:key_end]
+        i = _skip_ws(body, _expect(body, _skip_ws(body, key_end), b":"))
+        value_end = _end_of_value(body, i)
+        yield key, i, value_end
+        i = _skip_ws(body, value_end)
+        if body[i:i + 1] == b"}":
+            return i + 1
+        i = _skip_ws(body, _expect(body, i, b","))
+
+
+def split_events(body: bytes) -> list[bytes] | None:
+    """The raw bytes of each item of the top-level ``events`` array, or None unless the body is,
+    by its structure, one complete page: an object whose ``events`` is an array, brackets balanced,
+    strings closed, nothing after it. A truncated body is never split."""
+    try:
+        i = _skip_ws(body, 0)
+        items: list[bytes] | None = None
+        members = _members(body, i)
+        while True:
+            try:
+                key, start, end = next(members)
+            except StopIteration as done:
+                i = done.value
+                break
+            if key == b'"events"':  # a repeated key: the last one counts, as for json.loads
+                items = _array_items(body, start, end)
+        if _skip_ws(body, i) != len(body):
+            return None
+        return items
+    except (_NotSplittable, IndexError):
+        return None
+
+
+def _array_items(body: bytes, i: int, end: int) -> list[bytes]:
+    i = _skip_ws(body, _expect(body, i, b"["))
+    items: list[bytes] = []
+    if body[i:i + 1] == b"]":
+        return items
+    while True:
+        item_end = _end_of_value(body, i)
+        items.append(body[i:item_end])
+        i = _skip_ws(body, item_end)
+        if body[i:i + 1] == b"]":
+            if i + 1 != end:
+                raise _NotSplittable
+            return items
+        i = _skip_ws(body, _expect(body, i, b","))
+
+
+def scan_id(raw: bytes) -> int | None:
+    """The id of an item that cannot be parsed, read from its bytes: one top-level ``"id"`` member
+    whose value is a positive integer that fits in a bigint. None if that is not certain."""
+    try:
+        found: list[bytes] = []
+        members = _members(raw, _skip_ws(raw, 0))
+        while True:
+            try:
+                key, start, end = next(members)
+            except StopIteration as done:
+                if _skip_ws(raw, done.value) != len(raw):
+                    return None
+                break
+            if key == b'"id"':
+                found.append(raw[start:end])
+    except (_NotSplittable, IndexError):
+        return None
+    if len(found) != 1 or not _ID_LITERAL.fullmatch(found[0]) or int(found[0]) > MAX_EVENT_ID:
+        return None
+    return int(found[0])
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """An item the JSON parser refused, kept as served."""
+
+    raw: bytes
+    reason: str
+    event_id: int | None
+
+
+def _read_item(raw: bytes) -> Any:
+    """One item parsed alone, or an :class:`_Unreadable` saying why not."""
+    try:
+        return decode_body(raw, what="item")
+    except MalformedPage as exc:
+        return _Unreadable(raw, str(exc), scan_id(raw))
+
+
+def _events_of(document: Any) -> list:
     if not isinstance(document, dict):
         raise MalformedPage(f"top level is {type(document).__name__}, expected an object with 'events'")
     if "events" not in document:
@@ -126,25 +310,64 @@ def parse_page(body: bytes, *, cursor: int, max_payload_bytes: int) -> Page:
     items = document["events"]
     if not isinstance(items, list):
         raise MalformedPage(f"field 'events' is {type(items).__name__ if items is not None else 'null'}, expected a list")
+    return items
+
+
+def parse_page(body: bytes, *, cursor: int, max_payload_bytes: int) -> Page:
+    """Read one response body. Raises :class:`MalformedPage` if it is not a page at all."""
+    salvage_warning = None
+    try:
+        document = decode_body(body)
+    except MalformedPage as whole:
+        pieces = split_events(body)
+        if pieces is None:
+            raise
+        # Only the parser refused it, and the shape is a page: read it item by item, each kept as served.
+        raws: list[bytes | None] = list(pieces)
+        items = [_read_item(piece) for piece in pieces]
+        salvage_warning = f"page not readable whole ({whole}); read item by item"
+    else:
+        items = _events_of(document)
+        raws = [None] * len(items)
 
     page = Page(item_count=len(items))
+    if salvage_warning:
+        page.warnings.append(salvage_warning)
     seen: set[int] = set()
     previous: int | None = None
     unordered = below_cursor = 0
-    for item in items:
+    for position, (item, served) in enumerate(zip(items, raws), start=1):
+
+        def keep(reason: str, event_id: int | None = None) -> None:
+            # The bytes as served when the page was read item by item; else the item re-serialised.
+            raw = served if served is not None else _item_raw(item)
+            page.quarantined.append(Quarantined(raw, reason, event_id))
+
+        if isinstance(item, _Unreadable):
+            if item.event_id is None:
+                # Its id is unknown, so the cursor cannot safely pass it: take the items before it
+                # and stop. The later ones are served again at the next request.
+                keep(f"event cannot be read: {item.reason}; nor can its id, so the cursor stops before it")
+                page.warnings.append(
+                    f"item {position} of {len(items)} cannot be read and has no readable id: the cursor stops "
+                    f"before it ({len(items) - position} later items wait); `event-ingest skip` moves past it")
+                break
+            keep(f"event {item.event_id} cannot be read: {item.reason}", item.event_id)
+            seen.add(item.event_id)
+            continue
         if not isinstance(item, dict):
-            page.quarantined.append(Quarantined(_item_raw(item), f"event is {type(item).__name__}, not an object"))
+            keep(f"event is {type(item).__name__}, not an object")
             continue
         if "id" not in item:
-            page.quarantined.append(Quarantined(_item_raw(item), "id is missing"))
+            keep("id is missing")
             continue
         item_id = item["id"]
         reason = _invalid_id_reason(item_id)
         if reason:
-            page.quarantined.append(Quarantined(_item_raw(item), reason))
+            keep(reason)
             continue
         if item_id in seen:
-            page.quarantined.append(Quarantined(_item_raw(item), f"duplicate id {item_id} within one page", item_id))
+            keep(f"duplicate id {item_id} within one page", item_id)
             continue
         seen.add(item_id)
         if previous is not None and item_id < previous:
@@ -154,7 +377,7 @@ def parse_page(body: bytes, *, cursor: int, max_payload_bytes: int) -> Page:
             below_cursor += 1
         text, why = _payload_json(item.get("payload"), max_payload_bytes)
         if why is not None:
-            page.quarantined.append(Quarantined(_item_raw(item), why, item_id))
+            keep(why, item_id)
             continue
         page.events.append(Event(item_id, text))
     if unordered:

@@ -2,7 +2,8 @@
 
 `events` is partitioned by source. Each source has a sensor that keeps it hosted by a
 long-lived `ingest` run (one run hosts up to `runs.sources_per_run` sources, and hands them
-to its successor without a pause); checks find gaps and stale sources.
+to its successor without a pause); checks find gaps and stale sources. Alert sensors and the
+retention job live in their own modules, one factory each.
 `event_ingest.defs.definitions` is the module Dagster loads (workspace.yaml); it reads the
 sources file ($EVENT_INGEST_SOURCES, default ./sources.yaml) when Dagster asks for the
 definitions, not at import, and takes Postgres and Redis URLs from EVENT_INGEST_DATABASE_URL
@@ -16,10 +17,12 @@ from pathlib import Path
 import dagster as dg
 
 from ..config import IngestConfig, SourceConfig
+from .alerts import build_alerts
 from .assets import build_events_asset, build_rollup_asset
 from .checks import build_checks
 from .ingest_job import build_ingest_job
 from .resources import IngestResource, ingest_resource_from_env
+from .retention import build_retention
 from .sensors import build_source_sensor
 
 
@@ -41,10 +44,15 @@ def build_definitions(config: IngestConfig | list[SourceConfig], ingest: IngestR
         # One process per run, not one per step: each extra process would import Dagster again.
         executor_def=dg.in_process_executor,
     )
-    return dg.Definitions(
+    ingest_defs = dg.Definitions(
         assets=[events, rollup],
         asset_checks=checks,
         jobs=[ingest_job, drain_job],
         sensors=[build_source_sensor(s, config, ingest_job) for s in sources],
         resources={"ingest": ingest or ingest_resource_from_env()},
+    )
+    return dg.Definitions.merge(
+        ingest_defs,
+        build_alerts(sources),  # run- and check-failure webhooks, one message per incident
+        build_retention(),  # hourly deletion of old finished runs
     )

@@ -18,6 +18,10 @@ Faults (random errors, 429s, malformed bodies, latency) come from the config
 and can be changed on a running server with ``POST /control``; ``POST /control
 {"next": [...]}`` queues exact one-shot responses (see ``ONESHOT_KINDS``).
 
+With ``tls_cert_file``/``tls_key_file`` it serves HTTPS, and ``/stats`` shows
+the headers of the latest /events request (``last_request_headers``), so a test
+can see on the source's side what a client sent.
+
 Stdlib only, so it can run anywhere the tests, dev stack or benchmarks do.
 """
 
@@ -35,6 +39,7 @@ import re
 import signal
 import socket
 import socketserver
+import ssl
 import statistics
 import struct
 import sys
@@ -148,6 +153,8 @@ class MockSourceConfig:
     random_seed: int | None = None  # seeds fault decisions, for reproducible runs
     min_interval_ms: float = 200.0  # recorder threshold for "too close" gaps
     max_limit: int = 10_000  # larger ?limit= values are capped to this
+    tls_cert_file: str | None = None  # PEM certificate (chain): serve HTTPS
+    tls_key_file: str | None = None  # its private key
 
     def validate(self) -> None:
         """Raise ValueError describing the first invalid field."""
@@ -167,6 +174,8 @@ class MockSourceConfig:
                 raise ValueError("seed_batch cannot be combined with backlog or rate")
         if self.max_limit < 1:
             raise ValueError(f"max_limit must be >= 1, got {self.max_limit}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
         for key, check in _RUNTIME_FIELDS.items():
             check(key, getattr(self, key))
         _check_seed("random_seed", self.random_seed)
@@ -299,6 +308,7 @@ class _Recorder:
         # Count per id rather than a set: a failed write must undo only its own
         # contribution when another response carried the same id successfully.
         self._served: Counter[int] = Counter()
+        self._last_headers: dict[str, str] = {}
 
     def arrival(self, at: float) -> None:
         with self._lock:
@@ -307,6 +317,10 @@ class _Recorder:
     def status(self, code: int) -> None:
         with self._lock:
             self._statuses[code] += 1
+
+    def request_headers(self, headers: Mapping[str, str]) -> None:
+        with self._lock:
+            self._last_headers = dict(headers)
 
     def fault(self, kind: str) -> None:
         with self._lock:
@@ -329,6 +343,7 @@ class _Recorder:
             self._statuses.clear()
             self._faults.clear()
             self._served.clear()
+            self._last_headers = {}
 
     def snapshot(self, min_interval_ms: float, include_ids: bool, include_arrivals: bool = False) -> dict[str, Any]:
         with self._lock:
@@ -338,6 +353,7 @@ class _Recorder:
             statuses = {str(k): v for k, v in sorted(self._statuses.items())}
             faults = dict(sorted(self._faults.items()))
             served = sorted(self._served)
+            last_headers = dict(self._last_headers)
         gaps = [(b - a) * 1000.0 for a, b in zip(arrivals, arrivals[1:])]
         stats: dict[str, Any] = {
             "requests": len(arrivals),
@@ -351,6 +367,7 @@ class _Recorder:
             "faults": faults,
             "served_ids_count": len(served),
             "served_max_id": served[-1] if served else None,
+            "last_request_headers": last_headers,
         }
         if include_ids:
             stats["served_ids"] = served
@@ -682,7 +699,19 @@ class _Server(ThreadingHTTPServer):
         self.state = state
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        self.tls: ssl.SSLContext | None = None
+        if state.config.tls_cert_file is not None:
+            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls.load_cert_chain(state.config.tls_cert_file, state.config.tls_key_file)
         super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = super().get_request()
+        if self.tls is not None:
+            # The handshake runs in the handler's thread (setup), not in the accept loop, so one
+            # client that never completes it cannot hold up the others.
+            conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, address
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind does a reverse-DNS lookup (getfqdn), which can
@@ -710,7 +739,8 @@ class _Server(ThreadingHTTPServer):
         # Clients hanging up mid-response is routine here (timeouts, chaos
         # tests); anything else is a bug worth seeing.
         exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError)) or self.state.stopping.is_set():
+        # ssl.SSLError: a client that does not trust the certificate hangs up in the handshake.
+        if isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError)) or self.state.stopping.is_set():
             return
         log.exception("mock source %s: error handling request", self.state.config.name)
 
@@ -738,6 +768,8 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- plumbing ---------------------------------------------------------
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()
         super().setup()
         self._server.track(self.connection, alive=True)
 
@@ -809,6 +841,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if url.path == "/events":
             self._state.recorder.arrival(arrived)
+            self._state.recorder.request_headers(self.headers)
             self._is_events = True
             try:
                 self._events(url.query)
@@ -1105,7 +1138,8 @@ class MockSource:
     @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.config.tls_cert_file else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -1194,6 +1228,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed for fault decisions (reproducible runs)")
     parser.add_argument("--min-interval-ms", type=float, default=200.0, metavar="MS",
                         help="recorder threshold for too-close requests (default 200)")
+    parser.add_argument("--tls-cert", dest="tls_cert_file", default=None, metavar="PEM",
+                        help="serve HTTPS with this certificate (chain)")
+    parser.add_argument("--tls-key", dest="tls_key_file", default=None, metavar="PEM",
+                        help="the certificate's private key")
 
 
 def config_from_args(args: argparse.Namespace) -> MockSourceConfig:
@@ -1212,6 +1250,8 @@ def config_from_args(args: argparse.Namespace) -> MockSourceConfig:
         malformed_rate=args.malformed_rate,
         random_seed=args.random_seed,
         min_interval_ms=args.min_interval_ms,
+        tls_cert_file=args.tls_cert_file,
+        tls_key_file=args.tls_key_file,
     )
     config.validate()
     return config

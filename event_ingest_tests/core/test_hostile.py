@@ -79,6 +79,17 @@ def bad_item(item, reason: str) -> Case:
     )
 
 
+def unreadable(item: bytes, event_id: int | None, reason: str) -> Case:
+    """Item 2 of a page cannot be parsed: items 1 and 3 are stored, the item is quarantined as served.
+    With its id readable from the bytes the cursor passes it; without, the page stops before it."""
+    raw = b'{"events": [{"id": 1, "payload": "a"}, ' + item + b', {"id": 3, "payload": "c"}]}'
+    if event_id is None:
+        return Case(shots=[body(raw)], status=CAUGHT_UP, stored=[1, 2, 3, 4, 5], log="has no readable id",
+                    raw_body=item, payloads={1: "a"}, quarantined=[(reason, None, None)])
+    return Case(shots=[body(raw)], status=CAUGHT_UP, stored=[1, 3, 4, 5], log=f"event {event_id} cannot be read",
+                raw_body=item, payloads={1: "a", 3: "c"}, quarantined=[(reason, event_id, None)])
+
+
 def retried(shot: dict, reason: str, **overrides) -> Case:
     """A failed attempt that is retried (nothing kept of it), then the good page is stored."""
     return Case(shots=[shot], status=CAUGHT_UP, stored=[1, 2, 3, 4, 5], log=reason, errors=1, **overrides)
@@ -106,9 +117,16 @@ CASES = {
     "events_an_object": malformed('{"events": {"id": 1, "payload": "x"}}', "field 'events' is dict"),
     "events_a_string": malformed('{"events": "1,2,3"}', "field 'events' is str"),
     "top_level_array": malformed('[{"id": 1}]', "top level is list"),
-    "invalid_utf8": malformed(b'{"events": [{"id": 1, "payload": "caf\xe9"}]}', "body is not valid UTF-8"),
-    "deeply_nested_json": malformed('{"events": [{"id": 1, "payload": ' + DEEP + "}]}", "JSON nested too deeply"),
-    "nan_literal": malformed('{"events": [{"id": 1, "payload": NaN}]}', "body is not JSON"),
+    "invalid_utf8_outside_the_events": malformed(b'{"ev\xe9nts": [{"id": 1, "payload": "a"}]}',
+                                                 "body is not valid UTF-8"),
+    # Too deep and never closed: no split can be trusted, so the body is refused whole.
+    "deeply_nested_and_unbalanced": malformed(
+        '{"events": [{"id": 1, "payload": "a"}], "meta": ' + DEEP[:-1] + "}", "JSON nested too deeply"),
+    # What the parser refuses lies outside the events: every event is still read.
+    "nan_outside_the_events": Case(
+        shots=[body('{"events": [{"id": 1, "payload": "a"}, {"id": 2, "payload": "b"}], "next": NaN}')],
+        status=CAUGHT_UP, stored=[1, 2, 3, 4, 5], log="page not readable whole", payloads={1: "a", 2: "b"},
+    ),
     "malformed_every_time": Case(
         shots=[body("<html>down</html>"), body("<html>down</html>")], status=SOURCE_ERROR, stored=[],
         log="2 attempts failed", errors=2,
@@ -172,11 +190,31 @@ CASES = {
         quarantined=[("payload is 5002 bytes, over the 1024-byte cap", 1, {"id": 1, "payload": "x" * 5000})],
         config={"max_payload_bytes": 1024},
     ),
-    # 1e400 is valid JSON but parses to float('inf'), which jsonb refuses: it must not sink the page.
-    "payload_number_out_of_float_range": Case(
-        shots=[body('{"events": [{"id": 1, "payload": {"n": 1e400}}, {"id": 2, "payload": "ok"}]}')],
-        status=CAUGHT_UP, stored=[2, 3, 4, 5], log="out of float range", payloads={2: "ok"},
-        quarantined=[("out of float range", 1, {"id": 1, "payload": {"n": float("inf")}})],
+    # -- one item the JSON parser refuses: the page is read item by item (salvage) ---------------
+    # 1e400 is valid JSON but reads as float('inf'), which jsonb refuses: it must not sink the page.
+    "payload_number_out_of_float_range": unreadable(b'{"id": 2, "payload": {"n": 1e400}}', 2,
+                                                    "item is not JSON (number 1e400 is out of range)"),
+    "item_nested_too_deeply": unreadable(b'{"id": 2, "payload": ' + DEEP.encode() + b"}", 2,
+                                         "JSON nested too deeply"),
+    "item_not_utf8": unreadable(b'{"id": 2, "payload": "caf\xe9"}', 2, "item is not valid UTF-8 (byte 25)"),
+    "item_with_nan_literal": unreadable(b'{"payload": NaN, "id": 2}', 2, "item is not JSON (NaN is not valid JSON)"),
+    "item_with_an_invalid_escape": unreadable(b'{"id": 2, "payload": "C:\\dir\\x\\q \\"\\x"}', 2,
+                                              "item is not JSON (Invalid \\escape"),
+    "item_with_a_5000_digit_integer": unreadable(b'{"id": 2, "payload": {"n": ' + b"9" * 5000 + b"}}", 2,
+                                                 "item is not JSON (an integer has more than 4300 digits)"),
+    # The id itself cannot be read: the cursor stops before the item, so nothing after it is skipped
+    # unseen (event 2 is fetched again and comes with the mock's own payload, not "b").
+    "id_1e400": unreadable(b'{"id": 1e400, "payload": "x"}', None, "number 1e400 is out of range"),
+    "id_of_5000_digits": unreadable(b'{"id": 1' + b"0" * 5000 + b', "payload": "x"}', None,
+                                    "an integer has more than 4300 digits"),
+    "id_only_inside_the_payload": unreadable(b'{"payload": {"id": 2}, "v": NaN}', None, "NaN is not valid JSON"),
+    # Stuck: the first item of the page at the cursor cannot be read, nor its id. Nothing moves and nothing
+    # after it is taken; the drain ends (asking again would get the same page) and says how to move on.
+    "stuck_on_an_item_without_a_readable_id": Case(
+        shots=[body(b'{"events": [{"id": 1' + b"0" * 5000 + b'}, {"id": 2, "payload": "b"}]}')],
+        status=CAUGHT_UP, stored=[], log="`event-ingest skip` moves past it", raw_body=b'{"id": 1' + b"0" * 5000 + b"}",
+        quarantined=[("event cannot be read: item is not JSON (an integer has more than 4300 digits); nor can its "
+                      "id, so the cursor stops before it", None, None)],
     ),
     "payload_with_nul": Case(
         shots=[body('{"events": [{"id": 1, "payload": "a\\u0000b"}, {"id": 2, "payload": "ok"}]}')],

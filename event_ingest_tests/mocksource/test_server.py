@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -466,3 +467,20 @@ def test_cli_process_serves_and_exits_cleanly_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_https_and_the_request_headers_it_saw(start_source: StartSource, tls_files) -> None:
+    source = start_source(backlog=3, tls_cert_file=str(tls_files.cert_file), tls_key_file=str(tls_files.key_file))
+    assert source.url.startswith("https://127.0.0.1:")
+    trusting = ssl.create_default_context(cafile=str(tls_files.ca_file))
+    with httpx.Client(verify=trusting, timeout=5.0) as tls_client:
+        assert ids_of(tls_client.get(source.url, headers={"X-Probe": "1"})) == [1, 2, 3]
+        stats = tls_client.get(f"{source.base_url}/stats").json()
+    assert stats["last_request_headers"]["X-Probe"] == "1"
+    # A client that does not trust the certificate gets no response, and the source keeps serving.
+    with httpx.Client(timeout=5.0) as untrusting, pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY"):
+        untrusting.get(source.url)
+    with httpx.Client(verify=trusting, timeout=5.0) as tls_client:
+        assert ids_of(tls_client.get(source.url)) == [1, 2, 3]
+    with pytest.raises(ValueError, match="go together"):
+        MockSourceConfig(tls_cert_file=str(tls_files.cert_file)).validate()

@@ -1,0 +1,223 @@
+"""Alert sensors against a real Dagster instance (Postgres storage), real runs that fail and pass,
+and a local HTTP server that records what the webhook receives."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dagster as dg
+import pytest
+
+from event_ingest.config import SourceConfig
+from event_ingest.defs.alerts import ALERT_WEBHOOK_URL_ENV, DAGSTER_UI_URL_ENV, build_alerts
+
+SECRET = "alert-s3cr3t-5e0c2b91"
+PARTITIONS = dg.StaticPartitionsDefinition(["source_a", "source_b"])
+
+
+class Webhook:
+    """A local HTTP server recording the JSON bodies POSTed to it; it can refuse the next few."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        self.refuse_next = 0
+        webhook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if webhook.refuse_next:
+                    webhook.refuse_next -= 1
+                    self.send_response(500)
+                else:
+                    webhook.received.append(json.loads(body))
+                    self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/{SECRET}"  # a token in the URL, as Slack's
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def take(self) -> list[dict]:
+        taken, self.received = self.received, []
+        return taken
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook(monkeypatch):
+    hook = Webhook()
+    monkeypatch.setenv(ALERT_WEBHOOK_URL_ENV, hook.url)
+    monkeypatch.setenv(DAGSTER_UI_URL_ENV, "http://dagster.example:3000/")
+    yield hook
+    hook.close()
+
+
+# What the test's own job and check do, per partition; flipped by the tests.
+FAILING = {"source_a": False, "source_b": False}
+
+
+@dg.op
+def ingest_step(context) -> None:
+    if FAILING[context.partition_key]:
+        raise RuntimeError(f"cannot reach postgresql://ingest:{SECRET}@db:5432/events with token {SECRET}")
+
+
+@dg.job(partitions_def=PARTITIONS)
+def ingest_like() -> None:
+    ingest_step()
+
+
+@dg.asset(partitions_def=PARTITIONS)
+def events_like() -> None:
+    return None
+
+
+@dg.asset_check(asset=events_like, partitions_def=PARTITIONS)
+def no_gaps_like(context) -> dg.AssetCheckResult:
+    failing = FAILING[context.partition_key]
+    return dg.AssetCheckResult(passed=not failing, metadata={"missing_ids": 11 if failing else 0})
+
+
+@pytest.fixture
+def defs():
+    FAILING.update(source_a=False, source_b=False)
+    source = SourceConfig(name="source_a", url="http://h/e", headers={"Authorization": f"Bearer {SECRET}"})
+    return dg.Definitions.merge(
+        dg.Definitions(jobs=[ingest_like, dg.define_asset_job("materialize", [events_like])], assets=[events_like],
+                       asset_checks=[no_gaps_like]),
+        build_alerts([source]),
+    )
+
+
+class Ticker:
+    """Evaluates one sensor against the instance the way the daemon does, carrying its cursor over."""
+
+    def __init__(self, defs: dg.Definitions, name: str, instance: dg.DagsterInstance) -> None:
+        self.sensor = next(s for s in defs.sensors if s.name == name)
+        self.defs, self.instance, self.cursor = defs, instance, None
+
+    def __call__(self) -> str:
+        result = self.sensor.evaluate_tick(dg.build_sensor_context(instance=self.instance, cursor=self.cursor,
+                                                                   definitions=self.defs))
+        self.cursor = result.cursor if result.cursor is not None else self.cursor
+        return result.skip_message or ""
+
+
+def run(defs, instance, job: str, partition: str, fail: bool) -> str:
+    FAILING[partition] = fail
+    result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition,
+                                                          raise_on_error=False)
+    assert result.success is not (fail and job == "ingest_like")
+    return result.run_id
+
+
+def test_one_message_per_run_failure_incident(defs, dagster_instance, webhook):
+    tick = Ticker(defs, "alert_on_run_failure", dagster_instance)
+    run(defs, dagster_instance, "ingest_like", "source_a", fail=True)  # before the sensor ever ran: history
+    assert tick() == "watching from now on" and webhook.take() == []
+
+    first = run(defs, dagster_instance, "ingest_like", "source_a", fail=True)
+    run(defs, dagster_instance, "ingest_like", "source_a", fail=True)  # the same incident, still failing
+    tick()
+    [opened] = webhook.take()
+    assert (opened["kind"], opened["state"], opened["job"], opened["source"], opened["run_id"]) == (
+        "run_failure", "opened", "ingest_like", "source_a", first)
+    assert opened["run_url"] == f"http://dagster.example:3000/runs/{first}"
+    assert "cannot reach postgresql://ingest:***@db:5432/events with token ***" in opened["error"]
+    assert opened["text"].startswith(f"event-ingest: run of job ingest_like for source source_a failed "
+                                     f"(http://dagster.example:3000/runs/{first}): RuntimeError: cannot reach")
+
+    run(defs, dagster_instance, "ingest_like", "source_a", fail=True)
+    other = run(defs, dagster_instance, "ingest_like", "source_b", fail=True)  # another partition: its own
+    assert tick() and [(m["source"], m["state"], m["run_id"]) for m in webhook.take()] == [
+        ("source_b", "opened", other)]
+
+    fixed = run(defs, dagster_instance, "ingest_like", "source_a", fail=False)
+    run(defs, dagster_instance, "ingest_like", "source_a", fail=False)
+    tick()
+    assert [(m["source"], m["state"], m["run_id"]) for m in webhook.take()] == [("source_a", "resolved", fixed)]
+
+    again = run(defs, dagster_instance, "ingest_like", "source_a", fail=True)  # a new incident
+    tick()
+    assert [(m["source"], m["state"], m["run_id"]) for m in webhook.take()] == [("source_a", "opened", again)]
+    assert tick().startswith("0 results read, 0 messages sent")  # nothing new: nothing sent
+
+
+def test_an_undelivered_message_waits_for_the_next_tick(defs, dagster_instance, webhook):
+    tick = Ticker(defs, "alert_on_run_failure", dagster_instance)
+    tick()
+    failed = run(defs, dagster_instance, "ingest_like", "source_b", fail=True)
+    webhook.refuse_next = 1
+    assert "0 messages sent, 1 waiting" in tick() and webhook.take() == []
+    assert "1 messages sent, 0 waiting" in tick()
+    assert [(m["state"], m["run_id"]) for m in webhook.take()] == [("opened", failed)]
+
+
+def test_alerts_are_off_without_the_url(defs, dagster_instance, webhook, monkeypatch):
+    monkeypatch.delenv(ALERT_WEBHOOK_URL_ENV)
+    tick = Ticker(defs, "alert_on_run_failure", dagster_instance)
+    run(defs, dagster_instance, "ingest_like", "source_a", fail=True)
+    assert tick() == f"alerts are off: {ALERT_WEBHOOK_URL_ENV} is not set"
+    assert webhook.take() == []
+
+
+def test_one_message_per_check_failure_incident(defs, dagster_instance, webhook):
+    tick = Ticker(defs, "alert_on_check_failure", dagster_instance)
+    tick()
+    first = run(defs, dagster_instance, "materialize", "source_b", fail=True)
+    run(defs, dagster_instance, "materialize", "source_b", fail=True)
+    run(defs, dagster_instance, "materialize", "source_a", fail=False)  # passing checks say nothing
+    tick()
+    [opened] = webhook.take()
+    assert (opened["kind"], opened["state"], opened["check"], opened["asset"], opened["source"], opened["run_id"],
+            opened["severity"]) == ("check_failure", "opened", "no_gaps_like", "events_like", "source_b", first,
+                                    "ERROR")
+    assert opened["description"] == "missing_ids: 11"
+    fixed = run(defs, dagster_instance, "materialize", "source_b", fail=False)
+    tick()
+    assert [(m["check"], m["source"], m["state"], m["run_id"]) for m in webhook.take()] == [
+        ("no_gaps_like", "source_b", "resolved", fixed)]
+
+
+def test_no_secret_leaves(defs, dagster_instance, webhook):
+    tick = Ticker(defs, "alert_on_run_failure", dagster_instance)
+    tick()
+    run(defs, dagster_instance, "ingest_like", "source_a", fail=True)
+    tick()
+    [message] = webhook.take()
+    assert SECRET not in json.dumps(message) and "***" in message["error"]
+
+
+def test_the_project_s_own_ingest_run_failing_is_alerted_with_the_drain_s_reason(
+    make_mock, database_url, redis_url, dagster_instance, webhook, source_name
+):
+    from event_ingest.defs import build_definitions
+    from event_ingest.defs.resources import IngestResource
+
+    mock = make_mock(backlog=3)
+    mock.control({"next": [{"kind": "status", "status": 401, "body": f"token {SECRET} expired"}]})
+    source = SourceConfig(name=source_name, url=mock.url, timeout_s=1.0, headers={"X-Token": SECRET})
+    project = build_definitions([source], IngestResource(database_url=database_url, redis_url=redis_url))
+    tick = Ticker(project, "alert_on_run_failure", dagster_instance)
+    tick()
+    result = project.resolve_job_def("drain").execute_in_process(
+        instance=dagster_instance, partition_key=source_name, raise_on_error=False)
+    assert not result.success
+    # Nothing Dagster stored of the run (logs, failure metadata) holds the header's value either.
+    stored = [str(entry) for entry in dagster_instance.all_logs(result.run_id)]
+    assert any("token *** expired" in entry for entry in stored) and not any(SECRET in entry for entry in stored)
+    tick()
+    [message] = webhook.take()
+    assert (message["job"], message["source"], message["run_id"]) == ("drain", source_name, result.run_id)
+    assert message["error"] == f"source {source_name!r} at lastId=0: HTTP 401: token *** expired"
