@@ -48,6 +48,7 @@ import event_ingest
 
 from ..config import DATABASE_URL_ENV, REDIS_URL_ENV, SOURCES_ENV, ConfigError, load_sources, redact_url
 from .embedded import HOST, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, port_is_free
+from .procs import alive, killpg, process_tree, signal_pid, start_time, sweep
 
 DAGSTER_DATABASE_URL_ENV = "EVENT_INGEST_DAGSTER_DATABASE_URL"
 DEFAULT_STATE_DIR = ".event-ingest"
@@ -98,91 +99,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mock-sources", action="store_true",
                         help="start no mock sources (the generated sources file still lists them, "
                              "for you to serve)")
-
-
-# ------------------------------------------------------------------------ /proc
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:
-    """(state, ppid, pgrp, start time) of a process, None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields_ = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields_[0], int(fields_[1]), int(fields_[2]), int(fields_[19])
-
-
-def _alive(pid: int, start_time: int | None = None) -> bool:
-    """Running and not a zombie; with start_time, also still the same process (no pid reuse)."""
-    st = _proc_stat(pid)
-    return st is not None and st[0] not in ("Z", "X") and (start_time is None or st[3] == start_time)
-
-
-def _start_time(pid: int) -> int | None:
-    st = _proc_stat(pid)
-    return st[3] if st else None
-
-
-def _process_tree(roots: list[int], pgid: int | None = None) -> dict[int, int]:
-    """{pid: start time} of `roots`, all their descendants, and every member of process group
-    `pgid`. A snapshot of /proc: taken before signalling, it still names the grandchildren
-    that get re-parented to init when their parent exits first."""
-    table: dict[int, tuple[str, int, int, int]] = {}
-    if not os.path.isdir("/proc"):  # not Linux: the process group is all we can find
-        return {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = _proc_stat(int(entry))
-            if st is not None:
-                table[int(entry)] = st
-    children: dict[int, list[int]] = {}
-    for pid, st in table.items():
-        children.setdefault(st[1], []).append(pid)
-    found: dict[int, int] = {}
-    todo = [p for p in roots if p in table]
-    todo += [p for p, st in table.items() if pgid is not None and st[2] == pgid]
-    while todo:
-        pid = todo.pop()
-        if pid in found or pid == os.getpid():
-            continue
-        found[pid] = table[pid][3]
-        todo.extend(children.get(pid, ()))
-    return found
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _sweep(tree: dict[int, int], pgid: int | None, wait_s: float) -> list[int]:
-    """Give the processes of `tree` up to `wait_s` to exit, then SIGKILL what is left of them
-    and of the process group; returns the pids that had to be killed."""
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and any(_alive(p, t) for p, t in tree.items()):
-        time.sleep(0.1)
-    # Anything they started meanwhile (a run worker launched during shutdown) goes too.
-    tree = {**tree, **_process_tree([p for p, t in tree.items() if _alive(p, t)], pgid)}
-    killed = [p for p, t in tree.items() if _alive(p, t)]
-    if pgid is not None:
-        _killpg(pgid, signal.SIGKILL)
-    for pid in killed:
-        if _alive(pid, tree[pid]):
-            _signal(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(p, tree[p]) for p in killed):
-        time.sleep(0.05)
-    return killed
 
 
 # ----------------------------------------------------------------------- children
@@ -389,11 +305,11 @@ class DevStack:
         entries = [*old.get("sources", {}).get("children", []), old.get("dagster") or {}]
         for entry in entries:
             pid, start = entry.get("pid"), entry.get("start_time")
-            if isinstance(pid, int) and start is not None and _alive(pid, start):
+            if isinstance(pid, int) and start is not None and alive(pid, start):
                 self.say(f"stopping {entry.get('name')} (pid {pid}) left running by an earlier run")
-                tree = _process_tree([pid], pgid=pid)
-                _signal(pid, signal.SIGTERM)
-                _sweep(tree, pid, wait_s=10)
+                tree = process_tree([pid], pgid=pid)
+                signal_pid(pid, signal.SIGTERM)
+                sweep(tree, pid, wait_s=10)
         self.stack_file.unlink(missing_ok=True)
 
     def _resolve_sources(self) -> None:
@@ -505,7 +421,7 @@ class DevStack:
                    "--seed-batch", str(batch), "--error-rate", str(MOCK_ERROR_RATE), "--random-seed", str(seed)]
             with open(log_path, "ab") as logf:
                 proc = self._spawn(f"mock source {name}", cmd, stdout=logf, stderr=subprocess.STDOUT)
-            child = Child(name, proc, log_path, _start_time(proc.pid), self.source_urls[name],
+            child = Child(name, proc, log_path, start_time(proc.pid), self.source_urls[name],
                           {"events_per_response": batch, "error_rate": MOCK_ERROR_RATE})
             self.sources.append(child)
         for child in self.sources:
@@ -555,7 +471,7 @@ class DevStack:
         # is not DAGSTER_HOME's.
         proc = self._spawn("dagster dev", cmd, cwd=str(home), env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.dagster = Child("dagster", proc, log_path, _start_time(proc.pid), self.ui_url, {"home": str(home)})
+        self.dagster = Child("dagster", proc, log_path, start_time(proc.pid), self.ui_url, {"home": str(home)})
         self.tee = threading.Thread(target=self._tee, args=(proc, log_path), name="dagster-output", daemon=True)
         self.tee.start()
 
@@ -778,22 +694,22 @@ class DevStack:
         seen in /proc before signalling."""
         proc = self.dagster.proc
         pgid = proc.pid
-        tree = _process_tree([proc.pid], pgid=pgid)
+        tree = process_tree([proc.pid], pgid=pgid)
         clean = True
         if proc.poll() is None:
             self.say("stopping Dagster...")
-            _signal(proc.pid, signal.SIGINT)
+            signal_pid(proc.pid, signal.SIGINT)
             if not self._wait_for(lambda: proc.poll() is not None, DAGSTER_STOP_TIMEOUT_S):
                 self.say(f"dagster dev did not stop within {DAGSTER_STOP_TIMEOUT_S:.0f}s")
                 clean = False
-        tree.update(_process_tree([p for p, t in tree.items() if _alive(p, t)], pgid))
-        rest = {p: t for p, t in tree.items() if p != proc.pid and _alive(p, t)}
+        tree.update(process_tree([p for p, t in tree.items() if alive(p, t)], pgid))
+        rest = {p: t for p, t in tree.items() if p != proc.pid and alive(p, t)}
         if rest:
             self.say(f"stopping Dagster's code server and run workers ({len(rest)} processes)...")
-            _killpg(pgid, signal.SIGINT)
-            if not self._wait_for(lambda: not any(_alive(p, t) for p, t in rest.items()), RUN_STOP_TIMEOUT_S):
+            killpg(pgid, signal.SIGINT)
+            if not self._wait_for(lambda: not any(alive(p, t) for p, t in rest.items()), RUN_STOP_TIMEOUT_S):
                 clean = False
-        killed = _sweep(tree, pgid, wait_s=0)
+        killed = sweep(tree, pgid, wait_s=0)
         proc.wait()
         if killed:
             self.say(f"killed {len(killed)} Dagster process(es) that did not stop: "
@@ -803,15 +719,15 @@ class DevStack:
     def _stop_child(self, child: Child, sig: int, timeout: float) -> bool:
         proc = child.proc
         if proc.poll() is None:
-            _signal(proc.pid, sig)
+            signal_pid(proc.pid, sig)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.say(f"{child.name} (pid {proc.pid}) did not stop within {timeout:.0f}s; killing it")
-                _killpg(proc.pid, signal.SIGKILL)
+                killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return False
-        _sweep(_process_tree([proc.pid], pgid=proc.pid), proc.pid, wait_s=0)
+        sweep(process_tree([proc.pid], pgid=proc.pid), proc.pid, wait_s=0)
         return True
 
 

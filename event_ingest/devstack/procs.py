@@ -1,0 +1,144 @@
+"""Processes on Linux, from /proc: one home for finding, signalling and measuring them.
+
+Used by the dev stack (start, stop, sweep what is left), the benchmarks (kill a whole
+deployment, sample CPU and memory) and the chaos harness.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, ppid, pgrp, start time) of a process, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields_ = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields_[0], int(fields_[1]), int(fields_[2]), int(fields_[19])
+
+
+def alive(pid: int, start_time: int | None = None) -> bool:
+    """Running and not a zombie; with start_time, also still the same process (no pid reuse)."""
+    st = proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X") and (start_time is None or st[3] == start_time)
+
+
+def start_time(pid: int) -> int | None:
+    st = proc_stat(pid)
+    return st[3] if st else None
+
+
+def process_tree(roots: list[int], pgid: int | None = None) -> dict[int, int]:
+    """{pid: start time} of `roots`, all their descendants, and every member of process group
+    `pgid`. A snapshot of /proc: taken before signalling, it still names the grandchildren
+    that get re-parented to init when their parent exits first."""
+    table: dict[int, tuple[str, int, int, int]] = {}
+    if not os.path.isdir("/proc"):  # not Linux: the process group is all we can find
+        return {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = proc_stat(int(entry))
+            if st is not None:
+                table[int(entry)] = st
+    children: dict[int, list[int]] = {}
+    for pid, st in table.items():
+        children.setdefault(st[1], []).append(pid)
+    found: dict[int, int] = {}
+    todo = [p for p in roots if p in table]
+    todo += [p for p, st in table.items() if pgid is not None and st[2] == pgid]
+    while todo:
+        pid = todo.pop()
+        if pid in found or pid == os.getpid():
+            continue
+        found[pid] = table[pid][3]
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+def signal_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def sweep(tree: dict[int, int], pgid: int | None, wait_s: float) -> list[int]:
+    """Give the processes of `tree` up to `wait_s` to exit, then SIGKILL what is left of them
+    and of the process group; returns the pids that had to be killed."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and any(alive(p, t) for p, t in tree.items()):
+        time.sleep(0.1)
+    # Anything they started meanwhile (a run worker launched during shutdown) goes too.
+    tree = {**tree, **process_tree([p for p, t in tree.items() if alive(p, t)], pgid)}
+    killed = [p for p, t in tree.items() if alive(p, t)]
+    if pgid is not None:
+        killpg(pgid, signal.SIGKILL)
+    for pid in killed:
+        if alive(pid, tree[pid]):
+            signal_pid(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(p, tree[p]) for p in killed):
+        time.sleep(0.05)
+    return killed
+
+
+@dataclass(frozen=True)
+class Usage:
+    """CPU seconds used so far and memory now, summed over some processes."""
+
+    cpu_s: float
+    rss_bytes: int
+    pss_bytes: int
+    processes: int
+
+
+def usage(pids) -> Usage:
+    """Summed over the live ones among ``pids``. PSS (proportional set size) shares each page
+    among the processes that map it, so it adds up across processes where RSS double-counts."""
+    cpu = 0.0
+    rss = pss = count = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+            rss += int(fields[21]) * PAGE_SIZE
+            pss += _pss(pid)
+            count += 1
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return Usage(cpu, rss, pss, count)
+
+
+def _pss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
