@@ -9,6 +9,7 @@ import dagster as dg
 # (one check result per source), so the warning is noise in every log.
 warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*", category=dg.PreviewWarning)
 
+from ..core.checks import cursor_check, gap_check, quarantine_check
 from .resources import IngestResource
 
 
@@ -16,43 +17,42 @@ def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefi
     @dg.asset_check(asset="events", partitions_def=partitions, description="No ids missing between the lowest and "
                     "highest stored (or quarantined) id of the source.")
     def no_gaps(context: dg.AssetCheckExecutionContext, ingest: IngestResource) -> dg.AssetCheckResult:
-        source = context.partition_key
         with ingest.store() as store:
-            gaps = store.gaps(source, limit=20)
+            result = gap_check(store, context.partition_key)
         return dg.AssetCheckResult(
-            passed=not gaps,
+            passed=result.passed,
+            description=result.summary(),
             metadata={
-                "gap_ranges": dg.MetadataValue.int(len(gaps)),
-                "missing_ids": dg.MetadataValue.int(sum(g.size for g in gaps)),
-                "first_gaps": ", ".join(f"{g.first_missing}-{g.last_missing}" for g in gaps[:10]) or "none",
+                "missing_ids": dg.MetadataValue.int(result.missing),
+                "gap_ranges": dg.MetadataValue.int(result.ranges),
+                "gap_ranges_complete": dg.MetadataValue.bool(result.ranges_complete),
+                "first_gaps": result.listed,
+                "accounted_ids": dg.MetadataValue.int(result.accounted),
             },
         )
 
     @dg.asset_check(asset="events", partitions_def=partitions,
                     description="The cursor equals the highest id accounted for (stored or quarantined).")
     def cursor_matches_max_id(context: dg.AssetCheckExecutionContext, ingest: IngestResource) -> dg.AssetCheckResult:
-        source = context.partition_key
         with ingest.store() as store:
-            status = store.source_status(source)
-            _, _, max_quarantined = store.quarantine_summary(source)
-        if status is None:
-            return dg.AssetCheckResult(passed=True, metadata={"note": "source not ingested yet"})
-        highest = max(status.max_event_id, max_quarantined)
+            result = cursor_check(store, context.partition_key)
+        if result.cursor is None:
+            return dg.AssetCheckResult(passed=True, metadata={"note": result.summary()})
         return dg.AssetCheckResult(
-            passed=status.cursor == highest,
-            metadata={"cursor": dg.MetadataValue.int(status.cursor), "max_id": dg.MetadataValue.int(highest)},
+            passed=result.passed,
+            metadata={"cursor": dg.MetadataValue.int(result.cursor), "max_id": dg.MetadataValue.int(result.highest)},
         )
 
     @dg.asset_check(asset="events", partitions_def=partitions,
                     description="Nothing was quarantined (warning: inspect the quarantine table if not).")
     def quarantine_empty(context: dg.AssetCheckExecutionContext, ingest: IngestResource) -> dg.AssetCheckResult:
-        source = context.partition_key
         with ingest.store() as store:
-            count, last_reason, _ = store.quarantine_summary(source)
+            result = quarantine_check(store, context.partition_key)
         return dg.AssetCheckResult(
-            passed=count == 0,
+            passed=result.passed,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"quarantined": dg.MetadataValue.int(count), "last_reason": last_reason or "none"},
+            metadata={"quarantined": dg.MetadataValue.int(result.quarantined),
+                      "last_reason": result.last_reason or "none"},
         )
 
     return [no_gaps, cursor_matches_max_id, quarantine_empty]
