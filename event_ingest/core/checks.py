@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from .store import ID_BLOCK_BITS, ID_BLOCK_SIZE, Gap, Store
 
 GAPS_LISTED = 20  # ranges named in a result; the counts are always whole
-BLOCKS_SCANNED = 32  # incomplete blocks read to name ranges: at most 32 x 65,536 ids per check
+BLOCKS_SCANNED = 16  # incomplete blocks read to name ranges: at most 16 x 65,536 ids per check
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class GapCheck:
         text = ", ".join(f"{g.first_missing}-{g.last_missing}" for g in self.gaps) or "none"
         if len(self.gaps) == self.ranges and self.ranges_complete:
             return text
+        if not self.gaps:
+            return f"not located ({self.missing} ids missing)"
         of = f"{self.ranges}" if self.ranges_complete else f"at least {self.ranges}"
         return f"first {len(self.gaps)} of {of}: {text}"
 

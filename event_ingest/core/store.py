@@ -274,29 +274,32 @@ GROUP BY block
 ORDER BY block
 """
 
-# Missing ids between first and last (inclusive): between accounted-for ids, before the first one
-# and after the last one in the window. The scan reads the window's ids only.
+# Missing ids between first and last (inclusive): before each accounted-for id (back to the one
+# before it, or to `first`) and after the last one (up to `last`). One ordered pass over the window.
 GAPS_SQL = """
 WITH ids AS (
     SELECT event_id FROM events
     WHERE source = %(source)s AND event_id BETWEEN %(first)s::bigint AND %(last)s::bigint
-    UNION
-    SELECT event_id FROM quarantine
-    WHERE source = %(source)s AND event_id BETWEEN %(first)s::bigint AND %(last)s::bigint
+    UNION ALL
+    SELECT DISTINCT q.event_id FROM quarantine q
+    WHERE q.source = %(source)s AND q.event_id BETWEEN %(first)s::bigint AND %(last)s::bigint
+      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.source = %(source)s AND e.event_id = q.event_id)
 ), ordered AS (
     SELECT event_id, lag(event_id) OVER w AS previous, lead(event_id) OVER w AS next
     FROM ids WINDOW w AS (ORDER BY event_id)
 )
-SELECT first_missing, last_missing FROM (
-    SELECT previous + 1 AS first_missing, event_id - 1 AS last_missing FROM ordered WHERE event_id - previous > 1
-    UNION ALL
-    SELECT %(first)s::bigint, event_id - 1 FROM ordered WHERE previous IS NULL AND event_id > %(first)s::bigint
-    UNION ALL
-    SELECT event_id + 1, %(last)s::bigint FROM ordered WHERE next IS NULL AND event_id < %(last)s::bigint
-    UNION ALL
-    SELECT %(first)s::bigint, %(last)s::bigint WHERE NOT EXISTS (SELECT 1 FROM ids)
-) gaps
-ORDER BY first_missing
+SELECT g.first_missing, g.last_missing
+FROM ordered o
+CROSS JOIN LATERAL (VALUES
+    (coalesce(o.previous + 1, %(first)s::bigint), o.event_id - 1),
+    -- (o.event_id + 1 only where it is needed: the highest bigint has no successor)
+    (CASE WHEN o.next IS NULL AND o.event_id < %(last)s::bigint THEN o.event_id + 1 END, %(last)s::bigint)
+) AS g(first_missing, last_missing)
+WHERE (o.previous IS NULL OR o.event_id - o.previous > 1 OR o.next IS NULL)  -- before the lateral: few rows
+  AND g.first_missing <= g.last_missing
+UNION ALL
+SELECT %(first)s::bigint, %(last)s::bigint WHERE NOT EXISTS (SELECT 1 FROM ids)
+ORDER BY 1
 LIMIT %(limit)s
 """
 
