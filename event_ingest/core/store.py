@@ -108,12 +108,23 @@ ON CONFLICT (only_row) DO UPDATE SET version = excluded.version
 # The triggers take the whole statement's rows at once (transition tables), so a page of 1000
 # costs one upsert per block and per minute it touches, not one per row.
 _ADD_COUNTS = f"""
-    INSERT INTO id_blocks AS b (source, block, events)
-    SELECT source, event_id >> {ID_BLOCK_BITS}, count(*) FROM new_rows GROUP BY 1, 2
-    ON CONFLICT (source, block) DO UPDATE SET events = b.events + excluded.events;
-    INSERT INTO events_per_minute AS m (source, minute, events)
-    SELECT source, date_trunc('minute', ingested_at), count(*) FROM new_rows GROUP BY 1, 2
-    ON CONFLICT (source, minute) DO UPDATE SET events = m.events + excluded.events;
+    WITH counted AS MATERIALIZED (
+        SELECT source, event_id >> {ID_BLOCK_BITS} AS block, date_trunc('minute', ingested_at) AS minute,
+               count(*) AS events
+        FROM new_rows GROUP BY 1, 2, 3
+    ), blocks AS (
+        INSERT INTO id_blocks AS b (source, block, events)
+        SELECT source, block, sum(events) FROM counted GROUP BY 1, 2
+        ON CONFLICT (source, block) DO UPDATE SET events = b.events + excluded.events
+    ), minutes AS (
+        INSERT INTO events_per_minute AS m (source, minute, events)
+        SELECT source, minute, sum(events) FROM counted GROUP BY 1, 2
+        ON CONFLICT (source, minute) DO UPDATE SET events = m.events + excluded.events
+    )
+    -- events_stored counts insertions (an UPDATE moves rows, it stores none).
+    UPDATE source_state s SET events_stored = s.events_stored + n.events
+    FROM (SELECT source, sum(events) AS events FROM counted GROUP BY source) n
+    WHERE s.source = n.source AND TG_OP = 'INSERT';
 """
 _REMOVE_COUNTS = f"""
     UPDATE id_blocks b SET events = b.events - d.events
@@ -140,12 +151,10 @@ CREATE TABLE IF NOT EXISTS id_blocks (
 CREATE INDEX IF NOT EXISTS quarantine_source_event_id ON quarantine (source, event_id)
     WHERE event_id IS NOT NULL;
 
+-- One statement per page: the rows are grouped once, then every counter is upserted from the groups.
 CREATE OR REPLACE FUNCTION events_count_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
 {_ADD_COUNTS}
-    UPDATE source_state s SET events_stored = s.events_stored + n.events
-    FROM (SELECT source, count(*) AS events FROM new_rows GROUP BY source) n
-    WHERE s.source = n.source;
     RETURN NULL;
 END $$;
 
