@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             ("full gap scan (before)", "full_gap_scan_s"), ("count(*) (before)", "count_rows_s"),
             ("fetch ingest times (before)", "fetch_ingest_times_s"))})
     report.save_chart(out / "checks.png", title="Checks and rollup: seconds per query as the source grows",
-                      xlabel="events in the source", ylabel="seconds", series=series, logx=True)
+                      xlabel="events in the source", ylabel="seconds (log scale)", series=series, logx=True, logy=True)
     if args.json:
         print(json.dumps(figures))
     return 0

@@ -68,7 +68,7 @@ def write_json(path: Path, obj: Any) -> Path:
 
 
 def save_chart(path: Path, *, title: str, ylabel: str, series: Mapping[str, tuple[Sequence, Sequence[float]]],
-               kind: str = "line", xlabel: str = "", logx: bool = False) -> Path:
+               kind: str = "line", xlabel: str = "", logx: bool = False, logy: bool = False) -> Path:
     """One PNG: `series` maps a label to (x values, y values). kind "line" draws points joined by
     lines; "bar" draws grouped bars, one group per x value (x values are category names)."""
     import matplotlib
@@ -92,6 +92,8 @@ def save_chart(path: Path, *, title: str, ylabel: str, series: Mapping[str, tupl
                 ax.plot(list(xs), list(ys), marker="o", label=label)
             if logx:
                 ax.set_xscale("log")
+            if logy:
+                ax.set_yscale("log")
         else:
             raise ValueError(f"unknown chart kind {kind!r}")
         ax.set_title(title)

@@ -774,7 +774,8 @@ class Store:
         return self._run(f"per-minute counts of {source!r}", read)
 
     def save_rollup(self, source: str, rows: list[tuple[datetime, int]]) -> None:
-        """Upsert (minute, events) rows of events_per_minute for one source."""
+        """Upsert (minute, events) rows of events_per_minute for one source. The counting triggers keep
+        that table as rows are written; counts given here replace theirs for those minutes."""
         self._run(f"rollup of {source!r}",
                   lambda cur: cur.executemany(UPSERT_ROLLUP_SQL, [(source, m, n) for m, n in rows]))
 
