@@ -145,7 +145,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="drain one source now (the same drain the Dagster asset runs)")
     p.add_argument("source", help="source name from the sources file")
     p.add_argument("--max-seconds", type=float, default=None, help="time budget (default: the source's max_run_seconds)")
-    p.add_argument("--lease-ttl", type=float, default=30.0, help="lease TTL in seconds (default 30)")
+    p.add_argument("--lease-ttl", type=float, default=6.0, help="lease TTL in seconds (default 6)")
     p.add_argument("--lease-wait", type=float, default=5.0, help="wait this long for a busy lease (default 5)")
     p.add_argument("--sources", help="sources file (default: $EVENT_INGEST_SOURCES or ./sources.yaml)")
     p.add_argument("--json", action="store_true", help="print the stats as JSON")

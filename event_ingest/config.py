@@ -49,6 +49,8 @@ class SourceConfig:
     max_response_bytes: int = 32 * 1024 * 1024
     max_payload_bytes: int = 1024 * 1024
     max_retry_after_s: float = 300.0
+    idle_poll_ms: int | None = None  # when caught up, poll this often (default: min_interval_ms)
+    max_lag_s: float = 30.0  # the freshness check fails when the source was last polled longer ago
 
     def __post_init__(self) -> None:
         # Names reach SQL identifiers and Redis keys: no SourceConfig exists with an unchecked one,
@@ -58,6 +60,11 @@ class SourceConfig:
     @property
     def min_interval_s(self) -> float:
         return self.min_interval_ms / 1000.0
+
+    @property
+    def idle_poll_s(self) -> float:
+        """How often a caught-up source is polled: never faster than the spacing rule."""
+        return max(self.idle_poll_ms or 0, self.min_interval_ms) / 1000.0
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -77,8 +84,52 @@ _NUMERIC_FIELDS: dict[str, tuple[type | tuple[type, ...], Any, str]] = {
     "max_response_bytes": (int, lambda v: 1024 <= v <= 1 << 31, "an integer from 1024 to 2147483648"),
     "max_payload_bytes": (int, lambda v: 16 <= v <= 1 << 30, "an integer from 16 to 1073741824"),
     "max_retry_after_s": ((int, float), lambda v: 1 <= v <= 86_400, "a number of seconds from 1 to 86400"),
+    "max_lag_s": ((int, float), lambda v: 1 <= v <= 7 * 86_400, "a number of seconds from 1 to 604800"),
+    "idle_poll_ms": (
+        int,
+        lambda v: MIN_INTERVAL_FLOOR_MS <= v <= 3_600_000,
+        f"an integer of milliseconds from {MIN_INTERVAL_FLOOR_MS} to 3600000",
+    ),
 }
 _ALLOWED_FIELDS = {f.name for f in fields(SourceConfig)}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How long-lived Dagster runs host the sources (the `runs:` section of the sources file)."""
+
+    sources_per_run: int = 25  # one run process hosts up to this many sources, one thread each
+    run_seconds: float = 1800.0  # a run hands its sources to a successor after this long
+    handoff_s: float = 60.0  # the successor is asked for this long before: it must be up and waiting by then
+    lease_ttl_s: float = 6.0  # a dead run's (or server's) sources are taken over within about this long
+    report_every_s: float = 20.0  # progress and checks of each source reach Dagster at most this often
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_RUN_FIELDS: dict[str, tuple[type | tuple[type, ...], Any, str]] = {
+    "sources_per_run": (int, lambda v: 1 <= v <= 1000, "an integer from 1 to 1000"),
+    "run_seconds": ((int, float), lambda v: 60 <= v <= 7 * 86_400, "a number of seconds from 60 to 604800"),
+    "handoff_s": ((int, float), lambda v: 5 <= v <= 3600, "a number of seconds from 5 to 3600"),
+    "lease_ttl_s": ((int, float), lambda v: 1 <= v <= 600, "a number of seconds from 1 to 600"),
+    "report_every_s": ((int, float), lambda v: 1 <= v <= 3600, "a number of seconds from 1 to 3600"),
+}
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """The whole sources file."""
+
+    sources: list[SourceConfig]
+    runs: RunSettings = RunSettings()
+
+    def source(self, name: str) -> SourceConfig:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        known = ", ".join(s.name for s in self.sources) or "none"
+        raise ConfigError(f"source {name!r} is not configured (configured: {known})")
 
 
 def validate_source_name(name: Any, where: str = "source") -> str:
@@ -118,7 +169,13 @@ def parse_source(raw: Any, where: str) -> SourceConfig:
     if "url" not in raw:
         raise ConfigError(f"{where}: field 'url' is missing")
     values: dict[str, Any] = {"name": name, "url": validate_url(raw["url"], where)}
-    for key, (types, rule, description) in _NUMERIC_FIELDS.items():
+    values.update(_checked(raw, _NUMERIC_FIELDS, where))
+    return SourceConfig(**values)
+
+
+def _checked(raw: dict, rules: dict, where: str) -> dict[str, Any]:
+    values = {}
+    for key, (types, rule, description) in rules.items():
         if key not in raw:
             continue
         value = raw[key]
@@ -126,15 +183,39 @@ def parse_source(raw: Any, where: str) -> SourceConfig:
         if isinstance(value, bool) or not isinstance(value, types) or not rule(value):
             raise ConfigError(f"{where}: field {key!r}: {value!r} is not valid; expected {description}")
         values[key] = value
-    return SourceConfig(**values)
+    return values
+
+
+def parse_runs(raw: Any, origin: str) -> RunSettings:
+    where = f"{origin}: runs"
+    if raw is None:
+        return RunSettings()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_RUN_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: field {unknown[0]!r} is not known (known fields: {', '.join(_RUN_FIELDS)})")
+    settings = RunSettings(**_checked(raw, _RUN_FIELDS, where))
+    if settings.handoff_s * 2 > settings.run_seconds:
+        raise ConfigError(f"{where}: field 'handoff_s': {settings.handoff_s!r} is not valid; expected at most "
+                          f"half of run_seconds ({settings.run_seconds:g})")
+    return settings
+
+
+def parse_config(document: Any, origin: str) -> IngestConfig:
+    if not isinstance(document, dict) or "sources" not in document:
+        raise ConfigError(f"{origin}: expected a top-level 'sources:' list")
+    extra = sorted(set(document) - {"sources", "runs"})
+    if extra:
+        raise ConfigError(f"{origin}: top-level field {extra[0]!r} is not known (only 'sources' and 'runs')")
+    return IngestConfig(sources=_parse_source_list(document, origin), runs=parse_runs(document.get("runs"), origin))
 
 
 def parse_sources(document: Any, origin: str) -> list[SourceConfig]:
-    if not isinstance(document, dict) or "sources" not in document:
-        raise ConfigError(f"{origin}: expected a top-level 'sources:' list")
-    extra = sorted(set(document) - {"sources"})
-    if extra:
-        raise ConfigError(f"{origin}: top-level field {extra[0]!r} is not known (only 'sources')")
+    return parse_config(document, origin).sources
+
+
+def _parse_source_list(document: dict, origin: str) -> list[SourceConfig]:
     items = document["sources"]
     if not isinstance(items, list) or not items:
         raise ConfigError(f"{origin}: field 'sources': expected a non-empty list")
@@ -155,6 +236,11 @@ def sources_path(path: str | os.PathLike[str] | None = None) -> Path:
 
 def load_sources(path: str | os.PathLike[str] | None = None) -> list[SourceConfig]:
     """Load and validate the sources file (default: $EVENT_INGEST_SOURCES or ./sources.yaml)."""
+    return load_config(path).sources
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> IngestConfig:
+    """The whole sources file: its sources and its `runs:` settings, validated."""
     file = sources_path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -170,7 +256,7 @@ def load_sources(path: str | os.PathLike[str] | None = None) -> list[SourceConfi
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{file}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    return parse_sources(document, str(file))
+    return parse_config(document, str(file))
 
 
 def require_env(name: str, what: str) -> str:

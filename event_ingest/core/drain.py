@@ -2,28 +2,37 @@
 
 lease -> epoch bump (fence) -> loop { gate -> fetch -> commit } -> release.
 
-It runs until the source is caught up (an empty page) or the time budget is
-spent, so one Dagster run (which costs seconds to launch) moves many pages.
-The same function backs the Dagster asset and ``event-ingest ingest``.
+A drain either ends when the source is caught up (an empty page; ``event-ingest
+ingest`` and a one-off materialization) or *tails* it (``tail=True``): on an
+empty page it keeps polling at the spacing limit (or the source's slower
+``idle_poll_ms``) until its budget ends or it is told to stop. Tailing is what
+a long-lived ingest run does, so a new event waits one poll, not one Dagster run.
+
+With ``lease_wait_s=math.inf`` a drain stands by on the lease until the holder
+lets go: that is how a successor run (or a second deployment) takes a source
+over within one lease poll of a handoff, or one lease TTL of a crash.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import socket
 import statistics
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Callable
 
 import redis
 
 from ..config import SourceConfig
-from .client import Kind, Outcome, SourceClient
+from .client import Kind, SourceClient
 from .gate import Gate, GateUnavailable
 from .lease import Lease, LeaseUnavailable
 from .page import Page
@@ -31,24 +40,45 @@ from .store import Fenced, Store, StoreError
 
 log = logging.getLogger(__name__)
 
-# Drain end states.
-CAUGHT_UP = "caught_up"  # an empty page: nothing new right now
-BUDGET_SPENT = "budget_spent"  # time budget used up; more may be waiting
-LEASE_BUSY = "lease_busy"  # another consumer is draining this source
-FENCED = "fenced"  # another consumer took over mid-drain; our last page was rolled back
-LEASE_LOST = "lease_lost"  # our lease expired/was taken; stopped before the next request
-SOURCE_ERROR = "source_error"  # the source kept failing (retries spent) or answered unusably
-REDIS_DOWN = "redis_unavailable"  # no gate, no lease: stop requesting rather than guess
-POSTGRES_DOWN = "postgres_unavailable"
-STOPPED = "stopped"  # asked to stop (signal)
 
-OK_STATUSES = {CAUGHT_UP, BUDGET_SPENT, LEASE_BUSY}
+class DrainStatus(str, Enum):
+    """How a drain ended. A ``str`` so logs, JSON and comparisons with plain strings read naturally."""
+
+    CAUGHT_UP = "caught_up"  # an empty page: nothing new right now
+    BUDGET_SPENT = "budget_spent"  # time budget used up; more may be waiting
+    LEASE_BUSY = "lease_busy"  # another consumer is draining this source
+    STOPPED = "stopped"  # asked to stop (a signal, a handoff to a successor)
+    FENCED = "fenced"  # another consumer took over mid-drain; our last page was rolled back
+    LEASE_LOST = "lease_lost"  # our lease expired/was taken; stopped before the next request
+    SOURCE_ERROR = "source_error"  # the source kept failing (retries spent) or answered unusably
+    REDIS_DOWN = "redis_unavailable"  # no gate, no lease: stop requesting rather than guess
+    POSTGRES_DOWN = "postgres_unavailable"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def ok(self) -> bool:
+        return self in _OK
+
+
+_OK = {DrainStatus.CAUGHT_UP, DrainStatus.BUDGET_SPENT, DrainStatus.LEASE_BUSY, DrainStatus.STOPPED}
+
+# The names the rest of the project (and its tests) import.
+CAUGHT_UP, BUDGET_SPENT, LEASE_BUSY, STOPPED = (
+    DrainStatus.CAUGHT_UP, DrainStatus.BUDGET_SPENT, DrainStatus.LEASE_BUSY, DrainStatus.STOPPED)
+FENCED, LEASE_LOST, SOURCE_ERROR = DrainStatus.FENCED, DrainStatus.LEASE_LOST, DrainStatus.SOURCE_ERROR
+REDIS_DOWN, POSTGRES_DOWN = DrainStatus.REDIS_DOWN, DrainStatus.POSTGRES_DOWN
+OK_STATUSES = frozenset(_OK)
+
+# Per-page lags kept for the progress reports (a window's percentiles); older ones are dropped.
+LAG_SAMPLES = 4096
 
 
 @dataclass
 class DrainStats:
     source: str
-    status: str = ""
+    status: DrainStatus | None = None
     error: str | None = None
     consumer: str = ""
     epoch: int | None = None
@@ -58,6 +88,7 @@ class DrainStats:
     events_already_stored: int = 0
     quarantined: int = 0
     pages: int = 0
+    empty_polls: int = 0
     requests: int = 0
     errors: int = 0
     retry_after_s: float = 0.0
@@ -65,15 +96,19 @@ class DrainStats:
     median_gap_ms: float | None = None
     lease_wait_s: float = 0.0
     duration_s: float = 0.0
-    lag_s: float | None = None
+    lag_s: float | None = None  # age of the newest event committed, when its payload says when it was made
+    caught_up: bool = False  # the last poll found nothing new
+    last_error: str | None = None  # the latest failed attempt, even if a retry then worked
     warnings: list[str] = field(default_factory=list)
+    # (wall time of the commit, lag in s) per page, for progress windows; not part of to_dict().
+    lag_samples: deque = field(default_factory=lambda: deque(maxlen=LAG_SAMPLES), repr=False)
 
     @property
     def ok(self) -> bool:
-        return self.status in OK_STATUSES
+        return self.status is not None and self.status.ok
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lag_samples"}
 
     def summary(self) -> str:
         gap = f"{self.min_gap_ms:.1f}" if self.min_gap_ms is not None else "-"
@@ -99,11 +134,13 @@ class DrainHooks:
 
 @dataclass(frozen=True)
 class DrainOptions:
-    lease_ttl_s: float = 30.0
-    lease_wait_s: float = 5.0
-    max_seconds: float | None = None  # default: the source's max_run_seconds
+    lease_ttl_s: float = 6.0  # a dead holder's source is free again after this long
+    lease_wait_s: float = 5.0  # math.inf: stand by on the lease until it frees up or we are stopped
+    max_seconds: float | None = None  # default: the source's max_run_seconds; math.inf: until stopped
+    tail: bool = False  # keep polling when caught up, instead of ending
     backoff_base_s: float = 0.25
     backoff_max_s: float = 10.0
+    mark_polled_every_s: float = 5.0  # while tailing an idle source, tell Postgres it is still polled
 
 
 def consumer_id() -> str:
@@ -126,6 +163,244 @@ def _lag_s(page: Page) -> float | None:
     return max(0.0, time.time() - created)
 
 
+class _DrainLog(logging.LoggerAdapter):
+    """Every line of a drain names the source, the epoch and the cursor: one grep follows a source
+    through handoffs and faults."""
+
+    def __init__(self, logger, drain: "Drain") -> None:
+        super().__init__(logger, {})
+        self.drain = drain
+
+    def process(self, msg, kwargs):
+        d = self.drain
+        return f"source={d.source.name} epoch={d.stats.epoch if d.stats.epoch is not None else '-'} " \
+               f"cursor={d.cursor if d.cursor is not None else '-'}: {msg}", kwargs
+
+
+class _End(Exception):
+    """How the drain ends: raised from anywhere in the loop, caught once in run()."""
+
+    def __init__(self, status: DrainStatus, error: str | None = None) -> None:
+        super().__init__(status, error)
+        self.status = status
+        self.error = error
+
+
+class Drain:
+    """One drain of one source: holds its source, stats, store, lease, gate, client and deadline."""
+
+    def __init__(
+        self,
+        source: SourceConfig,
+        *,
+        store: Store,
+        redis_client: redis.Redis,
+        options: DrainOptions = DrainOptions(),
+        hooks: DrainHooks = DrainHooks(),
+        should_stop: Callable[[], bool] = lambda: False,
+        logger: logging.Logger | logging.LoggerAdapter = log,
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.options = options
+        self.hooks = hooks
+        self.should_stop = should_stop
+        self.stats = DrainStats(source=source.name, consumer=consumer_id())
+        self.cursor: int | None = None
+        self.log = _DrainLog(logger, self)
+        self.lease = Lease(redis_client, source.name, ttl_s=options.lease_ttl_s, wait_s=options.lease_wait_s)
+        # The reservation outlives the longest request: timeout plus one interval.
+        self.gate = Gate(
+            redis_client, source.name, interval_s=source.min_interval_s,
+            hold_s=source.timeout_s + source.min_interval_s, token=self.stats.consumer,
+        )
+        self.client = SourceClient(source, self.gate)
+        budget = options.max_seconds if options.max_seconds is not None else source.max_run_seconds
+        self.budget_s = budget
+        self.deadline = math.inf
+        self._last_marked = -math.inf
+
+    # -- the drain ---------------------------------------------------------------------------
+
+    def run(self) -> DrainStats:
+        """Never raises for source/store/Redis trouble: ``stats.status`` says how it ended, ``error`` why."""
+        started = time.monotonic()
+        self.deadline = started + self.budget_s
+        acquired = False
+        try:
+            try:
+                acquired = self._take_over()
+                self._loop()
+            except _End as end:
+                self.stats.status, self.stats.error = end.status, end.error
+        finally:
+            if acquired:
+                self.lease.release()
+            self.client.close()
+            self.stats.requests = len(self.client.request_starts)
+            gaps = _gaps_ms(self.client.request_starts)
+            if gaps:
+                self.stats.min_gap_ms = round(min(gaps), 3)
+                self.stats.median_gap_ms = round(statistics.median(gaps), 3)
+            self.stats.duration_s = round(time.monotonic() - started, 3)
+        (self.log.info if self.stats.ok else self.log.warning)(self.stats.summary())
+        return self.stats
+
+    def _take_over(self) -> bool:
+        """The lease, then the fence: from the epoch bump on, every earlier holder's commit is refused."""
+        started = time.monotonic()
+        try:
+            acquired = self.lease.acquire(should_stop=self._stopping)
+        except LeaseUnavailable as exc:
+            raise _End(REDIS_DOWN, str(exc)) from None
+        self.stats.lease_wait_s = round(time.monotonic() - started, 3)
+        if not acquired:
+            raise _End(STOPPED if self._stopping() else LEASE_BUSY)
+        try:
+            self.store.ensure_source(self.source.name)
+            self.stats.epoch, self.cursor = self.store.begin_epoch(self.source.name)
+        except StoreError as exc:
+            self.lease.release()
+            raise _End(POSTGRES_DOWN, str(exc)) from None
+        self.stats.cursor_before = self.stats.cursor_after = self.cursor
+        return True
+
+    def _stopping(self) -> bool:
+        return self.should_stop() or time.monotonic() >= self.deadline
+
+    def _loop(self) -> None:
+        while True:
+            if self.should_stop():
+                raise _End(STOPPED)
+            if time.monotonic() >= self.deadline:
+                raise _End(BUDGET_SPENT)
+            page = self._fetch()
+            for warning in page.warnings:
+                self.log.warning("page at lastId=%s: %s", self.cursor, warning)
+                self.stats.warnings.append(f"lastId={self.cursor}: {warning}")
+            if page.empty:
+                self._caught_up()
+                continue
+            if self.hooks.after_fetch:
+                self.hooks.after_fetch(self.stats, page)
+            moved = self._commit(page)
+            if self.hooks.after_commit:
+                self.hooks.after_commit(self.stats)
+            if not moved:
+                # Only ids at or below the cursor: the source re-served old events. Asking again with
+                # the same lastId would get the same page; nothing is new.
+                self.stats.warnings.append(f"lastId={self.cursor}: page held no id above the cursor; "
+                                           "treated as caught up")
+                self._caught_up()
+
+    def _commit(self, page: Page) -> bool:
+        """One page, one transaction, fenced. Returns whether the cursor moved."""
+        new_cursor = page.next_cursor(self.cursor)
+        try:
+            result = self.store.commit_page(
+                self.source.name, epoch=self.stats.epoch, old_cursor=self.cursor, new_cursor=new_cursor,
+                events=page.events, quarantined=page.quarantined,
+            )
+        except Fenced as exc:
+            raise _End(FENCED, str(exc)) from None
+        except StoreError as exc:
+            # The commit may or may not have landed; the next drain reads the cursor from Postgres either way.
+            raise _End(POSTGRES_DOWN, str(exc)) from None
+        moved = new_cursor > self.cursor
+        self.cursor = self.stats.cursor_after = new_cursor
+        stats = self.stats
+        stats.pages += 1
+        stats.events_stored += result.inserted
+        stats.events_already_stored += result.already_stored
+        stats.quarantined += result.quarantined
+        stats.caught_up = False
+        stats.lag_s = _lag_s(page)
+        if stats.lag_s is not None:
+            stats.lag_samples.append((time.time(), stats.lag_s))
+        return moved
+
+    def _caught_up(self) -> None:
+        """Nothing new: end here, or (tailing) note it and poll again at the idle pace."""
+        self.stats.caught_up = True
+        self.stats.lag_s = 0.0
+        if not self.options.tail:
+            raise _End(CAUGHT_UP)
+        self.stats.empty_polls += 1
+        now = time.monotonic()
+        if now - self._last_marked >= self.options.mark_polled_every_s:
+            try:
+                self.store.mark_polled(self.source.name, self.stats.epoch)
+            except StoreError as exc:
+                raise _End(POSTGRES_DOWN, str(exc)) from None
+            self._last_marked = now
+        # The gate already spaces polls by min_interval; a source that asks to be polled less often is
+        # asked again idle_poll after this poll was sent.
+        if self.source.idle_poll_s > self.source.min_interval_s and self.client.request_starts:
+            self._sleep(self.client.request_starts[-1] + self.source.idle_poll_s - time.monotonic())
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake for a stop request or the deadline."""
+        until = min(time.monotonic() + seconds, self.deadline)
+        while not self.should_stop():
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
+
+    def _fetch(self) -> Page:
+        """The one retry policy: transient failures back off exponentially (with jitter) and retry through
+        the gate; a Retry-After is honoured (the gate already moved every consumer's next slot). Only
+        requests that were sent count as attempts: a slot given back unsent is asked for again."""
+        source, stats = self.source, self.stats
+        attempt = 0
+        while True:
+            if self.lease.lost:
+                raise _End(LEASE_LOST, f"source {source.name!r}: lease lost; stopped before the next request")
+            max_wait = None if math.isinf(self.deadline) else max(self.deadline - time.monotonic(), 0.0) + source.timeout_s
+            try:
+                grant = self.gate.acquire(max_wait_s=max_wait, should_stop=lambda: self.should_stop() or self.lease.lost)
+            except GateUnavailable as exc:
+                raise _End(REDIS_DOWN, str(exc)) from None
+            if grant is None:
+                if self.lease.lost:
+                    raise _End(LEASE_LOST, f"source {source.name!r}: lease lost while waiting for a slot")
+                raise _End(STOPPED if self.should_stop() else BUDGET_SPENT)
+            try:
+                outcome = self.client.attempt(grant, self.cursor)
+            except GateUnavailable as exc:  # the slot could not be closed: Redis went away mid-request
+                raise _End(REDIS_DOWN, str(exc)) from None
+            if outcome.kind is Kind.OK:
+                return outcome.page
+            if not outcome.sent:
+                # Nothing reached the source: no attempt used, no error to count, no backoff.
+                self.log.warning("%s", outcome.reason)
+                continue
+            attempt += 1
+            stats.errors += 1
+            stats.last_error = outcome.reason
+            if outcome.bad_body is not None:
+                try:
+                    self.store.quarantine(source.name, [outcome.bad_body])
+                except StoreError as exc:
+                    raise _End(POSTGRES_DOWN, str(exc)) from None
+                stats.quarantined += 1
+            if outcome.kind is Kind.FATAL:
+                raise _End(SOURCE_ERROR, f"source {source.name!r} at lastId={self.cursor}: {outcome.reason}")
+            self.log.warning("attempt %d/%d at lastId=%s failed: %s", attempt, source.max_attempts, self.cursor,
+                             outcome.reason)
+            if attempt >= source.max_attempts:
+                raise _End(SOURCE_ERROR, f"source {source.name!r} at lastId={self.cursor}: {source.max_attempts} "
+                                         f"attempts failed, last: {outcome.reason}")
+            if outcome.retry_after_s is not None:
+                stats.retry_after_s += outcome.retry_after_s
+                if time.monotonic() + outcome.retry_after_s > self.deadline:
+                    raise _End(SOURCE_ERROR, f"source {source.name!r} asked to wait {outcome.retry_after_s:g}s "
+                                             "(Retry-After)")
+                continue  # the gate holds everyone back until then
+            delay = min(self.options.backoff_max_s, self.options.backoff_base_s * 2 ** (attempt - 1))
+            self._sleep(delay * random.uniform(0.5, 1.0))
+
+
 def drain(
     source: SourceConfig,
     *,
@@ -136,152 +411,6 @@ def drain(
     should_stop: Callable[[], bool] = lambda: False,
     logger: logging.Logger | logging.LoggerAdapter = log,
 ) -> DrainStats:
-    """Drain one source until caught up or out of time. Never raises for source/store/Redis trouble:
-    the returned stats say how it ended (``status``) and why (``error``)."""
-    stats = DrainStats(source=source.name, consumer=consumer_id())
-    _drain(source, stats, store, redis_client, options, hooks, should_stop, logger)
-    if stats.ok:
-        logger.info(stats.summary())
-    else:
-        logger.warning(stats.summary())
-    return stats
-
-
-def _drain(source, stats, store, redis_client, options, hooks, should_stop, logger) -> DrainStats:
-    started = time.monotonic()
-    budget = options.max_seconds if options.max_seconds is not None else source.max_run_seconds
-    deadline = started + budget
-    lease = Lease(redis_client, source.name, ttl_s=options.lease_ttl_s, wait_s=options.lease_wait_s)
-    # The reservation outlives the longest request: timeout plus one interval.
-    gate = Gate(
-        redis_client, source.name, interval_s=source.min_interval_s,
-        hold_s=source.timeout_s + source.min_interval_s, token=stats.consumer,
-    )
-    client = SourceClient(source, gate)
-    acquired = False
-    try:
-        try:
-            acquired = lease.acquire()
-        except LeaseUnavailable as exc:
-            return _end(stats, REDIS_DOWN, str(exc), logger)
-        stats.lease_wait_s = time.monotonic() - started
-        if not acquired:
-            return _end(stats, LEASE_BUSY, None, logger)
-        try:
-            store.ensure_source(source.name)
-            stats.epoch, cursor = store.begin_epoch(source.name)
-        except StoreError as exc:
-            return _end(stats, POSTGRES_DOWN, str(exc), logger)
-        stats.cursor_before = stats.cursor_after = cursor
-        return _loop(source, stats, store, lease, gate, client, cursor, deadline, options, hooks, should_stop, logger)
-    finally:
-        if acquired:
-            lease.release()
-        client.close()
-        stats.requests = len(client.request_starts)
-        gaps = _gaps_ms(client.request_starts)
-        if gaps:
-            stats.min_gap_ms = round(min(gaps), 3)
-            stats.median_gap_ms = round(statistics.median(gaps), 3)
-        stats.duration_s = round(time.monotonic() - started, 3)
-
-
-def _loop(source, stats, store, lease, gate, client, cursor, deadline, options, hooks, should_stop, logger):
-    while True:
-        if should_stop():
-            return _end(stats, STOPPED, None, logger)
-        if time.monotonic() >= deadline:
-            return _end(stats, BUDGET_SPENT, None, logger)
-        try:
-            outcome = _fetch_with_retries(source, stats, store, lease, gate, client, cursor, deadline, options,
-                                          should_stop, logger)
-        except GateUnavailable as exc:
-            return _end(stats, REDIS_DOWN, str(exc), logger)
-        except StoreError as exc:
-            return _end(stats, POSTGRES_DOWN, str(exc), logger)
-        if isinstance(outcome, str):  # an end state decided while retrying
-            return _end(stats, outcome, stats.error, logger)
-        page = outcome.page
-        for warning in page.warnings:
-            logger.warning("source %s: page at lastId=%s: %s", source.name, cursor, warning)
-            stats.warnings.append(f"lastId={cursor}: {warning}")
-        if page.empty:
-            stats.lag_s = 0.0
-            return _end(stats, CAUGHT_UP, None, logger)
-        if hooks.after_fetch:
-            hooks.after_fetch(stats, page)
-        new_cursor = page.next_cursor(cursor)
-        try:
-            result = store.commit_page(
-                source.name, epoch=stats.epoch, old_cursor=cursor, new_cursor=new_cursor,
-                events=page.events, quarantined=page.quarantined,
-            )
-        except Fenced as exc:
-            return _end(stats, FENCED, str(exc), logger)
-        except StoreError as exc:
-            # The commit may or may not have landed; the next drain reads the cursor from Postgres either way.
-            return _end(stats, POSTGRES_DOWN, str(exc), logger)
-        moved = new_cursor > cursor
-        cursor = new_cursor
-        stats.cursor_after = cursor
-        stats.pages += 1
-        stats.events_stored += result.inserted
-        stats.events_already_stored += result.already_stored
-        stats.quarantined += result.quarantined
-        stats.lag_s = _lag_s(page)
-        if hooks.after_commit:
-            hooks.after_commit(stats)
-        if not moved:
-            # Only ids at or below the cursor: the source re-served old events. Asking again with
-            # the same lastId would get the same page until the budget runs out; nothing is new.
-            stats.warnings.append(f"lastId={cursor}: page held no id above the cursor; treated as caught up")
-            return _end(stats, CAUGHT_UP, None, logger)
-
-
-def _fetch_with_retries(source, stats, store, lease, gate, client, cursor, deadline, options, should_stop, logger):
-    """The one retry policy: transient failures back off exponentially (with jitter) and retry through
-    the gate; a Retry-After is honoured (the gate already moved every consumer's next slot)."""
-    for attempt in range(1, source.max_attempts + 1):
-        if lease.lost:
-            stats.error = f"source {source.name!r}: lease lost; stopped before the next request"
-            return LEASE_LOST
-        grant = gate.acquire(max_wait_s=max(deadline - time.monotonic(), 0.0) + source.timeout_s,
-                             should_stop=lambda: should_stop() or lease.lost)
-        if grant is None:
-            if lease.lost:
-                stats.error = f"source {source.name!r}: lease lost while waiting for a slot"
-                return LEASE_LOST
-            return STOPPED if should_stop() else BUDGET_SPENT
-        outcome: Outcome = client.attempt(grant, cursor)
-        if outcome.kind is Kind.OK:
-            return outcome
-        if not outcome.sent:
-            # Nothing reached the source: no error to count, no backoff; just ask the gate again.
-            logger.warning("source %s: %s", source.name, outcome.reason)
-            continue
-        stats.errors += 1
-        if outcome.bad_body is not None:
-            store.quarantine(source.name, [outcome.bad_body])
-            stats.quarantined += 1
-        if outcome.kind is Kind.FATAL:
-            stats.error = f"source {source.name!r} at lastId={cursor}: {outcome.reason}"
-            return SOURCE_ERROR
-        logger.warning("source %s: attempt %d/%d at lastId=%s failed: %s",
-                       source.name, attempt, source.max_attempts, cursor, outcome.reason)
-        if outcome.retry_after_s is not None:
-            stats.retry_after_s += outcome.retry_after_s
-            if time.monotonic() + outcome.retry_after_s > deadline:
-                stats.error = f"source {source.name!r} asked to wait {outcome.retry_after_s:g}s (Retry-After)"
-                return SOURCE_ERROR
-            continue  # the gate holds everyone back until then
-        if attempt < source.max_attempts:
-            delay = min(options.backoff_max_s, options.backoff_base_s * 2 ** (attempt - 1))
-            time.sleep(delay * random.uniform(0.5, 1.0))
-    stats.error = f"source {source.name!r} at lastId={cursor}: {source.max_attempts} attempts failed, last: {outcome.reason}"
-    return SOURCE_ERROR
-
-
-def _end(stats: DrainStats, status: str, error: str | None, logger) -> DrainStats:
-    stats.status = status
-    stats.error = error
-    return stats
+    """Drain one source until caught up (or, tailing, until stopped) or out of time."""
+    return Drain(source, store=store, redis_client=redis_client, options=options, hooks=hooks,
+                 should_stop=should_stop, logger=logger).run()

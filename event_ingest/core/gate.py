@@ -20,10 +20,16 @@ Failure timeline it defends against:
    (request timeout + interval), then the slot opens again.
 2. ``Retry-After`` from the source: ``close(defer_s=...)`` pushes the same key
    forward, so every process on every server backs off together.
-3. The key vanishes (Redis restart, ``FLUSHALL``, TTL expiry): a request may be
-   in flight that nobody knows of. The first caller that finds no record
-   writes ``next = now + hold`` (the longest a request can be in flight) and
-   waits it out: a cold start costs one hold, never a short gap.
+3. Redis loses its state (restart without persistence, ``FLUSHALL``): a
+   request may be in flight that nobody knows of. Redis keeps one more key,
+   the *era*: the moment (Redis clock) since which its memory is known to be
+   whole. The first caller that finds the era missing sets it to now; every
+   request in flight when the state was lost had been sent before that
+   moment, so it is over by ``era + hold``. A source without a record waits
+   until then - once, right after the loss, never a short gap. A source
+   without a record in an era older than one hold is simply new (or has been
+   idle longer than the record's TTL, which always exceeds a hold): its
+   first request goes out at once.
 4. Redis is unreachable: no slot can be proven safe, so none is granted; the
    caller gets :class:`GateUnavailable` and stops requesting rather than guess.
 """
@@ -38,11 +44,15 @@ import redis
 from ..config import is_valid_source_name
 
 KEY_PREFIX = "event-ingest:gate:"
+# Since when (µs, Redis' clock) this Redis' memory is known to be whole; never expires.
+ERA_KEY = "event-ingest:gate-era"
 
-# Keep an idle gate's record for an hour; after that a cold start (one hold) is cheap.
+# Keep an idle gate's record for at least an hour (and always longer than two holds, so a
+# record that expired cannot hide a request still in flight).
 IDLE_TTL_MS = 3_600_000
 
 # KEYS[1] = gate hash for one source (fields: next, holder, hold_until; microseconds on Redis' clock)
+# KEYS[2] = the era key
 # ARGV[1] = token of the caller
 # ARGV[2] = hold_us: how long the reservation lasts if never closed (timeout + interval)
 # ARGV[3] = idle TTL of the key in ms
@@ -53,12 +63,18 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local hold = tonumber(ARGV[2])
 local next_at = tonumber(redis.call('HGET', KEYS[1], 'next'))
 if not next_at then
-  -- No record: first use, or state lost (restart, FLUSHALL, expiry). A request
-  -- we know nothing of may be in flight; wait out the longest one can last.
-  next_at = now + hold
+  -- No record. Either the source is new (or idle past the record's TTL), or Redis lost
+  -- its memory (restart, FLUSHALL) while a request nobody knows of may be in flight.
+  local era = tonumber(redis.call('GET', KEYS[2]))
+  if not era then
+    -- The memory was lost (or this Redis was never used): it is whole from now on.
+    era = now
+    redis.call('SET', KEYS[2], era)
+  end
+  -- Anything in flight at the loss was sent before the era began and is over by era + hold.
+  next_at = era + hold
   redis.call('HSET', KEYS[1], 'next', next_at)
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {0, hold}
 end
 local hold_until = tonumber(redis.call('HGET', KEYS[1], 'hold_until'))
 if hold_until and hold_until > now then
@@ -124,6 +140,7 @@ class Gate:
         interval_s: float,
         hold_s: float,
         token: str,
+        era_key: str = ERA_KEY,
     ) -> None:
         if not is_valid_source_name(source):
             raise ValueError(f"invalid source name {source!r}: not used as a Redis key")
@@ -131,14 +148,16 @@ class Gate:
         self.source = source
         self.interval_us = int(interval_s * 1_000_000)
         self.hold_us = int(hold_s * 1_000_000)
+        self.ttl_ms = max(IDLE_TTL_MS, 2 * self.hold_us // 1000)
+        self.era_key = era_key  # one per Redis; tests give their own to play a loss without disturbing others
         self.token = token
         self._redis = client
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._close = client.register_script(CLOSE_LUA)
 
-    def _call(self, script, args: list) -> object:
+    def _call(self, script, args: list, keys: list[str] | None = None) -> object:
         try:
-            return script(keys=[self.key], args=args)
+            return script(keys=keys or [self.key], args=args)
         except redis.RedisError as exc:
             raise GateUnavailable(
                 f"source {self.source!r}: spacing gate unavailable, not requesting "
@@ -147,7 +166,7 @@ class Gate:
 
     def try_acquire(self) -> tuple[bool, int]:
         """One attempt: (True, grant time in µs on Redis' clock) or (False, µs to wait)."""
-        granted, value = self._call(self._acquire, [self.token, self.hold_us, IDLE_TTL_MS])
+        granted, value = self._call(self._acquire, [self.token, self.hold_us, self.ttl_ms], keys=[self.key, self.era_key])
         return bool(granted), int(value)
 
     def acquire(self, max_wait_s: float | None = None, should_stop=None) -> Grant | None:
@@ -169,5 +188,5 @@ class Gate:
 
     def close(self, defer_s: float = 0.0) -> float:
         """The response (or the timeout) came back: the next slot opens interval (or defer) from now."""
-        wait_us = self._call(self._close, [self.token, self.interval_us, int(defer_s * 1_000_000), IDLE_TTL_MS])
+        wait_us = self._call(self._close, [self.token, self.interval_us, int(defer_s * 1_000_000), self.ttl_ms])
         return int(wait_us) / 1_000_000

@@ -15,13 +15,21 @@ Failure timeline:
    the drain stops before its next request. If A was already past that
    check, its commit is refused by the fence. A's release cannot delete B's
    lease (compare-and-delete).
+
+Waiting for a busy lease is how a standby stands by: a successor run, or a
+whole second deployment, polls ``SET NX`` every ``poll_s`` until the holder
+releases (a handoff: the lease passes within one poll) or dies (the TTL runs
+out: failover within ``ttl_s`` + one poll). Short TTLs make failover quick;
+renewal every ttl/3 keeps a live holder's lease through two missed renewals.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from typing import Callable
 
 import redis
 from redis.exceptions import LockError
@@ -37,18 +45,24 @@ class LeaseUnavailable(RuntimeError):
     """Redis could not be asked for the lease."""
 
 
+# How often a waiter asks for a busy lease: the longest a handoff adds to the pause at the source.
+POLL_S = 0.1
+
+
 class Lease:
-    def __init__(self, client: redis.Redis, source: str, *, ttl_s: float = 30.0, wait_s: float = 5.0) -> None:
+    def __init__(
+        self, client: redis.Redis, source: str, *, ttl_s: float = 6.0, wait_s: float = 5.0, poll_s: float = POLL_S
+    ) -> None:
         if not is_valid_source_name(source):
             raise ValueError(f"invalid source name {source!r}: not used as a Redis key")
         self.source = source
         self.key = KEY_PREFIX + source
         self.ttl_s = ttl_s
-        self.wait_s = wait_s
+        self.wait_s = wait_s  # math.inf: stand by until the lease frees up or should_stop() says so
+        self.poll_s = poll_s
         # thread_local=False: the renewal thread must see the token the drain took.
-        self._lock = client.lock(
-            self.key, timeout=ttl_s, sleep=0.05, blocking=True, blocking_timeout=wait_s, thread_local=False
-        )
+        # Non-blocking: the wait loop is ours, so a standby can be stopped while it waits.
+        self._lock = client.lock(self.key, timeout=ttl_s, blocking=False, thread_local=False)
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -62,22 +76,28 @@ class Lease:
     def lost(self) -> bool:
         return self._lost.is_set()
 
-    def acquire(self) -> bool:
-        """Take the lease, waiting up to ``wait_s`` for another holder; False if it stayed busy."""
-        try:
-            acquired = self._lock.acquire()
-        except redis.RedisError as exc:
-            raise LeaseUnavailable(
-                f"source {self.source!r}: cannot take the lease in Redis ({type(exc).__name__}: {exc})"
-            ) from exc
-        if acquired:
-            self._stop.clear()
-            self._lost.clear()
-            self._renewer = threading.Thread(
-                target=self._renew_loop, name=f"lease-renew-{self.source}", daemon=True
-            )
-            self._renewer.start()
-        return bool(acquired)
+    def acquire(self, should_stop: Callable[[], bool] | None = None) -> bool:
+        """Take the lease, waiting up to ``wait_s`` for another holder; False if it stayed busy
+        (or ``should_stop()`` turned true while waiting)."""
+        started = time.monotonic()
+        while True:
+            try:
+                acquired = self._lock.acquire()
+            except redis.RedisError as exc:
+                raise LeaseUnavailable(
+                    f"source {self.source!r}: cannot take the lease in Redis ({type(exc).__name__}: {exc})"
+                ) from exc
+            if acquired:
+                break
+            waited = time.monotonic() - started
+            if waited >= self.wait_s or (should_stop is not None and should_stop()):
+                return False
+            time.sleep(self.poll_s if math.isinf(self.wait_s) else min(self.poll_s, self.wait_s - waited))
+        self._stop.clear()
+        self._lost.clear()
+        self._renewer = threading.Thread(target=self._renew_loop, name=f"lease-renew-{self.source}", daemon=True)
+        self._renewer.start()
+        return True
 
     def _renew_loop(self) -> None:
         last_renewed = time.monotonic()

@@ -44,7 +44,7 @@ from .page import Event, Quarantined
 SCHEMA_LOCK_KEY = 0x6576656E74696E
 
 # Bump with a new step in Store._upgrade when the schema changes; databases record theirs.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # id_blocks groups ids by event_id >> ID_BLOCK_BITS: a block is small enough to scan for the exact
 # missing ranges in milliseconds, and large enough that a source's block rows stay few (458 at 30M ids).
@@ -195,6 +195,10 @@ COUNTING_TRIGGERS = {
                              "events_count_truncate({source})",
 }
 
+# Version 3: when a source was last polled (freshness). A step, not a line of SCHEMA_SQL: an ALTER TABLE
+# takes its lock even when the column exists, and would queue behind (and hold up) every commit.
+ADD_LAST_POLL_AT_SQL = "ALTER TABLE source_state ADD COLUMN IF NOT EXISTS last_poll_at timestamptz"
+
 # Writers wait here while counters are rebuilt from the rows, so no row is counted twice or missed.
 LOCK_EVENTS_SQL = "LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"
 
@@ -230,13 +234,16 @@ ENSURE_STATE_SQL = "INSERT INTO source_state (source) VALUES (%(source)s) ON CON
 # The fence: matches only if nobody took the source over and the cursor is where we left it.
 ADVANCE_CURSOR_SQL = """
 UPDATE source_state
-SET cursor = %(new_cursor)s, last_ingest_at = now()
+SET cursor = %(new_cursor)s, last_ingest_at = now(), last_poll_at = now()
 WHERE source = %(source)s AND epoch = %(epoch)s AND cursor = %(old_cursor)s
 """
 
 # Run after the fence, as its own statement: READ COMMITTED gives it a snapshot taken after the row
 # lock was granted, so it sees every event committed by the writers that queued before us.
 HIGHEST_STORED_ID_SQL = "SELECT max(event_id) FROM events WHERE source = %(source)s"
+
+# A tailing drain of an idle source says it is still polling (freshness sees it), fenced like a commit.
+MARK_POLLED_SQL = "UPDATE source_state SET last_poll_at = now() WHERE source = %(source)s AND epoch = %(epoch)s"
 
 COUNT_FENCED_SQL = "UPDATE source_state SET fenced_commits = fenced_commits + 1 WHERE source = %(source)s"
 
@@ -332,13 +339,25 @@ ON CONFLICT (source, minute) DO UPDATE SET events = excluded.events
 
 # Events from the block counters and the highest id from the index: no row is counted.
 STATUS_SQL = """
-SELECT s.source, s.cursor, s.epoch, s.last_ingest_at, s.fenced_commits,
+SELECT s.source, s.cursor, s.epoch, s.last_ingest_at, s.fenced_commits, s.last_poll_at,
        (SELECT coalesce(sum(b.events), 0) FROM id_blocks b WHERE b.source = s.source) AS events,
        (SELECT coalesce(max(event_id), 0) FROM events e WHERE e.source = s.source) AS max_event_id,
        (SELECT count(*) FROM quarantine q WHERE q.source = s.source) AS quarantined
 FROM source_state s
 WHERE %(source)s::text IS NULL OR s.source = %(source)s
 ORDER BY s.source
+"""
+
+# Seconds since the source was last polled successfully, on the database's clock (one clock for all).
+POLL_AGE_SQL = """
+SELECT extract(epoch FROM now() - greatest(last_ingest_at, last_poll_at))::float8
+FROM source_state WHERE source = %(source)s
+"""
+
+# Rows stored per source from the block counters (true after deletes too; no row is counted).
+ROW_COUNTS_SQL = """
+SELECT s.source, (SELECT coalesce(sum(b.events), 0) FROM id_blocks b WHERE b.source = s.source)
+FROM source_state s WHERE s.source = ANY(%(sources)s)
 """
 
 # What the quarantine holds for one source: how many, the newest reason, the highest id kept.
@@ -385,6 +404,7 @@ class SourceStatus:
     quarantined: int
     fenced_commits: int
     last_ingest_at: datetime | None
+    last_poll_at: datetime | None = None  # the last successful poll (a page committed, or nothing new)
 
 
 @dataclass(frozen=True)
@@ -555,6 +575,8 @@ class Store:
             cur.execute(SOURCES_SQL)
             for (source,) in cur.fetchall():
                 self._count_partition(cur, source)
+        if version < 3:
+            cur.execute(ADD_LAST_POLL_AT_SQL)
         cur.execute(WRITE_SCHEMA_VERSION_SQL, {"version": SCHEMA_VERSION})
 
     @staticmethod
@@ -681,6 +703,12 @@ class Store:
             self._run("fence count", lambda cur: cur.execute(COUNT_FENCED_SQL, {"source": source}))
             raise
 
+    def mark_polled(self, source: str, epoch: int) -> bool:
+        """Record that the holder of ``epoch`` just polled ``source`` and found nothing new.
+        False if the epoch is no longer current (nothing written)."""
+        return self._run(f"poll mark for {source!r}",
+                         lambda cur: cur.execute(MARK_POLLED_SQL, {"source": source, "epoch": epoch}).rowcount == 1)
+
     def quarantine(self, source: str, items: Iterable[Quarantined]) -> None:
         """Keep bytes that could not be read as a page (outside any cursor move)."""
         items = list(items)
@@ -699,12 +727,30 @@ class Store:
             return [
                 SourceStatus(
                     source=r[0], cursor=r[1], epoch=r[2], last_ingest_at=r[3], fenced_commits=r[4],
-                    events=int(r[5]), max_event_id=r[6], quarantined=r[7],
+                    last_poll_at=r[5], events=int(r[6]), max_event_id=r[7], quarantined=r[8],
                 )
                 for r in cur.fetchall()
             ]
 
         return self._run("status query", read)
+
+    def poll_age_s(self, source: str) -> float | None:
+        """Seconds since the last page was committed or the last poll found nothing new; None if never."""
+
+        def read(cur):
+            row = cur.execute(POLL_AGE_SQL, {"source": source}).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return self._run(f"poll age of {source!r}", read)
+
+    def row_counts(self, sources: list[str]) -> dict[str, int]:
+        """Rows stored per source, from the counters the triggers keep (no count(*))."""
+
+        def read(cur):
+            cur.execute(ROW_COUNTS_SQL, {"sources": list(sources)})
+            return {name: int(n) for name, n in cur.fetchall()}
+
+        return self._run("row counts", read)
 
     def source_status(self, source: str) -> SourceStatus | None:
         return next(iter(self.status(source)), None)

@@ -1,41 +1,50 @@
 """Dagster definitions: thin glue over event_ingest.core.
 
-`events` is partitioned by source; each source has a sensor that keeps a run
-draining it; checks find gaps. `event_ingest.defs.definitions` is the module
-Dagster loads (workspace.yaml): it reads the sources file
-($EVENT_INGEST_SOURCES, default ./sources.yaml) and takes Postgres and Redis
-URLs from EVENT_INGEST_DATABASE_URL and EVENT_INGEST_REDIS_URL.
+`events` is partitioned by source. Each source has a sensor that keeps it hosted by a
+long-lived `ingest` run (one run hosts up to `runs.sources_per_run` sources, and hands them
+to its successor without a pause); checks find gaps and stale sources.
+`event_ingest.defs.definitions` is the module Dagster loads (workspace.yaml); it reads the
+sources file ($EVENT_INGEST_SOURCES, default ./sources.yaml) when Dagster asks for the
+definitions, not at import, and takes Postgres and Redis URLs from EVENT_INGEST_DATABASE_URL
+and EVENT_INGEST_REDIS_URL.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
-from ..config import SourceConfig
+from ..config import IngestConfig, SourceConfig
 from .assets import build_events_asset, build_rollup_asset
 from .checks import build_checks
+from .ingest_job import build_ingest_job
 from .resources import IngestResource, ingest_resource_from_env
 from .sensors import build_source_sensor
 
 
-def build_definitions(sources: list[SourceConfig], ingest: IngestResource | None = None) -> dg.Definitions:
+def build_definitions(config: IngestConfig | list[SourceConfig], ingest: IngestResource | None = None,
+                      sources_file: Path | None = None) -> dg.Definitions:
+    if not isinstance(config, IngestConfig):
+        config = IngestConfig(sources=list(config))
+    sources = config.sources
     partitions = dg.StaticPartitionsDefinition([s.name for s in sources])
     events = build_events_asset(sources, partitions)
     rollup = build_rollup_asset(partitions)
-    checks = build_checks(partitions)
-    ingest_job = dg.define_asset_job(
-        "ingest",
+    checks = build_checks(partitions, sources)
+    ingest_job = build_ingest_job(config, sources_file)
+    drain_job = dg.define_asset_job(
+        "drain",
         selection=dg.AssetSelection.assets(events, rollup),  # checks on these assets come along
-        description="Drain one source (one partition), run its checks, refresh its per-minute rollup.",
-        # One process per run, not one per step: the steps are short and sequential, and each extra
-        # process would import Dagster again (seconds on a small machine, every few seconds per source).
+        description="One bounded drain of one source (a partition): to its head or its max_run_seconds, then its "
+                    "checks and its per-minute rollup. Continuous ingestion is the `ingest` job's.",
+        # One process per run, not one per step: each extra process would import Dagster again.
         executor_def=dg.in_process_executor,
     )
     return dg.Definitions(
         assets=[events, rollup],
         asset_checks=checks,
-        jobs=[ingest_job],
-        sensors=[build_source_sensor(s.name, ingest_job) for s in sources],
+        jobs=[ingest_job, drain_job],
+        sensors=[build_source_sensor(s, config, ingest_job) for s in sources],
         resources={"ingest": ingest or ingest_resource_from_env()},
     )
-

@@ -1,5 +1,11 @@
-"""The `events` asset (one partition per source) and a pandas rollup downstream of it."""
+"""The `events` asset (one partition per source) and a pandas rollup downstream of it.
 
+Continuous ingestion is the `ingest` job's (long-lived runs, see ingest_job.py): they record
+progress as materializations of these partitions. Materializing a partition here - from the UI,
+a backfill, `dg launch` - is one bounded drain of that source: to its head, or its
+`max_run_seconds`. It takes the lease like anyone, so while a run hosts the source it ends at
+once, saying so, and nothing is fetched twice.
+"""
 
 import dagster as dg
 import pandas as pd
@@ -11,7 +17,7 @@ from .resources import IngestResource
 def drain_metadata(stats: DrainStats) -> dict:
     """What the UI plots for each materialization of a partition."""
     metadata = {
-        "status": stats.status,
+        "status": str(stats.status),
         "events": dg.MetadataValue.int(stats.events_stored),
         "pages": dg.MetadataValue.int(stats.pages),
         "requests": dg.MetadataValue.int(stats.requests),
@@ -21,6 +27,7 @@ def drain_metadata(stats: DrainStats) -> dict:
         "epoch": dg.MetadataValue.int(stats.epoch or 0),
         "duration_s": dg.MetadataValue.float(float(stats.duration_s)),
         "consumer": stats.consumer,
+        "dagster/table_name": "events",
     }
     if stats.min_gap_ms is not None:
         metadata["min_gap_ms"] = dg.MetadataValue.float(float(stats.min_gap_ms))
@@ -47,6 +54,12 @@ def build_events_asset(sources: list[SourceConfig], partitions: dg.PartitionsDef
         source = by_name[context.partition_key]
         stats = ingest.drain(source, logger=context.log)
         metadata = drain_metadata(stats)
+        with ingest.store() as store:
+            rows = store.row_counts([source.name]).get(source.name)
+        if rows is not None:
+            metadata["dagster/row_count"] = dg.MetadataValue.int(rows)
+        if stats.status == "lease_busy":
+            metadata["note"] = "another consumer (a running `ingest` run) holds the source; nothing fetched here"
         if not stats.ok:
             # Pages committed before the failure stay committed; the run shows red with the reason.
             raise dg.Failure(description=stats.error or stats.status, metadata=metadata)

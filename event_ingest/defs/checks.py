@@ -1,58 +1,99 @@
-"""Asset checks on `events`, per partition (per source)."""
+"""Asset checks on `events`, per partition (per source).
+
+Each check is a plain function of (store, source) returning an ``AssetCheckResult``. The
+same functions back the `@asset_check` definitions (run with a materialization, or from
+the UI) and the sources' sensors, which publish them every tick that changes a result - so
+the checks stay current while a long run ingests, and even when no run is alive.
+"""
 
 
 import warnings
+from typing import Callable
 
 import dagster as dg
+
+from ..config import SourceConfig
+from ..core import Store
+from ..core.checks import cursor_check, gap_check, quarantine_check
 
 # Partitioned asset checks are a preview feature in Dagster 1.13; we rely on them on purpose
 # (one check result per source), so the warning is noise in every log.
 warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*", category=dg.PreviewWarning)
 
-from ..core.checks import cursor_check, gap_check, quarantine_check
-from .resources import IngestResource
+from .resources import IngestResource  # noqa: E402
 
 
-def build_checks(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
-    @dg.asset_check(asset="events", partitions_def=partitions, description="No ids missing between the lowest and "
-                    "highest stored (or quarantined) id of the source.")
-    def no_gaps(context: dg.AssetCheckExecutionContext, ingest: IngestResource) -> dg.AssetCheckResult:
-        with ingest.store() as store:
-            result = gap_check(store, context.partition_key)
-        return dg.AssetCheckResult(
-            passed=result.passed,
-            description=result.summary(),
-            metadata={
-                "missing_ids": dg.MetadataValue.int(result.missing),
-                "gap_ranges": dg.MetadataValue.int(result.ranges),
-                "gap_ranges_complete": dg.MetadataValue.bool(result.ranges_complete),
-                "first_gaps": result.listed,
-                "accounted_ids": dg.MetadataValue.int(result.accounted),
-            },
-        )
+def no_gaps(store: Store, source: SourceConfig) -> dg.AssetCheckResult:
+    result = gap_check(store, source.name)
+    return dg.AssetCheckResult(
+        passed=result.passed,
+        description=result.summary(),
+        metadata={
+            "missing_ids": dg.MetadataValue.int(result.missing),
+            "gap_ranges": dg.MetadataValue.int(result.ranges),
+            "gap_ranges_complete": dg.MetadataValue.bool(result.ranges_complete),
+            "first_gaps": result.listed,
+            "accounted_ids": dg.MetadataValue.int(result.accounted),
+        },
+    )
 
-    @dg.asset_check(asset="events", partitions_def=partitions,
-                    description="The cursor equals the highest id accounted for (stored or quarantined).")
-    def cursor_matches_max_id(context: dg.AssetCheckExecutionContext, ingest: IngestResource) -> dg.AssetCheckResult:
-        with ingest.store() as store:
-            result = cursor_check(store, context.partition_key)
-        if result.cursor is None:
-            return dg.AssetCheckResult(passed=True, metadata={"note": result.summary()})
-        return dg.AssetCheckResult(
-            passed=result.passed,
-            metadata={"cursor": dg.MetadataValue.int(result.cursor), "max_id": dg.MetadataValue.int(result.highest)},
-        )
 
-    @dg.asset_check(asset="events", partitions_def=partitions,
-                    description="Nothing was quarantined (warning: inspect the quarantine table if not).")
-    def quarantine_empty(context: dg.AssetCheckExecutionContext, ingest: IngestResource) -> dg.AssetCheckResult:
-        with ingest.store() as store:
-            result = quarantine_check(store, context.partition_key)
-        return dg.AssetCheckResult(
-            passed=result.passed,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={"quarantined": dg.MetadataValue.int(result.quarantined),
-                      "last_reason": result.last_reason or "none"},
-        )
+def cursor_matches_max_id(store: Store, source: SourceConfig) -> dg.AssetCheckResult:
+    result = cursor_check(store, source.name)
+    if result.cursor is None:
+        return dg.AssetCheckResult(passed=True, metadata={"note": result.summary()})
+    return dg.AssetCheckResult(
+        passed=result.passed,
+        metadata={"cursor": dg.MetadataValue.int(result.cursor), "max_id": dg.MetadataValue.int(result.highest)},
+    )
 
-    return [no_gaps, cursor_matches_max_id, quarantine_empty]
+
+def quarantine_empty(store: Store, source: SourceConfig) -> dg.AssetCheckResult:
+    result = quarantine_check(store, source.name)
+    return dg.AssetCheckResult(
+        passed=result.passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"quarantined": dg.MetadataValue.int(result.quarantined),
+                  "last_reason": result.last_reason or "none"},
+    )
+
+
+def fresh(store: Store, source: SourceConfig) -> dg.AssetCheckResult:
+    age = store.poll_age_s(source.name)
+    metadata = {"max_lag_s": dg.MetadataValue.float(float(source.max_lag_s))}
+    if age is None:
+        return dg.AssetCheckResult(passed=False, metadata={**metadata, "note": "never polled successfully"})
+    return dg.AssetCheckResult(
+        passed=age <= source.max_lag_s,
+        metadata={**metadata, "last_poll_age_s": dg.MetadataValue.float(round(age, 1))},
+        description=None if age <= source.max_lag_s else
+        f"last successful poll {age:.0f} s ago (limit {source.max_lag_s:g} s): failing, paused or not hosted",
+    )
+
+
+CHECKS: dict[str, tuple[Callable[[Store, SourceConfig], dg.AssetCheckResult], str]] = {
+    "no_gaps": (no_gaps, "No ids missing between the lowest and highest stored (or quarantined) id of the source."),
+    "cursor_matches_max_id": (cursor_matches_max_id,
+                              "The cursor equals the highest id accounted for (stored or quarantined)."),
+    "quarantine_empty": (quarantine_empty, "Nothing was quarantined (warning: see `event-ingest quarantine list`)."),
+    "fresh": (fresh, "The source was polled successfully within its max_lag_s (sources file): not failing, "
+                     "not paused, hosted by a live run."),
+}
+
+
+def evaluate_checks(store: Store, source: SourceConfig) -> dict[str, dg.AssetCheckResult]:
+    return {name: fn(store, source) for name, (fn, _) in CHECKS.items()}
+
+
+def build_checks(partitions: dg.PartitionsDefinition, sources: list[SourceConfig]) -> list[dg.AssetChecksDefinition]:
+    by_name = {s.name: s for s in sources}
+
+    def make(name: str, fn, description: str) -> dg.AssetChecksDefinition:
+        @dg.asset_check(asset="events", name=name, partitions_def=partitions, description=description)
+        def _check(context: dg.AssetCheckExecutionContext, ingest: IngestResource) -> dg.AssetCheckResult:
+            with ingest.store() as store:
+                return fn(store, by_name[context.partition_key])
+
+        return _check
+
+    return [make(name, fn, description) for name, (fn, description) in CHECKS.items()]

@@ -1,6 +1,15 @@
-"""The module Dagster loads (workspace.yaml, `dagster dev -m event_ingest.defs.definitions`)."""
+"""The module Dagster loads (workspace.yaml, `dagster dev -m event_ingest.defs.definitions`).
 
-from ..config import load_sources
+Nothing is read at import: Dagster calls ``defs()`` when it loads the code location, so a
+reload picks up an edited sources file (new sources get a partition, a sensor and checks).
+"""
+
+import dagster as dg
+
+from ..config import load_config, sources_path
 from . import build_definitions
 
-defs = build_definitions(load_sources())
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(load_config(), sources_file=sources_path())

@@ -1,50 +1,52 @@
-"""Dagster resources: where Postgres, Redis and the sources file are. URLs come from the environment."""
+"""Dagster resources: where Postgres and Redis are. URLs come from the environment."""
 
 
 import logging
 
 import dagster as dg
+import redis
 
-from ..config import SourceConfig
+from ..config import DATABASE_URL_ENV, REDIS_URL_ENV, SourceConfig
 from ..core import DrainOptions, DrainStats, RedisUnavailable, Store, StoreError, connect_redis, drain
 
 
 class IngestResource(dg.ConfigurableResource):
-    """Runs the core drain. Nothing Dagster-specific happens below this class."""
+    """The services the ingest talks to. Nothing Dagster-specific happens below this class."""
 
     database_url: str
     redis_url: str
-    lease_ttl_s: float = 30.0
-    lease_wait_s: float = 5.0
 
-    def store(self) -> Store:
+    def store(self, application_name: str = "event-ingest-dagster") -> Store:
         try:
-            return Store(self.database_url, application_name="event-ingest-dagster")
+            return Store(self.database_url, application_name=application_name)
         except StoreError as exc:
             raise dg.Failure(description=str(exc)) from None
 
-    def drain(self, source: SourceConfig, logger: logging.Logger) -> DrainStats:
+    def redis(self) -> redis.Redis:
         try:
-            redis_client = connect_redis(self.redis_url)
+            return connect_redis(self.redis_url)
         except RedisUnavailable as exc:
             raise dg.Failure(description=str(exc)) from None
+
+    def prepare(self, sources: list[str]) -> None:
+        """Tables and the sources' partitions and state rows, once per run (idempotent)."""
         with self.store() as store:
             try:
-                store.apply_schema()  # the tables; drain() adds this source's partition and state row
+                store.apply_schema(sources)
             except StoreError as exc:
                 raise dg.Failure(description=str(exc)) from None
-            try:
-                return drain(
-                    source, store=store, redis_client=redis_client,
-                    options=DrainOptions(lease_ttl_s=self.lease_ttl_s, lease_wait_s=self.lease_wait_s),
-                    logger=logger,
-                )
-            finally:
-                redis_client.close()
+
+    def drain(self, source: SourceConfig, logger: logging.Logger | logging.LoggerAdapter,
+              options: DrainOptions = DrainOptions()) -> DrainStats:
+        """One bounded drain (to the head of the source, or its budget): a manual or backfill materialization."""
+        self.prepare([source.name])
+        redis_client = self.redis()
+        try:
+            with self.store() as store:
+                return drain(source, store=store, redis_client=redis_client, options=options, logger=logger)
+        finally:
+            redis_client.close()
 
 
 def ingest_resource_from_env() -> IngestResource:
-    return IngestResource(
-        database_url=dg.EnvVar("EVENT_INGEST_DATABASE_URL"),
-        redis_url=dg.EnvVar("EVENT_INGEST_REDIS_URL"),
-    )
+    return IngestResource(database_url=dg.EnvVar(DATABASE_URL_ENV), redis_url=dg.EnvVar(REDIS_URL_ENV))

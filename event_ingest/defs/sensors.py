@@ -1,33 +1,108 @@
-"""One sensor per source: keep its partition draining, one run at a time."""
+"""One sensor per source. Running, it keeps its source hosted by a live `ingest` run; stopped
+(from the UI), the run hosting the source lets go of it within seconds.
 
+Each tick: is the source hosted by a live run of this instance that is not retiring? Then
+nothing to do. Is a run for its slot on its way (queued, starting, or started but not yet
+heartbeating)? Wait for it. Otherwise ask for one: that is how the first run starts, how a
+retiring run gets its successor in time, and how a dead run is replaced.
+
+A tick reads Dagster's run records and Redis heartbeats, nothing else: it cannot be slowed
+by a big events table, and publishes nothing (the runs publish progress and checks).
+"""
+
+
+import time
+from dataclasses import dataclass
 
 import dagster as dg
 
-ACTIVE_STATUSES = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
+from ..config import IngestConfig, SourceConfig
+from ..core.worker import Heartbeat, read_heartbeats, slot_members, slot_of
+from .ingest_job import ACTIVE_STATUSES, SENSOR_PREFIX, SLOT_TAG, SOURCES_TAG
+from .resources import IngestResource
+
+SENSOR_INTERVAL_S = 10
+# A run that is STARTED but has not heartbeated for this long is taken for dead (it never got going).
+STARTUP_GRACE_S = 180
 
 
-def build_source_sensor(source: str, job) -> dg.SensorDefinition:
+@dataclass(frozen=True)
+class RunView:
+    """What a sensor needs to know of an active `ingest` run."""
+
+    run_id: str
+    slot: int | None
+    status: dg.DagsterRunStatus
+    started_age_s: float | None  # seconds since it started; None before
+
+
+def decide(source: str, slot: int, runs: list[RunView], beats: dict[str, Heartbeat],
+           startup_grace_s: float = STARTUP_GRACE_S) -> tuple[bool, str]:
+    """(ask for a run?, why). Pure: tested without Dagster's daemon."""
+    live = [(run, beats[run.run_id]) for run in runs if run.run_id in beats]
+    for run, beat in live:
+        if source in beat.hosting and not beat.retiring:
+            return False, f"hosted by run {run.run_id[:8]}"
+    for run, beat in live:
+        if source in beat.members and not beat.retiring:
+            return False, f"run {run.run_id[:8]} holds its slot and takes the source up on its next look"
+    for run in runs:
+        if run.slot != slot or run.run_id in beats:
+            continue
+        if run.status != dg.DagsterRunStatus.STARTED:
+            return False, f"run {run.run_id[:8]} for slot {slot} is {run.status.value}"
+        if (run.started_age_s or 0.0) < startup_grace_s:
+            return False, f"run {run.run_id[:8]} for slot {slot} is starting"
+    retiring = [run.run_id[:8] for run, beat in live if source in beat.hosting and beat.retiring]
+    if retiring:
+        return True, f"run {retiring[0]} is retiring: asking for its successor"
+    return True, "no live run hosts it"
+
+
+def _run_views(instance: dg.DagsterInstance) -> list[RunView]:
+    now = time.time()
+    views = []
+    for record in instance.get_run_records(filters=dg.RunsFilter(job_name="ingest", statuses=ACTIVE_STATUSES)):
+        run = record.dagster_run
+        slot = run.tags.get(SLOT_TAG)
+        views.append(RunView(
+            run_id=run.run_id, slot=int(slot) if slot is not None and slot.isdigit() else None, status=run.status,
+            started_age_s=(now - record.start_time) if record.start_time else None,
+        ))
+    return views
+
+
+def build_source_sensor(source: SourceConfig, config: IngestConfig, job) -> dg.SensorDefinition:
+    names = [s.name for s in config.sources]
+    per_run = config.runs.sources_per_run
+    slot = slot_of(names, per_run, source.name)
+    members = slot_members(names, per_run, slot)
+    # A run that is never handed over still ends: twice its planned life, then run monitoring.
+    max_runtime = int(config.runs.run_seconds * 2 + 600)
+
     @dg.sensor(
-        name=f"ingest_{source}",
+        name=f"{SENSOR_PREFIX}{source.name}",
         job=job,
-        minimum_interval_seconds=5,
+        minimum_interval_seconds=SENSOR_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Requests a drain of source {source!r} whenever no run for its partition is queued or running.",
+        description=f"Keeps source {source.name!r} hosted by a live `ingest` run (slot {slot}). Stop it to pause "
+                    "the source: the run hosting it lets go within seconds.",
     )
-    def _sensor(context: dg.SensorEvaluationContext):
-        active = context.instance.get_run_records(
-            filters=dg.RunsFilter(tags={"dagster/partition": source}, statuses=ACTIVE_STATUSES),
-            limit=1,
+    def _sensor(context: dg.SensorEvaluationContext, ingest: IngestResource):
+        runs = _run_views(context.instance)
+        redis_client = ingest.redis()
+        try:
+            beats = read_heartbeats(redis_client, [r.run_id for r in runs])
+        finally:
+            redis_client.close()
+        ask, why = decide(source.name, slot, runs, beats)
+        if not ask:
+            return dg.SkipReason(why)
+        context.log.info(f"asking for an ingest run for slot {slot}: {why}")
+        return dg.RunRequest(
+            run_config={"ops": {"host_sources": {"config": {"slot": slot}}}},
+            tags={SLOT_TAG: str(slot), SOURCES_TAG: ",".join(members)[:200], "dagster/max_runtime": str(max_runtime)},
         )
-        if active:
-            run = active[0].dagster_run
-            return dg.SkipReason(f"run {run.run_id[:8]} for {source} is {run.status.value}")
-        return dg.RunRequest(partition_key=source, tags={"event_ingest/source": source})
 
     return _sensor
+

@@ -330,7 +330,7 @@ class _Recorder:
             self._faults.clear()
             self._served.clear()
 
-    def snapshot(self, min_interval_ms: float, include_ids: bool) -> dict[str, Any]:
+    def snapshot(self, min_interval_ms: float, include_ids: bool, include_arrivals: bool = False) -> dict[str, Any]:
         with self._lock:
             # Handler threads append in the order they got the lock, which may
             # differ from arrival order by microseconds: sort before diffing.
@@ -356,6 +356,10 @@ class _Recorder:
         }
         if include_ids:
             stats["served_ids"] = served
+        if include_arrivals:
+            # time.monotonic() of this host; "clock" turns them into wall time (wall - monotonic).
+            stats["arrivals"] = arrivals
+            stats["clock"] = {"monotonic": time.monotonic(), "wall": time.time()}
         return stats
 
 
@@ -658,8 +662,8 @@ class _SourceState:
         # Set on stop: wakes handlers sleeping in latency/delay/slowloris.
         self.stopping = threading.Event()
 
-    def stats(self, include_ids: bool) -> dict[str, Any]:
-        stats = self.recorder.snapshot(self.faults.settings.min_interval_ms, include_ids)
+    def stats(self, include_ids: bool, include_arrivals: bool = False) -> dict[str, Any]:
+        stats = self.recorder.snapshot(self.faults.settings.min_interval_ms, include_ids, include_arrivals)
         stats["name"] = self.config.name
         stats["produced_max_id"] = self.store.max_id()
         return stats
@@ -815,8 +819,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif url.path == "/health":
             self._send_json(200, {"ok": True, "name": self._state.config.name})
         elif url.path == "/stats":
-            include_ids = parse_qs(url.query).get("ids", ["0"])[-1] not in ("0", "", "false")
-            self._send_json(200, self._state.stats(include_ids))
+            query = parse_qs(url.query)
+            flag = lambda name: query.get(name, ["0"])[-1] not in ("0", "", "false")  # noqa: E731
+            self._send_json(200, self._state.stats(flag("ids"), flag("arrivals")))
         elif url.path == "/control":
             self._send_json(200, {"ok": True, **self._state.faults.describe()})
         else:
@@ -1109,9 +1114,9 @@ class MockSource:
         """The events endpoint, e.g. ``http://127.0.0.1:PORT/events``."""
         return f"{self.base_url}/events"
 
-    def stats(self, include_ids: bool = False) -> dict[str, Any]:
-        """Same as ``GET /stats`` (``?ids=1`` when include_ids)."""
-        return self._running()[0].stats(include_ids)
+    def stats(self, include_ids: bool = False, include_arrivals: bool = False) -> dict[str, Any]:
+        """Same as ``GET /stats`` (``?ids=1`` when include_ids, ``?arrivals=1`` for the arrival times)."""
+        return self._running()[0].stats(include_ids, include_arrivals)
 
     def reset_stats(self) -> None:
         """Same as ``POST /stats/reset``."""

@@ -83,12 +83,36 @@ def test_a_dead_holder_blocks_until_its_hold_expires(redis_client, source_name):
 
 def test_lost_state_waits_out_a_full_hold(redis_client, source_name):
     """After FLUSHALL/restart nobody knows what is in flight: the first grant waits one hold."""
-    gate = _warm(redis_client, source_name)
-    redis_client.delete(gate.key)  # what a FLUSHALL does to this source
-    t0 = time.monotonic()
-    again = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=0.6, token="x")
-    assert again.acquire(max_wait_s=3) is not None
-    assert time.monotonic() - t0 >= 0.55
+    era_key = f"test-era:{source_name}"
+    gate = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=0.6, token="x", era_key=era_key)
+    granted, _ = gate.try_acquire()  # a fresh era: even this first call waits (nothing known about Redis)
+    assert not granted
+    redis_client.set(era_key, 0)  # an era long past: the memory has been whole for ages
+    redis_client.delete(gate.key)
+    granted, _ = gate.try_acquire()
+    assert granted
+    gate.close()
+    redis_client.delete(gate.key, era_key)  # what a FLUSHALL does to this gate
+    granted, wait_us = gate.try_acquire()
+    assert not granted and wait_us >= 0.59 * 1_000_000  # the whole hold, on Redis' clock
+    other = Gate(redis_client, source_name + "_b", interval_s=INTERVAL, hold_s=0.6, token="y", era_key=era_key)
+    granted, wait_us = other.try_acquire()  # another source without a record right after the loss: waits too
+    assert not granted and wait_us > 0.3 * 1_000_000
+    redis_client.delete(other.key, era_key)
+
+
+def test_a_new_source_is_granted_at_once(redis_client, source_name):
+    """A source with no record in a Redis whose memory is whole (era older than a hold) is new: no wait."""
+    era_key = f"test-era:{source_name}"
+    t = redis_client.time()
+    redis_client.set(era_key, (t[0] - 30) * 1_000_000 + t[1])  # whole for 30 s, more than one hold
+    gate = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=10.2, token="x", era_key=era_key)
+    granted, _ = gate.try_acquire()
+    assert granted
+    gate.close()
+    granted, wait_us = gate.try_acquire()  # and the spacing holds from the first request on
+    assert not granted and 0 < wait_us <= INTERVAL * 1_000_000
+    redis_client.delete(gate.key, era_key)
 
 
 def test_unreachable_redis_grants_nothing(source_name):

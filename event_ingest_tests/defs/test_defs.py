@@ -1,4 +1,4 @@
-"""The Dagster layer: definitions load, a partition materializes, checks judge, sensors wait their turn."""
+"""The Dagster layer: definitions load, a partition materializes, checks judge, sensors keep sources hosted."""
 
 import os
 import subprocess
@@ -8,11 +8,15 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.events import DagsterEventType
 
-from event_ingest.config import SourceConfig
+from event_ingest.config import IngestConfig, RunSettings, SourceConfig
 from event_ingest.core import Store
+from event_ingest.core.worker import Heartbeat
 from event_ingest.defs import build_definitions
+from event_ingest.defs.ingest_job import SLOT_TAG
 from event_ingest.defs.resources import IngestResource
+from event_ingest.defs.sensors import RunView, decide
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,7 +35,7 @@ def defs(sources, database_url, redis_url):
 
 
 def run_partition(defs, partition):
-    job = defs.resolve_job_def("ingest")
+    job = defs.resolve_job_def("drain")
     return job.execute_in_process(partition_key=partition, instance=dg.DagsterInstance.ephemeral(),
                                   raise_on_error=False)
 
@@ -42,7 +46,8 @@ def check_results(result):
 
 def test_definitions_are_loadable(defs, sources):
     dg.Definitions.validate_loadable(defs)
-    assert {s.name for s in defs.sensors} == {f"ingest_{s.name}" for s in sources}
+    assert {s.name for s in defs.sensors} >= {f"ingest_{s.name}" for s in sources}
+    assert {"ingest", "drain"} <= {j.name for j in defs.jobs}
     events = defs.resolve_assets_def("events")
     assert set(events.partitions_def.get_partition_keys()) == {s.name for s in sources}
 
@@ -68,7 +73,9 @@ def test_materializing_a_partition_drains_its_source_and_reports(defs, sources, 
     assert metadata["cursor"].value == 1200
     assert metadata["requests"].value >= 3
     assert metadata["min_gap_ms"].value >= 200
-    assert check_results(result) == {"no_gaps": True, "cursor_matches_max_id": True, "quarantine_empty": True}
+    assert check_results(result) == {"no_gaps": True, "cursor_matches_max_id": True, "quarantine_empty": True,
+                                     "fresh": True}
+    assert metadata["dagster/row_count"].value == 1200
     assert result.asset_materializations_for_node("events_per_minute")[0].metadata["events_last_hour"].value == 1200
     with Store(database_url) as store:
         assert store.event_ids(source.name) == list(range(1, 1201))
@@ -90,7 +97,7 @@ def test_checks_fail_on_a_planted_gap(defs, sources, database_url):
         store.conn.commit()
     result = run_partition(defs, source.name)
     checks = check_results(result)
-    assert checks == {"no_gaps": False, "cursor_matches_max_id": False, "quarantine_empty": False}
+    assert checks == {"no_gaps": False, "cursor_matches_max_id": False, "quarantine_empty": False, "fresh": True}
     gap = next(e for e in result.get_asset_check_evaluations() if e.check_name == "no_gaps")
     assert gap.metadata["missing_ids"].value == 11
     assert gap.metadata["first_gaps"].value == "500-510"
@@ -109,18 +116,53 @@ def test_a_failing_source_fails_the_run_with_the_reason(make_mock, database_url,
     assert "HTTP 404" in failure.step_failure_data.error.message
 
 
-def test_a_sensor_requests_a_run_only_when_none_is_active(defs, sources):
-    source = sources[0]
-    sensor = next(s for s in defs.sensors if s.name == f"ingest_{source.name}")
+def test_a_sensor_asks_for_a_run_for_its_slot_only_when_nothing_hosts_its_source(sources, database_url, redis_url,
+                                                                                  redis_client):
+    config = IngestConfig(sources=sources, runs=RunSettings(sources_per_run=1))
+    defs = build_definitions(config, IngestResource(database_url=database_url, redis_url=redis_url))
+    first, second = sources
+    sensor = next(s for s in defs.sensors if s.name == f"ingest_{second.name}")
+    resources = {"ingest": IngestResource(database_url=database_url, redis_url=redis_url)}
+
+    def context(instance):
+        return dg.build_sensor_context(instance=instance, definitions=defs, resources=resources)
+
     with dg.instance_for_test() as instance:
-        first = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
-        assert [r.partition_key for r in first.run_requests] == [source.name]
+        tick = sensor.evaluate_tick(context(instance))
+        [request] = tick.run_requests
+        assert request.tags[SLOT_TAG] == "1"  # one source per run: the second source is slot 1
+        assert request.run_config == {"ops": {"host_sources": {"config": {"slot": 1}}}}
         job = defs.resolve_job_def("ingest")
-        run = instance.create_run_for_job(job, tags={"dagster/partition": source.name})  # NOT_STARTED: active
-        busy = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
+        run = instance.create_run_for_job(job, run_config=request.run_config, tags=request.tags)  # NOT_STARTED
+        busy = sensor.evaluate_tick(context(instance))
         assert not busy.run_requests and "NOT_STARTED" in busy.skip_message
-        other = next(s for s in defs.sensors if s.name == f"ingest_{sources[1].name}")
-        assert other.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs)).run_requests
-        instance.report_run_failed(run)
-        again = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
-        assert [r.partition_key for r in again.run_requests] == [source.name]
+        # The run's heartbeat says it hosts the source: still nothing to ask for.
+        beat = Heartbeat(run.run_id, started=1.0, retiring=False, hosting=[second.name], members=[second.name])
+        redis_client.set(f"event-ingest:worker:{run.run_id}", beat.to_json(), px=30_000)
+        instance.handle_run_event(run.run_id, dg.DagsterEvent(DagsterEventType.RUN_START.value, "ingest"))
+        hosted = sensor.evaluate_tick(context(instance))
+        assert not hosted.run_requests and "hosted by run" in hosted.skip_message
+        # Retiring: the sensor asks for the successor.
+        retiring = Heartbeat(run.run_id, 1.0, True, [second.name], [second.name])
+        redis_client.set(f"event-ingest:worker:{run.run_id}", retiring.to_json(), px=30_000)
+        successor = sensor.evaluate_tick(context(instance))
+        assert [r.tags[SLOT_TAG] for r in successor.run_requests] == ["1"]
+        redis_client.delete(f"event-ingest:worker:{run.run_id}")
+
+
+def test_the_sensor_decision_waits_for_starting_runs_and_replaces_dead_ones():
+    started = dg.DagsterRunStatus.STARTED
+    live = Heartbeat("a", 1.0, False, ["s1"], ["s1", "s2"])
+    # Hosted, or about to be (its slot's live run takes it up on its next look).
+    assert decide("s1", 0, [RunView("a", 0, started, 30.0)], {"a": live}) == (False, "hosted by run a")
+    assert not decide("s2", 0, [RunView("a", 0, started, 30.0)], {"a": live})[0]
+    # A run of the slot on its way (queued, or started without a heartbeat yet): wait.
+    assert not decide("s3", 1, [RunView("b", 1, dg.DagsterRunStatus.QUEUED, None)], {})[0]
+    assert not decide("s3", 1, [RunView("b", 1, started, 20.0)], {})[0]
+    # Started long ago and silent: dead. A run of another slot does not count.
+    assert decide("s3", 1, [RunView("b", 1, started, 1000.0)], {})[0]
+    assert decide("s3", 1, [RunView("c", 0, dg.DagsterRunStatus.QUEUED, None)], {})[0]
+    # Hosted by a retiring run only: ask for its successor.
+    retiring = Heartbeat("a", 1.0, True, ["s1"], ["s1"])
+    ask, why = decide("s1", 0, [RunView("a", 0, started, 30.0)], {"a": retiring})
+    assert ask and "retiring" in why

@@ -1,0 +1,248 @@
+"""The `ingest` job: one long-lived run hosts one slot of sources (up to `runs.sources_per_run`).
+
+The run is glue around :class:`event_ingest.core.worker.Worker`. What it adds from Dagster:
+
+* which of its sources to host: not those whose sensor an operator stopped in the UI, not
+  those the sources file no longer lists, not those a newer `ingest` run of this instance
+  already stands by for (a handoff);
+* progress: each source's window report becomes a materialization of its `events`
+  partition (events, cursor, lag, row count) at most every `runs.report_every_s` - never
+  one event-log row per page.
+
+Drain-level log lines go to the run's stderr (its compute log in the UI), not to the event
+log: 50 sources x 5 pages/s must not become 250 event-log rows a second.
+"""
+
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from ..config import ConfigError, IngestConfig, load_config, sources_path
+from ..core.worker import SourceReport, Worker, WorkerOptions, read_heartbeats, slot_members, sources_to_host
+from ..core import StoreError
+from .checks import evaluate_checks
+from .resources import IngestResource
+
+JOB_NAME = "ingest"
+SLOT_TAG = "event_ingest/slot"
+SOURCES_TAG = "event_ingest/sources"
+SENSOR_PREFIX = "ingest_"
+
+ACTIVE_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+# Re-read the instance (paused sensors, newer runs) at most this often; a worker polls every second.
+PLAN_REFRESH_S = 2.0
+# Publish an unchanged check result again this often (fresh metadata), never every window.
+CHECK_REPUBLISH_S = 300
+
+
+class IngestRunConfig(dg.Config):
+    slot: int = 0
+
+
+def report_metadata(report: SourceReport, row_count: int | None) -> dict:
+    """What the UI plots for each progress materialization of a partition."""
+    metadata = {
+        "events": dg.MetadataValue.int(report.events),
+        "pages": dg.MetadataValue.int(report.pages),
+        "requests": dg.MetadataValue.int(report.requests),
+        "errors": dg.MetadataValue.int(report.errors),
+        "quarantined": dg.MetadataValue.int(report.quarantined),
+        "window_s": dg.MetadataValue.float(report.window_s),
+        "state": report.state,
+        "caught_up": dg.MetadataValue.bool(report.caught_up),
+        "dagster/table_name": "events",
+    }
+    if row_count is not None:
+        metadata["dagster/row_count"] = dg.MetadataValue.int(row_count)
+    if report.cursor is not None:
+        metadata["cursor"] = dg.MetadataValue.int(report.cursor)
+    if report.epoch is not None:
+        metadata["epoch"] = dg.MetadataValue.int(report.epoch)
+    for key in ("lag_p50_s", "lag_p99_s", "lag_max_s"):
+        value = getattr(report, key)
+        if value is not None:
+            metadata[key] = dg.MetadataValue.float(value)
+    if report.drain_ends:
+        metadata["drain_ends"] = ", ".join(f"{k} x{v}" for k, v in sorted(report.drain_ends.items()))
+    if report.last_error:
+        metadata["last_error"] = report.last_error
+    return metadata
+
+
+class _Plan:
+    """Answers the worker's "what should I host now?" from the Dagster instance, cached briefly."""
+
+    def __init__(self, context: dg.OpExecutionContext, members: list[str], redis_client, sources_file: Path):
+        self.context = context
+        self.members = members
+        self.redis = redis_client
+        self.sources_file = sources_file
+        origin = context.dagster_run.remote_job_origin
+        self.location = origin.location_name if origin is not None else None
+        self._cached_at = -1e9
+        self.paused: set[str] = set()
+        self._peer_ids: list[str] = []
+        self._file_mtime: float | None = None
+        self._configured: set[str] | None = None
+
+    def __call__(self, worker: Worker) -> set[str]:
+        now = time.monotonic()
+        if now - self._cached_at >= PLAN_REFRESH_S:
+            self.paused = self._paused_sources()
+            self._peer_ids = self._peer_runs()
+            self._configured = self._configured_sources()
+            self._cached_at = now
+        peers = read_heartbeats(self.redis, self._peer_ids).values() if self._peer_ids else ()
+        return sources_to_host(self.members, paused=self.paused, configured=self._configured,
+                               me=worker.heartbeat, peers=peers)
+
+    def _paused_sources(self) -> set[str]:
+        from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType
+
+        paused = set()
+        for state in self.context.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+            if state.status != InstigatorStatus.STOPPED or not state.name.startswith(SENSOR_PREFIX):
+                continue
+            if self.location is not None and state.origin.location_name != self.location:
+                continue
+            paused.add(state.name[len(SENSOR_PREFIX):])
+        return paused
+
+    def _peer_runs(self) -> list[str]:
+        records = self.context.instance.get_run_records(
+            filters=dg.RunsFilter(job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.STARTED]))
+        return [r.dagster_run.run_id for r in records if r.dagster_run.run_id != self.context.run_id]
+
+    def _configured_sources(self) -> set[str] | None:
+        """Names in the sources file now (a source removed from it stops here too); None if unreadable."""
+        try:
+            mtime = self.sources_file.stat().st_mtime
+            if mtime != self._file_mtime:
+                self._configured = {s.name for s in load_config(self.sources_file).sources}
+                self._file_mtime = mtime
+            return self._configured
+        except (OSError, ConfigError) as exc:
+            self.context.log.warning(f"sources file {self.sources_file} unreadable now ({exc}); keeping every source")
+            return None
+
+
+class _Publisher:
+    """Turns the worker's window reports into Dagster events, at a bounded rate:
+
+    * a materialization of the source's `events` partition for every window that stored events;
+    * the source's checks (O(1) queries), published when a result changes or every few minutes;
+      a source let go because its sensor was stopped is published as not fresh ("paused");
+    * one log line per window for the whole run.
+    """
+
+    def __init__(self, context: dg.OpExecutionContext, ingest: IngestResource, sources: dict, plan: "_Plan"):
+        self.context = context
+        self.ingest = ingest
+        self.sources = sources
+        self.plan = plan
+        self.published: dict[tuple[str, str], tuple[bool, float]] = {}
+
+    def __call__(self, reports: list[SourceReport]) -> None:
+        with self.ingest.store() as store:
+            counts = store.row_counts([r.source for r in reports if r.events])
+            for r in reports:
+                if r.events:
+                    self.context.log_event(dg.AssetMaterialization(
+                        asset_key="events", partition=r.source, metadata=report_metadata(r, counts.get(r.source)),
+                        description=f"{r.events} events in {r.window_s:g} s"))
+                self._checks(store, r)
+        states: dict[str, int] = {}
+        for r in reports:
+            states[r.state] = states.get(r.state, 0) + 1
+        troubled = [f"{r.source}: {r.last_error}" for r in reports if r.errors or set(r.drain_ends) - {"stopped"}]
+        self.context.log.info(
+            f"{sum(r.events for r in reports)} events from {len(reports)} sources in {reports[0].window_s:g} s "
+            f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))})"
+            + (f"; trouble: {'; '.join(troubled[:5])}" if troubled else "") if reports else "hosting nothing")
+
+    def _checks(self, store, report: SourceReport) -> None:
+        source = self.sources[report.source]
+        if report.state == "stopped" and report.source in self.plan.paused:
+            results = {"fresh": dg.AssetCheckResult(passed=False, description="paused: its sensor is stopped",
+                                                    metadata={"note": "paused by an operator"})}
+        elif report.state == "stopped":
+            return  # handed over: the next host publishes
+        else:
+            try:
+                results = evaluate_checks(store, source)
+            except StoreError as exc:
+                self.context.log.warning(f"checks of {source.name} not evaluated: {exc}")
+                return
+        now = time.monotonic()
+        for name, result in results.items():
+            last = self.published.get((source.name, name))
+            if last is not None and last[0] == result.passed and now - last[1] < CHECK_REPUBLISH_S:
+                continue
+            self.context.log_event(dg.AssetCheckEvaluation(
+                asset_key=dg.AssetKey("events"), check_name=name, passed=result.passed, partition=source.name,
+                metadata=result.metadata, severity=result.severity, description=result.description))
+            self.published[(source.name, name)] = (result.passed, now)
+
+
+def _stderr_logger(run_id: str) -> logging.Logger:
+    logger = logging.getLogger(f"event_ingest.run.{run_id[:8]}")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+def build_ingest_job(config: IngestConfig, sources_file: Path | None = None) -> dg.JobDefinition:
+    by_name = {s.name: s for s in config.sources}
+    names = [s.name for s in config.sources]
+    per_run = config.runs.sources_per_run
+    config_runs = config.runs
+    file = Path(sources_file) if sources_file is not None else sources_path()
+
+    @dg.op(name="host_sources", description="Host one slot of sources: tail each, hand over to a successor run.")
+    def host_sources(context: dg.OpExecutionContext, config: IngestRunConfig, ingest: IngestResource) -> None:
+        members = slot_members(names, per_run, config.slot)
+        if not members:
+            raise dg.Failure(description=f"slot {config.slot} holds no source ({len(names)} sources, "
+                                         f"{per_run} per run)")
+        ingest.prepare(members)
+        redis_client = ingest.redis()
+        log = _stderr_logger(context.run_id)
+        plan = _Plan(context, members, redis_client, file)
+
+        publisher = _Publisher(context, ingest, by_name, plan)
+        worker = Worker(
+            context.run_id, [by_name[m] for m in members], database_url=ingest.database_url,
+            redis_client=redis_client, options=WorkerOptions.from_settings(config_runs), report=publisher, logger=log,
+        )
+        context.log.info(f"hosting slot {config.slot}: {', '.join(members)} (pid {os.getpid()})")
+        try:
+            reason = worker.run(plan)
+        finally:
+            redis_client.close()
+        context.log.info(f"ended: {reason}")
+
+    @dg.job(
+        name=JOB_NAME,
+        description="Long-lived ingest: one run hosts one slot of sources, tails them, and hands them to its "
+                    "successor without a pause. Started by the sources' sensors.",
+        executor_def=dg.in_process_executor,
+    )
+    def ingest():
+        host_sources()
+
+    return ingest
