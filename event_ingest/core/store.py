@@ -11,14 +11,28 @@ Fence timeline it defends against:
 The cursor UPDATE runs first in the transaction: it row-locks the source's
 state, so two committers of one source queue up, and the second re-checks the
 epoch after the first commits (READ COMMITTED re-evaluates the WHERE).
+
+Commits near COPY speed: once the fence holds the row lock, the page's ids
+above the highest stored id of the source cannot collide with a stored event
+(every writer of the source queues on that lock), so they go in by ``COPY``.
+Ids at or below it - a source re-sending, or a replay after the cursor was
+rewound over stored events - take ``INSERT ... ON CONFLICT DO NOTHING``.
+
+Counters kept by Postgres itself (statement triggers on ``events`` and on every
+partition, so an operator's DELETE or TRUNCATE keeps them true as well as the
+store's commits): ``id_blocks`` holds how many events each block of 65,536
+consecutive ids stores, ``events_per_minute`` how many were ingested each
+minute. Checks and the rollup read those, never every row.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -28,6 +42,14 @@ from .page import Event, Quarantined
 
 # Serialises schema changes across processes (any constant works; this is "event-ingest").
 SCHEMA_LOCK_KEY = 0x6576656E74696E
+
+# Bump with a new step in Store._upgrade when the schema changes; databases record theirs.
+SCHEMA_VERSION = 3
+
+# id_blocks groups ids by event_id >> ID_BLOCK_BITS: a block is small enough to scan for the exact
+# missing ranges in milliseconds, and large enough that a source's block rows stay few (458 at 30M ids).
+ID_BLOCK_BITS = 16
+ID_BLOCK_SIZE = 1 << ID_BLOCK_BITS
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS events (
@@ -61,17 +83,144 @@ CREATE TABLE IF NOT EXISTS quarantine (
     UNIQUE (source, digest)
 );
 
--- Added after the first release: upgrade databases made before it.
-ALTER TABLE source_state ADD COLUMN IF NOT EXISTS last_poll_at timestamptz;
-
--- Written by the Dagster asset events_per_minute (a pandas rollup of ingested_at).
+-- Events stored per source per minute of ingested_at, kept by the counting triggers (version 2).
 CREATE TABLE IF NOT EXISTS events_per_minute (
     source   text        NOT NULL,
     minute   timestamptz NOT NULL,
     events   bigint      NOT NULL,
     PRIMARY KEY (source, minute)
 );
+
+CREATE TABLE IF NOT EXISTS schema_version (
+    only_row  boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    version   integer NOT NULL
+);
 """
+
+# Databases made before schema_version existed hold version 1 (the tables above, no counters).
+READ_SCHEMA_VERSION_SQL = "SELECT coalesce((SELECT version FROM schema_version), 1)"
+WRITE_SCHEMA_VERSION_SQL = """
+INSERT INTO schema_version (version) VALUES (%(version)s)
+ON CONFLICT (only_row) DO UPDATE SET version = excluded.version
+"""
+
+# Version 2: counters that make checks and rollup cost the same at any table size.
+# The triggers take the whole statement's rows at once (transition tables), so a page of 1000
+# costs one upsert per block and per minute it touches, not one per row.
+_ADD_COUNTS = f"""
+    WITH counted AS MATERIALIZED (
+        SELECT source, event_id >> {ID_BLOCK_BITS} AS block, date_trunc('minute', ingested_at) AS minute,
+               count(*) AS events
+        FROM new_rows GROUP BY 1, 2, 3
+    ), blocks AS (
+        INSERT INTO id_blocks AS b (source, block, events)
+        SELECT source, block, sum(events) FROM counted GROUP BY 1, 2
+        ON CONFLICT (source, block) DO UPDATE SET events = b.events + excluded.events
+    ), minutes AS (
+        INSERT INTO events_per_minute AS m (source, minute, events)
+        SELECT source, minute, sum(events) FROM counted GROUP BY 1, 2
+        ON CONFLICT (source, minute) DO UPDATE SET events = m.events + excluded.events
+    )
+    -- events_stored counts insertions (an UPDATE moves rows, it stores none).
+    UPDATE source_state s SET events_stored = s.events_stored + n.events
+    FROM (SELECT source, sum(events) AS events FROM counted GROUP BY source) n
+    WHERE s.source = n.source AND TG_OP = 'INSERT';
+"""
+_REMOVE_COUNTS = f"""
+    UPDATE id_blocks b SET events = b.events - d.events
+    FROM (SELECT source, event_id >> {ID_BLOCK_BITS} AS block, count(*) AS events FROM old_rows GROUP BY 1, 2) d
+    WHERE b.source = d.source AND b.block = d.block;
+    DELETE FROM id_blocks WHERE events = 0 AND (source, block) IN
+        (SELECT DISTINCT source, event_id >> {ID_BLOCK_BITS} FROM old_rows);
+    UPDATE events_per_minute m SET events = m.events - d.events
+    FROM (SELECT source, date_trunc('minute', ingested_at) AS minute, count(*) AS events FROM old_rows
+          GROUP BY 1, 2) d
+    WHERE m.source = d.source AND m.minute = d.minute;
+    DELETE FROM events_per_minute WHERE events = 0 AND (source, minute) IN
+        (SELECT DISTINCT source, date_trunc('minute', ingested_at) FROM old_rows);
+"""
+COUNTERS_SQL = f"""
+CREATE TABLE IF NOT EXISTS id_blocks (
+    source  text    NOT NULL,
+    block   bigint  NOT NULL,  -- event_id >> {ID_BLOCK_BITS}
+    events  bigint  NOT NULL,
+    PRIMARY KEY (source, block)
+);
+
+-- The gap and cursor checks look quarantined ids up by source and id.
+CREATE INDEX IF NOT EXISTS quarantine_source_event_id ON quarantine (source, event_id)
+    WHERE event_id IS NOT NULL;
+
+-- One statement per page: the rows are grouped once, then every counter is upserted from the groups.
+CREATE OR REPLACE FUNCTION events_count_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+{_ADD_COUNTS}
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION events_count_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+{_REMOVE_COUNTS}
+    RETURN NULL;
+END $$;
+
+-- An UPDATE may move an event to another id, minute or source: take the old rows out, put the new in.
+CREATE OR REPLACE FUNCTION events_count_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+{_REMOVE_COUNTS}
+{_ADD_COUNTS}
+    RETURN NULL;
+END $$;
+
+-- TRUNCATE has no transition table. On a partition the trigger names its source; TRUNCATE of the
+-- parent fires the partitions' triggers too, so the parent's (no argument) is the catch-all.
+CREATE OR REPLACE FUNCTION events_count_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM id_blocks WHERE TG_NARGS = 0 OR source = TG_ARGV[0];
+    DELETE FROM events_per_minute WHERE TG_NARGS = 0 OR source = TG_ARGV[0];
+    RETURN NULL;
+END $$;
+"""
+
+# Statement triggers fire only for the table a statement names: the parent for the store's writes,
+# a partition for an operator's `DELETE FROM events_<source>`. So both carry them.
+COUNTING_TRIGGERS = {
+    "events_count_insert": "AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT "
+                           "EXECUTE FUNCTION events_count_insert()",
+    "events_count_delete": "AFTER DELETE ON {table} REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT "
+                           "EXECUTE FUNCTION events_count_delete()",
+    "events_count_update": "AFTER UPDATE ON {table} REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows "
+                           "FOR EACH STATEMENT EXECUTE FUNCTION events_count_update()",
+    "events_count_truncate": "AFTER TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION "
+                             "events_count_truncate({source})",
+}
+
+# Version 3: when a source was last polled (freshness). A step, not a line of SCHEMA_SQL: an ALTER TABLE
+# takes its lock even when the column exists, and would queue behind (and hold up) every commit.
+ADD_LAST_POLL_AT_SQL = "ALTER TABLE source_state ADD COLUMN IF NOT EXISTS last_poll_at timestamptz"
+
+# Writers wait here while counters are rebuilt from the rows, so no row is counted twice or missed.
+LOCK_EVENTS_SQL = "LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"
+
+# The partition of a source, and how many of the counting triggers it carries.
+PARTITION_STATE_SQL = """
+SELECT to_regclass(quote_ident(%(partition)s)) IS NOT NULL,
+       (SELECT count(*) FROM pg_trigger
+        WHERE tgrelid = to_regclass(quote_ident(%(partition)s)) AND tgname = ANY(%(triggers)s))
+"""
+
+# Counters rebuilt from the rows of one source (schema upgrade; a partition found without its triggers).
+RECOUNT_SQL = (
+    "DELETE FROM id_blocks WHERE source = %(source)s",
+    f"""INSERT INTO id_blocks (source, block, events)
+        SELECT source, event_id >> {ID_BLOCK_BITS}, count(*) FROM events WHERE source = %(source)s GROUP BY 1, 2""",
+    "DELETE FROM events_per_minute WHERE source = %(source)s",
+    """INSERT INTO events_per_minute (source, minute, events)
+       SELECT source, date_trunc('minute', ingested_at), count(*) FROM events WHERE source = %(source)s
+       GROUP BY 1, 2""",
+)
+
+SOURCES_SQL = "SELECT source FROM source_state ORDER BY source"
 
 # Open the drain's epoch: every earlier holder's commits are refused from now on.
 BEGIN_EPOCH_SQL = """
@@ -89,17 +238,25 @@ SET cursor = %(new_cursor)s, last_ingest_at = now(), last_poll_at = now()
 WHERE source = %(source)s AND epoch = %(epoch)s AND cursor = %(old_cursor)s
 """
 
+# Run after the fence, as its own statement: READ COMMITTED gives it a snapshot taken after the row
+# lock was granted, so it sees every event committed by the writers that queued before us.
+HIGHEST_STORED_ID_SQL = "SELECT max(event_id) FROM events WHERE source = %(source)s"
+
 # A tailing drain of an idle source says it is still polling (freshness sees it), fenced like a commit.
 MARK_POLLED_SQL = "UPDATE source_state SET last_poll_at = now() WHERE source = %(source)s AND epoch = %(epoch)s"
 
 COUNT_FENCED_SQL = "UPDATE source_state SET fenced_commits = fenced_commits + 1 WHERE source = %(source)s"
 
+# Ids that may already be stored (at or below the highest stored id): conflicts are skipped.
 INSERT_EVENTS_SQL = """
 INSERT INTO events (source, event_id, payload)
 SELECT %(source)s, u.event_id, u.payload::jsonb
 FROM unnest(%(ids)s::bigint[], %(payloads)s::text[]) AS u(event_id, payload)
 ON CONFLICT (source, event_id) DO NOTHING
 """
+
+# Ids above the highest stored id: nothing to conflict with.
+COPY_EVENTS_SQL = "COPY events (source, event_id, payload) FROM STDIN"
 
 # The same bad bytes seen again (a source serving one broken page to every retry)
 # are counted, not copied.
@@ -110,20 +267,55 @@ ON CONFLICT (source, digest) DO UPDATE
 SET seen_count = quarantine.seen_count + 1, last_seen_at = now()
 """
 
-# Missing ids between the smallest and the largest accounted-for id of a source.
-# An id is accounted for if it is stored, or quarantined with its id.
+# Lowest and highest stored id, lowest and highest quarantined id: four index probes.
+ID_SPAN_SQL = """
+SELECT (SELECT min(event_id) FROM events WHERE source = %(source)s),
+       (SELECT max(event_id) FROM events WHERE source = %(source)s),
+       (SELECT min(event_id) FROM quarantine WHERE source = %(source)s AND event_id IS NOT NULL),
+       (SELECT max(event_id) FROM quarantine WHERE source = %(source)s AND event_id IS NOT NULL)
+"""
+
+# Ids accounted for (stored, or quarantined with their id) per block. A quarantined id counts
+# once, and only if it is not stored too (a duplicate within a page is both).
+ACCOUNTED_BLOCKS_SQL = f"""
+SELECT block, sum(ids)::bigint FROM (
+    SELECT block, events AS ids FROM id_blocks WHERE source = %(source)s
+    UNION ALL
+    SELECT q.event_id >> {ID_BLOCK_BITS}, count(DISTINCT q.event_id) FROM quarantine q
+    WHERE q.source = %(source)s AND q.event_id IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.source = %(source)s AND e.event_id = q.event_id)
+    GROUP BY 1
+) accounted
+GROUP BY block
+ORDER BY block
+"""
+
+# Missing ids between first and last (inclusive): before each accounted-for id (back to the one
+# before it, or to `first`) and after the last one (up to `last`). One ordered pass over the window.
 GAPS_SQL = """
 WITH ids AS (
-    SELECT event_id FROM events WHERE source = %(source)s
-    UNION
-    SELECT event_id FROM quarantine WHERE source = %(source)s AND event_id IS NOT NULL
+    SELECT event_id FROM events
+    WHERE source = %(source)s AND event_id BETWEEN %(first)s::bigint AND %(last)s::bigint
+    UNION ALL
+    SELECT DISTINCT q.event_id FROM quarantine q
+    WHERE q.source = %(source)s AND q.event_id BETWEEN %(first)s::bigint AND %(last)s::bigint
+      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.source = %(source)s AND e.event_id = q.event_id)
 ), ordered AS (
-    SELECT event_id, lag(event_id) OVER (ORDER BY event_id) AS previous FROM ids
+    SELECT event_id, lag(event_id) OVER w AS previous, lead(event_id) OVER w AS next
+    FROM ids WINDOW w AS (ORDER BY event_id)
 )
-SELECT previous + 1 AS first_missing, event_id - 1 AS last_missing
-FROM ordered
-WHERE event_id - previous > 1
-ORDER BY first_missing
+SELECT g.first_missing, g.last_missing
+FROM ordered o
+CROSS JOIN LATERAL (VALUES
+    (coalesce(o.previous + 1, %(first)s::bigint), o.event_id - 1),
+    -- (o.event_id + 1 only where it is needed: the highest bigint has no successor)
+    (CASE WHEN o.next IS NULL AND o.event_id < %(last)s::bigint THEN o.event_id + 1 END, %(last)s::bigint)
+) AS g(first_missing, last_missing)
+WHERE (o.previous IS NULL OR o.event_id - o.previous > 1 OR o.next IS NULL)  -- before the lateral: few rows
+  AND g.first_missing <= g.last_missing
+UNION ALL
+SELECT %(first)s::bigint, %(last)s::bigint WHERE NOT EXISTS (SELECT 1 FROM ids)
+ORDER BY 1
 LIMIT %(limit)s
 """
 
@@ -132,14 +324,23 @@ SELECT ingested_at FROM events
 WHERE source = %(source)s AND ingested_at >= now() - make_interval(hours => %(hours)s)
 """
 
+# The minutes since the start of the minute an hour (or `hours`) ago: at most 60 * hours + 1 rows.
+RECENT_MINUTES_SQL = """
+SELECT minute, events FROM events_per_minute
+WHERE source = %(source)s AND minute >= date_trunc('minute', now() - make_interval(hours => %(hours)s))
+  AND events > 0
+ORDER BY minute
+"""
+
 UPSERT_ROLLUP_SQL = """
 INSERT INTO events_per_minute (source, minute, events) VALUES (%s, %s, %s)
 ON CONFLICT (source, minute) DO UPDATE SET events = excluded.events
 """
 
+# Events from the block counters and the highest id from the index: no row is counted.
 STATUS_SQL = """
 SELECT s.source, s.cursor, s.epoch, s.last_ingest_at, s.fenced_commits, s.last_poll_at,
-       (SELECT count(*) FROM events e WHERE e.source = s.source) AS events,
+       (SELECT coalesce(sum(b.events), 0) FROM id_blocks b WHERE b.source = s.source) AS events,
        (SELECT coalesce(max(event_id), 0) FROM events e WHERE e.source = s.source) AS max_event_id,
        (SELECT count(*) FROM quarantine q WHERE q.source = s.source) AS quarantined
 FROM source_state s
@@ -153,7 +354,11 @@ SELECT extract(epoch FROM now() - greatest(last_ingest_at, last_poll_at))::float
 FROM source_state WHERE source = %(source)s
 """
 
-ROW_COUNTS_SQL = "SELECT source, events_stored FROM source_state WHERE source = ANY(%(sources)s)"
+# Rows stored per source from the block counters (true after deletes too; no row is counted).
+ROW_COUNTS_SQL = """
+SELECT s.source, (SELECT coalesce(sum(b.events), 0) FROM id_blocks b WHERE b.source = s.source)
+FROM source_state s WHERE s.source = ANY(%(sources)s)
+"""
 
 # What the quarantine holds for one source: how many, the newest reason, the highest id kept.
 QUARANTINE_SUMMARY_SQL = """
@@ -162,6 +367,15 @@ SELECT count(*),
        coalesce(max(event_id), 0)
 FROM quarantine WHERE source = %(source)s
 """
+
+# A source and everything kept for it (benchmarks clean up with it). Dropping the partition fires
+# no trigger, so its counters go explicitly.
+FORGET_SOURCE_SQL = (
+    "DELETE FROM id_blocks WHERE source = %(source)s",
+    "DELETE FROM events_per_minute WHERE source = %(source)s",
+    "DELETE FROM quarantine WHERE source = %(source)s",
+    "DELETE FROM source_state WHERE source = %(source)s",
+)
 
 
 class StoreError(RuntimeError):
@@ -177,6 +391,7 @@ class CommitResult:
     inserted: int
     already_stored: int
     quarantined: int
+    copied: int = 0  # of `inserted`, how many went in by COPY (ids above the highest stored id)
 
 
 @dataclass(frozen=True)
@@ -202,6 +417,24 @@ class Gap:
         return self.last_missing - self.first_missing + 1
 
 
+@dataclass(frozen=True)
+class IdSpan:
+    """Lowest and highest id of a source among stored events and quarantined items (None: none)."""
+
+    lowest_stored: int | None
+    highest_stored: int | None
+    lowest_quarantined: int | None
+    highest_quarantined: int | None
+
+    @property
+    def lowest(self) -> int | None:
+        return min((i for i in (self.lowest_stored, self.lowest_quarantined) if i is not None), default=None)
+
+    @property
+    def highest(self) -> int | None:
+        return max((i for i in (self.highest_stored, self.highest_quarantined) if i is not None), default=None)
+
+
 def partition_name(source: str) -> str:
     """Name of the events partition of a source, within Postgres' 63-byte identifiers."""
     if not is_valid_source_name(source):
@@ -219,19 +452,86 @@ def quarantine_params(source: str, item: Quarantined) -> dict:
 
 
 class Store:
-    """One Postgres connection and the statements the ingest needs."""
+    """The statements the ingest needs, over a small pool of Postgres connections.
 
-    def __init__(self, url: str, *, application_name: str = "event-ingest", connect_timeout_s: int = 5) -> None:
+    Every operation borrows one connection, runs one transaction and gives it back, so one Store
+    can serve many threads (``pool_size`` connections at most; a thread waits when all are busy).
+    A connection that broke is dropped and replaced by the next operation that needs one.
+    ``conn`` is the first connection, for tests and tools that run their own SQL from one thread.
+    """
+
+    def __init__(
+        self, url: str, *, application_name: str = "event-ingest", connect_timeout_s: int = 5, pool_size: int = 1
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, got {pool_size}")
         self.url = url
+        self._application_name = application_name
+        self._connect_timeout_s = connect_timeout_s
+        self._pool_size = pool_size
+        self._pool = threading.Condition()
+        self._idle: list[psycopg.Connection] = []
+        self._open = 0  # connections open or being opened, idle or lent
+        self._closed = False
+        self._first = self._connect()  # now, so a bad URL fails here and not at the first commit
+        self._idle.append(self._first)
+        self._open = 1
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        return self._first
+
+    def _connect(self) -> psycopg.Connection:
         try:
-            self.conn = psycopg.connect(
-                url, application_name=application_name, connect_timeout=connect_timeout_s, autocommit=False
-            )
+            return psycopg.connect(self.url, application_name=self._application_name,
+                                   connect_timeout=self._connect_timeout_s, autocommit=False)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to Postgres at {redact_url(url)}: {_first_line(exc)}") from None
+            raise StoreError(f"cannot connect to Postgres at {redact_url(self.url)}: {_first_line(exc)}") from None
+
+    @contextlib.contextmanager
+    def _borrow(self) -> Iterator[psycopg.Connection]:
+        with self._pool:
+            while True:
+                if self._closed:
+                    raise StoreError("the store is closed")
+                if self._idle:
+                    conn = self._idle.pop()
+                    break
+                if self._open < self._pool_size:
+                    conn = None
+                    self._open += 1  # the slot is ours while we connect outside the lock
+                    break
+                self._pool.wait()
+        if conn is None:
+            try:
+                conn = self._connect()
+            except BaseException:
+                with self._pool:
+                    self._open -= 1
+                    self._pool.notify()
+                raise
+            if self._first.closed:
+                self._first = conn
+        try:
+            yield conn
+        finally:
+            with self._pool:
+                if self._closed or conn.closed or conn.broken:
+                    self._open -= 1
+                    conn.close()
+                else:
+                    self._idle.append(conn)
+                self._pool.notify()
 
     def close(self) -> None:
-        self.conn.close()
+        with self._pool:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._pool.notify_all()
+        for conn in idle:
+            conn.close()
+        self._first.close()  # lent out to a test? it is closed all the same
 
     def __enter__(self) -> "Store":
         return self
@@ -241,31 +541,75 @@ class Store:
 
     def _run(self, what: str, fn):
         try:
-            with self.conn.transaction():
-                return fn(self.conn.cursor())
+            with self._borrow() as conn, conn.transaction():
+                return fn(conn.cursor())
         except (Fenced, StoreError):
             raise
         except psycopg.Error as exc:
             raise StoreError(f"Postgres {what} failed: {_first_line(exc)}") from exc
 
     def apply_schema(self, sources: Iterable[str] = ()) -> None:
-        """Create tables and per-source partitions if missing; safe to run from many processes at once."""
+        """Create tables and per-source partitions if missing, and bring an older database up to
+        SCHEMA_VERSION; safe to run from many processes at once."""
         sources = list(sources)
 
         def apply(cur):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
             cur.execute(SCHEMA_SQL)
+            cur.execute(READ_SCHEMA_VERSION_SQL)
+            version = cur.fetchone()[0]
+            if version < SCHEMA_VERSION:
+                self._upgrade(cur, version)
             for source in sources:
                 self._ensure_source(cur, source)
 
         self._run("schema setup", apply)
 
-    def _ensure_source(self, cur, source: str) -> None:
-        cur.execute(
-            sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF events FOR VALUES IN ({})").format(
-                sql.Identifier(partition_name(source)), sql.Literal(source)
+    def _upgrade(self, cur, version: int) -> None:
+        """Bring a database at `version` to SCHEMA_VERSION, in the schema transaction (all or nothing)."""
+        if version < 2:
+            # Writers wait until the counters are built from the rows they already committed.
+            cur.execute(LOCK_EVENTS_SQL)
+            cur.execute(COUNTERS_SQL)
+            self._create_counting_triggers(cur, "events", None)
+            cur.execute(SOURCES_SQL)
+            for (source,) in cur.fetchall():
+                self._count_partition(cur, source)
+        if version < 3:
+            cur.execute(ADD_LAST_POLL_AT_SQL)
+        cur.execute(WRITE_SCHEMA_VERSION_SQL, {"version": SCHEMA_VERSION})
+
+    @staticmethod
+    def _create_counting_triggers(cur, table: str, source: str | None) -> None:
+        for name, definition in COUNTING_TRIGGERS.items():
+            cur.execute(
+                sql.SQL("CREATE OR REPLACE TRIGGER {} " + definition).format(
+                    sql.Identifier(name), table=sql.Identifier(table),
+                    source=sql.Literal(source) if source is not None else sql.SQL(""),
+                )
             )
-        )
+
+    def _count_partition(self, cur, source: str) -> bool:
+        """Give an existing partition its counting triggers and counters, if it lacks them (made before
+        version 2, or by an older consumer since). False if the source has no partition."""
+        partition = partition_name(source)
+        cur.execute(PARTITION_STATE_SQL, {"partition": partition, "triggers": list(COUNTING_TRIGGERS)})
+        exists, triggers = cur.fetchone()
+        if exists and triggers < len(COUNTING_TRIGGERS):
+            # Creating a trigger locks the partition against writers: no row lands uncounted meanwhile.
+            self._create_counting_triggers(cur, partition, source)
+            for statement in RECOUNT_SQL:
+                cur.execute(statement, {"source": source})
+        return bool(exists)
+
+    def _ensure_source(self, cur, source: str) -> None:
+        if not self._count_partition(cur, source):
+            cur.execute(
+                sql.SQL("CREATE TABLE {} PARTITION OF events FOR VALUES IN ({})").format(
+                    sql.Identifier(partition_name(source)), sql.Literal(source)
+                )
+            )
+            self._create_counting_triggers(cur, partition_name(source), source)
         cur.execute(ENSURE_STATE_SQL, {"source": source})
 
     def ensure_source(self, source: str) -> None:
@@ -274,6 +618,28 @@ class Store:
             self._ensure_source(cur, source)
 
         self._run(f"setup of source {source!r}", ensure)
+
+    def recount(self, source: str) -> None:
+        """Rebuild a source's counters from its rows (O(rows)). Only needed after writes that bypass
+        triggers: session_replication_role = replica, DISABLE TRIGGER, a partition dropped or detached."""
+
+        def recount(cur):
+            cur.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(partition_name(source))))
+            for statement in RECOUNT_SQL:
+                cur.execute(statement, {"source": source})
+
+        self._run(f"recount of {source!r}", recount)
+
+    def forget_source(self, source: str) -> None:
+        """Drop a source's partition, counters, quarantine and state (benchmarks clean up with it)."""
+
+        def forget(cur):
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(partition_name(source))))
+            for statement in FORGET_SOURCE_SQL:
+                cur.execute(statement, {"source": source})
+
+        self._run(f"removal of source {source!r}", forget)
 
     def begin_epoch(self, source: str) -> tuple[int, int]:
         """Take the source over: bump its epoch; returns (epoch, cursor)."""
@@ -309,20 +675,27 @@ class Store:
                     f"source {source!r}: commit refused by the fence (epoch {epoch}, cursor {old_cursor}): "
                     "another consumer took this source over"
                 )
-            inserted = 0
+            inserted = copied = 0
             if events:
-                cur.execute(
-                    INSERT_EVENTS_SQL,
-                    {"source": source, "ids": [e.id for e in events], "payloads": [e.payload_json for e in events]},
-                )
-                inserted = cur.rowcount
-                cur.execute(
-                    "UPDATE source_state SET events_stored = events_stored + %s WHERE source = %s",
-                    (inserted, source),
-                )
+                cur.execute(HIGHEST_STORED_ID_SQL, {"source": source})
+                highest = cur.fetchone()[0]
+                fresh, maybe_stored = _split_page(events, highest)
+                if fresh:
+                    with cur.copy(COPY_EVENTS_SQL) as copy:
+                        for event in fresh:
+                            copy.write_row((source, event.id, event.payload_json))
+                    copied = len(fresh)
+                if maybe_stored:
+                    cur.execute(
+                        INSERT_EVENTS_SQL,
+                        {"source": source, "ids": [e.id for e in maybe_stored],
+                         "payloads": [e.payload_json for e in maybe_stored]},
+                    )
+                    inserted = cur.rowcount
+                inserted += copied
             for item in quarantined:
                 cur.execute(INSERT_QUARANTINE_SQL, quarantine_params(source, item))
-            return CommitResult(inserted, len(events) - inserted, len(quarantined))
+            return CommitResult(inserted, len(events) - inserted, len(quarantined), copied)
 
         try:
             return self._run(f"commit for {source!r}", commit)
@@ -354,7 +727,7 @@ class Store:
             return [
                 SourceStatus(
                     source=r[0], cursor=r[1], epoch=r[2], last_ingest_at=r[3], fenced_commits=r[4],
-                    last_poll_at=r[5], events=r[6], max_event_id=r[7], quarantined=r[8],
+                    last_poll_at=r[5], events=int(r[6]), max_event_id=r[7], quarantined=r[8],
                 )
                 for r in cur.fetchall()
             ]
@@ -371,7 +744,7 @@ class Store:
         return self._run(f"poll age of {source!r}", read)
 
     def row_counts(self, sources: list[str]) -> dict[str, int]:
-        """Rows stored per source, from the counter kept in the fenced commit (no count(*))."""
+        """Rows stored per source, from the counters the triggers keep (no count(*))."""
 
         def read(cur):
             cur.execute(ROW_COUNTS_SQL, {"sources": list(sources)})
@@ -392,17 +765,43 @@ class Store:
 
         return self._run(f"quarantine summary for {source!r}", read)
 
-    def gaps(self, source: str, limit: int = 100) -> list[Gap]:
-        """Missing id ranges between the lowest and the highest accounted-for id.
-
-        Sources need not start at 1, so ids below the first one seen are not called missing.
-        """
+    def id_span(self, source: str) -> IdSpan:
+        """Lowest and highest stored and quarantined ids (index probes, not scans)."""
 
         def read(cur):
-            cur.execute(GAPS_SQL, {"source": source, "limit": limit})
+            cur.execute(ID_SPAN_SQL, {"source": source})
+            return IdSpan(*cur.fetchone())
+
+        return self._run(f"id span of {source!r}", read)
+
+    def accounted_blocks(self, source: str) -> list[tuple[int, int]]:
+        """(block, ids accounted for in it), ascending; a block holds ids [block << 16, (block + 1) << 16)."""
+
+        def read(cur):
+            cur.execute(ACCOUNTED_BLOCKS_SQL, {"source": source})
+            return [(int(b), int(n)) for b, n in cur.fetchall()]
+
+        return self._run(f"id blocks of {source!r}", read)
+
+    def gaps_between(self, source: str, first: int, last: int, limit: int | None = None) -> list[Gap]:
+        """Missing id ranges within [first, last]: ids neither stored nor quarantined with their id."""
+
+        def read(cur):
+            cur.execute(GAPS_SQL, {"source": source, "first": first, "last": last, "limit": limit})
             return [Gap(int(a), int(b)) for a, b in cur.fetchall()]
 
         return self._run(f"gap query for {source!r}", read)
+
+    def gaps(self, source: str, limit: int = 100) -> list[Gap]:
+        """Missing id ranges between the lowest and the highest accounted-for id, reading every id
+        (core.checks.gap_check answers from the counters instead).
+
+        Sources need not start at 1, so ids below the first one seen are not called missing.
+        """
+        span = self.id_span(source)
+        if span.lowest is None:
+            return []
+        return self.gaps_between(source, span.lowest, span.highest, limit)
 
     def recent_ingest_times(self, source: str, hours: int = 1) -> list[datetime]:
         def read(cur):
@@ -411,8 +810,18 @@ class Store:
 
         return self._run(f"ingest times of {source!r}", read)
 
+    def recent_minutes(self, source: str, hours: int = 1) -> list[tuple[datetime, int]]:
+        """(minute, events stored with that ingest minute) from the counters, oldest first."""
+
+        def read(cur):
+            cur.execute(RECENT_MINUTES_SQL, {"source": source, "hours": hours})
+            return [(m, int(n)) for m, n in cur.fetchall()]
+
+        return self._run(f"per-minute counts of {source!r}", read)
+
     def save_rollup(self, source: str, rows: list[tuple[datetime, int]]) -> None:
-        """Upsert (minute, events) rows of events_per_minute for one source."""
+        """Upsert (minute, events) rows of events_per_minute for one source. The counting triggers keep
+        that table as rows are written; counts given here replace theirs for those minutes."""
         self._run(f"rollup of {source!r}",
                   lambda cur: cur.executemany(UPSERT_ROLLUP_SQL, [(source, m, n) for m, n in rows]))
 
@@ -422,6 +831,21 @@ class Store:
             return [r[0] for r in cur.fetchall()]
 
         return self._run(f"id listing for {source!r}", read)
+
+
+def _split_page(events: list[Event], highest_stored: int | None) -> tuple[list[Event], list[Event]]:
+    """(events that cannot be stored yet, events that may be): the first go in by COPY.
+
+    Only ids above the highest stored id are safe for COPY, and only if the page holds each id once
+    (a second copy of an id would collide with the first inside the COPY)."""
+    if highest_stored is None:
+        highest_stored = 0
+    fresh = [e for e in events if e.id > highest_stored]
+    if len({e.id for e in fresh}) != len(fresh):
+        return [], list(events)
+    if len(fresh) == len(events):
+        return fresh, []
+    return fresh, [e for e in events if e.id <= highest_stored]
 
 
 def _first_line(exc: BaseException) -> str:

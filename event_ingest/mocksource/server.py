@@ -357,6 +357,8 @@ class _Recorder:
         gaps = [(b - a) * 1000.0 for a, b in zip(arrivals, arrivals[1:])]
         stats: dict[str, Any] = {
             "requests": len(arrivals),
+            # First to last arrival: the span a rate at the source is measured over.
+            "arrival_span_s": round(arrivals[-1] - arrivals[0], 6) if len(arrivals) > 1 else None,
             "min_gap_ms": round(min(gaps), 3) if gaps else None,
             "median_gap_ms": round(statistics.median(gaps), 3) if gaps else None,
             # Named after the project rule; the threshold is min_interval_ms

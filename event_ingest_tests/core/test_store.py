@@ -1,12 +1,18 @@
-"""The store alone: schema, fenced commits, quarantine, gaps."""
+"""The store alone: schema and its upgrade, fenced commits (COPY and ON CONFLICT), quarantine, gaps, threads."""
 
 from __future__ import annotations
+
+import threading
+import time
+import uuid
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
+from event_ingest.core.checks import gap_check
 from event_ingest.core.page import Event, Quarantined
-from event_ingest.core.store import Fenced, Store, StoreError, partition_name
+from event_ingest.core.store import SCHEMA_SQL, SCHEMA_VERSION, Fenced, Store, StoreError, partition_name
 
 
 def events(*ids):
@@ -107,3 +113,215 @@ def test_gaps_are_found_and_quarantined_ids_fill_them(store, source_name):
 def test_unreachable_postgres_is_one_clear_error():
     with pytest.raises(StoreError, match=r"cannot connect to Postgres at postgresql://u:\*\*\*@127\.0\.0\.1:1/x"):
         Store("postgresql://u:secret@127.0.0.1:1/x", connect_timeout_s=1)
+
+
+# ---- COPY above the highest stored id, ON CONFLICT at or below it ------------------------------
+
+REWIND_SQL = "UPDATE source_state SET cursor = %s WHERE source = %s"
+
+
+def count_rows(store, source):
+    (n,) = store.conn.execute("SELECT count(*) FROM events WHERE source = %s", (source,)).fetchone()
+    store.conn.rollback()
+    return n
+
+
+def test_a_page_above_the_highest_stored_id_goes_in_by_copy(store, source_name):
+    store.ensure_source(source_name)
+    epoch, _ = store.begin_epoch(source_name)
+    result = store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=100, events=events(*range(1, 101)))
+    assert (result.inserted, result.copied, result.already_stored) == (100, 100, 0)
+    assert store.event_ids(source_name) == list(range(1, 101))
+
+
+def test_a_replay_over_stored_events_stores_each_event_once(store, source_name):
+    """A replay rewinds the cursor below stored events (a later feature will do it through the fence:
+    a new epoch, a lower cursor); ids up to the highest stored one must skip, not collide."""
+    store.ensure_source(source_name)
+    epoch, _ = store.begin_epoch(source_name)
+    store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=100, events=events(*range(1, 101)))
+    store.conn.execute(REWIND_SQL, (50, source_name))
+    store.conn.commit()
+    epoch, cursor = store.begin_epoch(source_name)
+    assert cursor == 50
+    result = store.commit_page(source_name, epoch=epoch, old_cursor=50, new_cursor=150,
+                               events=events(*range(51, 151)))
+    assert (result.inserted, result.already_stored, result.copied) == (50, 50, 50)
+    assert store.event_ids(source_name) == list(range(1, 151))
+    status = store.source_status(source_name)
+    assert (status.cursor, status.events) == (150, 150)  # the counters did not count the skipped ones
+
+
+def test_ids_at_or_below_the_cursor_are_skipped_if_stored(store, source_name):
+    store.ensure_source(source_name)
+    epoch, _ = store.begin_epoch(source_name)
+    store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=100, events=events(*range(1, 101)))
+    # A source re-sending 95-100 next to new ids, and one id it never sent before (an old gap filled).
+    store.conn.execute("DELETE FROM events WHERE source = %s AND event_id = 97", (source_name,))
+    store.conn.commit()
+    result = store.commit_page(source_name, epoch=epoch, old_cursor=100, new_cursor=105,
+                               events=events(*range(95, 106)))
+    assert (result.inserted, result.already_stored, result.copied) == (6, 5, 5)
+    assert store.event_ids(source_name) == list(range(1, 106))
+    assert count_rows(store, source_name) == store.source_status(source_name).events == 105
+
+
+def test_an_id_twice_in_one_page_is_stored_once(store, source_name):
+    store.ensure_source(source_name)
+    epoch, _ = store.begin_epoch(source_name)
+    result = store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=2, events=events(1, 2, 1))
+    assert (result.inserted, result.already_stored) == (2, 1)
+    assert store.event_ids(source_name) == [1, 2]
+
+
+# ---- a database made by the version 1 schema -----------------------------------------------------
+
+@pytest.fixture
+def fresh_database_url(postgres_server_url):
+    name = f"event_ingest_upgrade_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(postgres_server_url)
+    yield urlunsplit(parts._replace(path="/" + name))
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_an_upgrade_from_the_version_1_schema_counts_the_rows_already_stored(fresh_database_url):
+    """Users have data: tables, partitions and rows as version 1 left them (no counters, no triggers,
+    events_per_minute holding what the old rollup wrote), then a consumer of this version starts."""
+    source, other = "old_source", "old_other"
+    with psycopg.connect(fresh_database_url) as conn:
+        conn.execute(SCHEMA_SQL)
+        conn.execute("DROP TABLE schema_version")  # version 1 had none
+        for name in (source, other):
+            conn.execute(f"CREATE TABLE {partition_name(name)} PARTITION OF events FOR VALUES IN ('{name}')")
+            conn.execute("INSERT INTO source_state (source, cursor) VALUES (%s, 70010)", (name,))
+        conn.execute("""INSERT INTO events (source, event_id, payload, ingested_at)
+                        SELECT %s, i, '{}', '2026-01-01 10:00:00+00'::timestamptz + (i / 1000) * interval '1 minute'
+                        FROM generate_series(1, 70010) i WHERE i <> 500""", (source,))
+        conn.execute("INSERT INTO events (source, event_id, payload) VALUES (%s, 1, '{}')", (other,))
+        conn.execute("INSERT INTO events_per_minute VALUES (%s, '2026-01-01 10:00:00+00', 3)", (source,))
+    with Store(fresh_database_url) as store:
+        store.apply_schema()
+        store.apply_schema([source, other])  # again: nothing to do twice
+        (version,) = store.conn.execute("SELECT version FROM schema_version").fetchone()
+        minute_rows = store.conn.execute(
+            "SELECT minute, events FROM events_per_minute WHERE source = %s ORDER BY minute", (source,)).fetchall()
+        store.conn.rollback()
+        assert version == SCHEMA_VERSION
+        status = store.source_status(source)
+        assert (status.events, status.max_event_id) == (70_009, 70_010)
+        assert store.source_status(other).events == 1
+        assert len(minute_rows) == 71 and minute_rows[0][1] == 998 and sum(n for _, n in minute_rows) == 70_009
+        found = gap_check(store, source)
+        assert (found.missing, [(g.first_missing, g.last_missing) for g in found.gaps]) == (1, [(500, 500)])
+        # The old partitions got their triggers: a DELETE now is counted, and new pages go in by COPY.
+        store.conn.execute("DELETE FROM events WHERE source = %s AND event_id = 70000", (source,))
+        store.conn.commit()
+        assert gap_check(store, source).missing == 2
+        epoch, cursor = store.begin_epoch(source)
+        result = store.commit_page(source, epoch=epoch, old_cursor=cursor, new_cursor=70_020,
+                                   events=events(*range(70_011, 70_021)))
+        assert result.copied == 10 and store.source_status(source).events == 70_018
+
+
+# ---- one Store, many threads ---------------------------------------------------------------------
+
+def backends(database_url, application_name):
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return conn.execute("SELECT pid, wait_event_type FROM pg_stat_activity WHERE application_name = %s",
+                            (application_name,)).fetchall()
+
+
+def test_threads_commit_to_their_sources_at_once_through_one_store(database_url):
+    app = f"pool-{uuid.uuid4().hex[:8]}"
+    sources = [f"t_{uuid.uuid4().hex[:12]}" for _ in range(6)]
+    errors = []
+
+    def ingest(store, source):
+        try:
+            epoch, cursor = store.begin_epoch(source)
+            for page in range(40):
+                ids = range(cursor + 1, cursor + 51)
+                if page == 20:
+                    # Another holder takes over: this thread's next commit must roll back alone.
+                    stale, (epoch, _) = epoch, store.begin_epoch(source)
+                    with pytest.raises(Fenced):
+                        store.commit_page(source, epoch=stale, old_cursor=cursor, new_cursor=ids[-1],
+                                          events=events(*ids))
+                store.commit_page(source, epoch=epoch, old_cursor=cursor, new_cursor=ids[-1], events=events(*ids))
+                cursor = ids[-1]
+        except BaseException as exc:  # reported below, with the source it hit
+            errors.append(f"{source}: {exc!r}")
+
+    with Store(database_url, application_name=app, pool_size=4) as store:
+        store.apply_schema(sources)
+        threads = [threading.Thread(target=ingest, args=(store, s)) for s in sources]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=240)
+        assert not any(t.is_alive() for t in threads), "a thread hung"
+        assert errors == []
+        assert 1 <= len(backends(database_url, app)) <= 4
+        for source in sources:
+            status = store.source_status(source)
+            assert store.event_ids(source) == list(range(1, 2001))
+            assert (status.cursor, status.events, status.fenced_commits) == (2000, 2000, 1)
+
+
+def run_in_thread(fn):
+    done = threading.Event()
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:
+            outcome["error"] = exc
+        done.set()
+
+    threading.Thread(target=target, daemon=True).start()
+    return done, outcome
+
+
+def wait_for(condition, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time (hung?)"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("pool_size", [1, 2])
+def test_an_operation_waiting_on_a_lock_holds_one_connection_not_the_store(database_url, pool_size):
+    app = f"pool-{uuid.uuid4().hex[:8]}"
+    locked, free = f"t_{uuid.uuid4().hex[:12]}", f"t_{uuid.uuid4().hex[:12]}"
+    with Store(database_url, application_name=app, pool_size=pool_size) as store, \
+            psycopg.connect(database_url) as admin:
+        store.apply_schema([locked, free])
+        admin.execute("SELECT 1 FROM source_state WHERE source = %s FOR UPDATE", (locked,))
+        try:
+            blocked, _ = run_in_thread(lambda: store.begin_epoch(locked))
+            wait_for(lambda: any(w == "Lock" for _, w in backends(database_url, app)))
+            other, outcome = run_in_thread(lambda: store.begin_epoch(free))
+            if pool_size == 1:
+                # One connection, lent out: the second operation waits its turn, it does not share it.
+                assert not other.wait(1.0)
+            else:
+                assert other.wait(60), "the second operation waited for the first one's connection"
+                assert outcome == {"value": (1, 0)}
+                assert not blocked.is_set()
+        finally:
+            admin.rollback()
+        assert blocked.wait(60) and other.wait(60)
+        assert store.source_status(locked).epoch == 1 and store.source_status(free).epoch == 1
+
+
+def test_a_broken_connection_is_replaced_by_the_next_operation(database_url, store, source_name):
+    store.ensure_source(source_name)
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (store.conn.info.backend_pid,))
+    with pytest.raises(StoreError):
+        store.begin_epoch(source_name)
+    assert store.begin_epoch(source_name) == (1, 0)

@@ -1,0 +1,31 @@
+"""Benchmarks, one case per module, each printing a table and writing JSON (and PNG) under --out.
+
+    event-ingest bench [drain options]      the drain case (the default): rate and spacing at the source
+    event-ingest bench drain [...]          the same, named
+    event-ingest bench commit [...]         the fenced commit of a page next to a plain COPY of the same rows
+    event-ingest bench checks [...]         the checks' and the rollup's queries at 1, 10 and 30 million events
+
+Every case has --quick (a CI smoke run: small, no speed target asserted) and --out DIR (default: a new
+temp dir, printed). Postgres and Redis come from EVENT_INGEST_DATABASE_URL / EVENT_INGEST_REDIS_URL,
+or embedded servers are started in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import checks, commit, drain
+
+CASES = {"drain": drain, "commit": commit, "checks": checks}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    drain.add_arguments(parser)  # `event-ingest bench` with no case runs the drain case, with its options
+    cases = parser.add_subparsers(dest="case", metavar="CASE")
+    for name, case in CASES.items():
+        sub = cases.add_parser(name, help=case.HELP, description=case.__doc__.split("\n\n")[0])
+        case.add_arguments(sub)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    return CASES[args.case or "drain"].run(args)

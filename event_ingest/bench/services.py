@@ -1,0 +1,32 @@
+"""Postgres and Redis for a benchmark: from the environment, else embedded servers in a temp dir."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from ..config import DATABASE_URL_ENV, REDIS_URL_ENV
+
+
+@contextlib.contextmanager
+def services(*, redis: bool = True, fast_postgres: bool = True) -> Iterator[tuple[str, str | None]]:
+    """(database_url, redis_url or None). ``fast_postgres`` turns fsync off in an embedded server;
+    cases that time commits keep it on, as a production database has it."""
+    db, rd = os.environ.get(DATABASE_URL_ENV), os.environ.get(REDIS_URL_ENV) if redis else None
+    with contextlib.ExitStack() as stack:
+        if not db or (redis and not rd):
+            from ..devstack.embedded import EmbeddedPostgres, EmbeddedRedis
+
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="event-ingest-bench-")))
+            if not db:
+                pg = EmbeddedPostgres(tmp / "postgres", fast=fast_postgres)
+                db = pg.start()
+                stack.callback(pg.stop)
+            if redis and not rd:
+                rs = EmbeddedRedis(tmp / "redis")
+                rd = rs.start()
+                stack.callback(rs.stop)
+        yield db, rd
