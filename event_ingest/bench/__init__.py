@@ -4,6 +4,9 @@
     event-ingest bench drain [...]          the same, named
     event-ingest bench commit [...]         the fenced commit of a page next to a plain COPY of the same rows
     event-ingest bench checks [...]         the checks' and the rollup's queries at 1, 10 and 30 million events
+    event-ingest bench continuity [...]     live sources through the real sensors and runs, handoffs included
+    event-ingest bench failover [...]       the same with two deployments, one killed whole half way
+    event-ingest bench scale [...]          N sources (default 50), and what each costs; --curve 1,10,25,50
 
 Every case has --quick (a CI smoke run: small, no speed target asserted) and --out DIR (default: a new
 temp dir, printed). Postgres and Redis come from EVENT_INGEST_DATABASE_URL / EVENT_INGEST_REDIS_URL,
@@ -14,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 
-from . import checks, commit, drain
+from . import checks, commit, continuity, drain, failover, scale
 
-CASES = {"drain": drain, "commit": commit, "checks": checks}
+CASES = {"drain": drain, "commit": commit, "checks": checks, "continuity": continuity,
+         "failover": failover, "scale": scale}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

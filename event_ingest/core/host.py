@@ -27,7 +27,7 @@ import redis
 
 from ..config import SourceConfig
 from .drain import Drain, DrainOptions, DrainStats, DrainStatus
-from .store import Store, StoreError
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class SourceHost:
         self,
         source: SourceConfig,
         *,
-        store_factory: Callable[[], Store],
+        store: Store,
         redis_client: redis.Redis,
         lease_ttl_s: float,
         logger: logging.Logger | logging.LoggerAdapter = log,
@@ -63,7 +63,7 @@ class SourceHost:
     ) -> None:
         self.source = source
         self.name = source.name
-        self._store_factory = store_factory
+        self._store = store  # shared with the worker's other hosts (a small pool); the worker closes it
         self._redis = redis_client
         self._options = DrainOptions(lease_ttl_s=lease_ttl_s, lease_wait_s=math.inf, max_seconds=math.inf, tail=True)
         self._log = logger
@@ -127,24 +127,12 @@ class SourceHost:
     # -- the loop -------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        store: Store | None = None
         backoff = BACKOFF_START_S
         try:
             while not self._stop.is_set():
-                if store is None:
-                    try:
-                        store = self._store_factory()
-                    except StoreError as exc:
-                        self._failed(f"{exc}", DrainStatus.POSTGRES_DOWN)
-                        self._wait(backoff)
-                        backoff = min(backoff * 2, BACKOFF_MAX_S)
-                        continue
-                stats = self._one_drain(store)
+                stats = self._one_drain(self._store)
                 if stats.status is DrainStatus.STOPPED and self._stop.is_set():
                     break
-                if stats.status is DrainStatus.POSTGRES_DOWN:
-                    store.close()
-                    store = None  # a fresh connection next time
                 if stats.status in _TAKEN_OVER:
                     backoff = BACKOFF_START_S
                     continue
@@ -156,8 +144,6 @@ class SourceHost:
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
         finally:
             self._between = "stopped"
-            if store is not None:
-                store.close()
 
     def _one_drain(self, store: Store) -> DrainStats:
         drain = Drain(self.source, store=store, redis_client=self._redis, options=self._options,
@@ -186,12 +172,6 @@ class SourceHost:
             self.last_error = stats.error or str(stats.status)
         if self._on_drain_end is not None:
             self._on_drain_end(stats)
-
-    def _failed(self, error: str, status: DrainStatus) -> None:
-        self.last_error = error
-        self._finished.drain_ends[str(status)] += 1
-        self._between = "backoff"
-        self._log.warning("source %s: %s", self.name, error)
 
     def _wait(self, seconds: float) -> None:
         self._stop.wait(seconds)

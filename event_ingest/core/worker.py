@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import threading
 import time
@@ -46,6 +47,8 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 HEARTBEAT_PREFIX = "event-ingest:worker:"
+SOURCES_PER_CONNECTION = 5
+MAX_POOL = 10
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,10 @@ class Worker:
         self._redis = redis_client
         self._report = report
         self._log = logger
+        # One small pool for all hosts: a page's commit holds a connection for milliseconds, so a few
+        # connections serve many sources (one each would be 1,000 connections for 1,000 sources).
+        self._store = Store(database_url, application_name="event-ingest-worker",
+                            pool_size=min(MAX_POOL, max(2, math.ceil(len(sources) / SOURCES_PER_CONNECTION))))
         self.hosts: dict[str, SourceHost] = {}
         self._stopping: dict[str, SourceHost] = {}
         self._last_totals: dict[str, HostTotals] = {}
@@ -246,13 +253,10 @@ class Worker:
                 continue  # unknown here, or still letting go: next poll
             source = self.sources[name]
             self.hosts[name] = SourceHost(
-                source, store_factory=self._new_store, redis_client=self._redis,
+                source, store=self._store, redis_client=self._redis,
                 lease_ttl_s=self.options.lease_ttl_s, logger=self._log,
             ).start()
             self._last_totals.setdefault(name, HostTotals())
-
-    def _new_store(self) -> Store:
-        return Store(self._database_url, application_name=f"event-ingest-worker")
 
     def _beat(self) -> None:
         try:
@@ -315,3 +319,4 @@ class Worker:
             self._redis.delete(HEARTBEAT_PREFIX + self.id)
         except redis.RedisError:
             pass  # it expires by itself
+        self._store.close()
