@@ -44,9 +44,15 @@ TARGETS = {  # issue figures: what "continuous" means here
     "lag_max_s": ("lag max, s", "<=", 1.5),
     "gaps_under_200ms": ("gaps under 200 ms", "<=", 0),
 }
-FAILOVER_TARGETS = {**TARGETS, "ratio": ("ratio of the 5/s ceiling", ">=", 0.95),
-                    "longest_pause_s": ("longest pause, s (the failover included)", "<=", 10.0),
-                    "pause_at_kill_s": ("pause across the kill, s", "<=", 10.0)}
+# The failover's own targets: the lag of events made during the takeover is the pause itself (one
+# lease TTL), so the lag targets above are the continuity case's, not these.
+FAILOVER_TARGETS = {
+    "ratio": ("ratio of the 5/s ceiling, whole window", ">=", 0.95),
+    "pause_at_kill_s": ("pause across the kill, s", "<=", 10.0),
+    "longest_pause_s": ("longest pause, s (the failover included)", "<=", 10.0),
+    "gaps_under_200ms": ("gaps under 200 ms", "<=", 0),
+    "lost": ("events lost", "<=", 0),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

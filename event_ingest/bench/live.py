@@ -245,12 +245,12 @@ class Deployment:
 
 def postgres_pids(url: str) -> list[int]:
     """The Postgres server's processes (postmaster and every backend), found from a backend of ours."""
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(url) as conn:  # read /proc while our backend is alive
         backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    try:
-        postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return []  # not on this host
+        try:
+            postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return []  # not on this host
     return list(process_tree([postmaster]))
 
 
