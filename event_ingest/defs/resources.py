@@ -2,12 +2,19 @@
 
 
 import logging
+import threading
 
 import dagster as dg
-import redis
+from redis import Redis
 
 from ..config import DATABASE_URL_ENV, REDIS_URL_ENV, SourceConfig
 from ..core import DrainOptions, DrainStats, RedisUnavailable, Store, StoreError, connect_redis, drain
+
+
+# Sensors tick every few seconds, one per source, in one long-lived code server: they share one client
+# (and its connection pool) per URL rather than connecting on every tick.
+_shared: dict[str, Redis] = {}
+_shared_lock = threading.Lock()
 
 
 class IngestResource(dg.ConfigurableResource):
@@ -22,11 +29,22 @@ class IngestResource(dg.ConfigurableResource):
         except StoreError as exc:
             raise dg.Failure(description=str(exc)) from None
 
-    def redis(self) -> redis.Redis:
+    def redis(self) -> Redis:
         try:
             return connect_redis(self.redis_url)
         except RedisUnavailable as exc:
             raise dg.Failure(description=str(exc)) from None
+
+    def shared_redis(self) -> Redis:
+        """A Redis client kept for the life of the process (do not close it)."""
+        with _shared_lock:
+            client = _shared.get(self.redis_url)
+            if client is None:
+                try:
+                    client = _shared[self.redis_url] = connect_redis(self.redis_url, check=False)
+                except RedisUnavailable as exc:
+                    raise dg.Failure(description=str(exc)) from None
+            return client
 
     def prepare(self, sources: list[str]) -> None:
         """Tables and the sources' partitions and state rows, once per run (idempotent)."""

@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass
 
 import dagster as dg
+import redis
 
-from ..config import IngestConfig, SourceConfig
+from ..config import IngestConfig, SourceConfig, redact_url
 from ..core.worker import Heartbeat, read_heartbeats, slot_members, slot_of
 from .ingest_job import ACTIVE_STATUSES, SENSOR_PREFIX, SLOT_TAG, SOURCES_TAG
 from .resources import IngestResource
@@ -90,11 +91,11 @@ def build_source_sensor(source: SourceConfig, config: IngestConfig, job) -> dg.S
     )
     def _sensor(context: dg.SensorEvaluationContext, ingest: IngestResource):
         runs = _run_views(context.instance)
-        redis_client = ingest.redis()
         try:
-            beats = read_heartbeats(redis_client, [r.run_id for r in runs])
-        finally:
-            redis_client.close()
+            beats = read_heartbeats(ingest.shared_redis(), [r.run_id for r in runs])
+        except redis.RedisError as exc:
+            raise RuntimeError(f"cannot read the runs' heartbeats in Redis at {redact_url(ingest.redis_url)}: "
+                               f"{exc}") from None
         ask, why = decide(source.name, slot, runs, beats)
         if not ask:
             return dg.SkipReason(why)
