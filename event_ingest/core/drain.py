@@ -328,26 +328,33 @@ class Drain:
         self.stats.caught_up = True
         self.stats.lag_s = 0.0
         if not self.options.tail:
+            # Freshness and stuck detection see the poll; the drain's work is done whatever the mark says.
+            try:
+                self._mark_polled()
+            except _End as end:
+                self.log.warning("poll not marked in Postgres: %s", end.error)
             raise _End(CAUGHT_UP)
         self.stats.empty_polls += 1
-        now = time.monotonic()
-        if now - self._last_marked >= self.options.mark_polled_every_s:
-            requests = self._uncounted()
-            try:
-                marked = self.store.mark_polled(self.source.name, self.stats.epoch, requests=requests)
-            except StoreError as exc:
-                raise _End(POSTGRES_DOWN, str(exc)) from None
-            if not marked:
-                # Taken over while idle (a replay, a skip, another consumer): no commit would tell us, and
-                # polling on at the old cursor would never fetch what the new epoch's cursor asks for.
-                raise _End(FENCED, f"source {self.source.name!r}: poll mark refused by the fence (epoch "
-                                   f"{self.stats.epoch}): the source was taken over")
-            self._counted_requests += requests
-            self._last_marked = now
+        if time.monotonic() - self._last_marked >= self.options.mark_polled_every_s:
+            self._mark_polled()
         # The gate already spaces polls by min_interval; a source that asks to be polled less often is
         # asked again idle_poll after this poll was sent.
         if self.source.idle_poll_s > self.source.min_interval_s and self.client.request_starts:
             self._sleep(self.client.request_starts[-1] + self.source.idle_poll_s - time.monotonic())
+
+    def _mark_polled(self) -> None:
+        requests = self._uncounted()
+        try:
+            marked = self.store.mark_polled(self.source.name, self.stats.epoch, requests=requests)
+        except StoreError as exc:
+            raise _End(POSTGRES_DOWN, str(exc)) from None
+        if not marked:
+            # Taken over while idle (a replay, a skip, another consumer): no commit would tell us, and
+            # polling on at the old cursor would never fetch what the new epoch's cursor asks for.
+            raise _End(FENCED, f"source {self.source.name!r}: poll mark refused by the fence (epoch "
+                               f"{self.stats.epoch}): the source was taken over")
+        self._counted_requests += requests
+        self._last_marked = time.monotonic()
 
     def _uncounted(self) -> int:
         return len(self.client.request_starts) - self._counted_requests

@@ -93,7 +93,7 @@ def read_events(raw: bytes, *, max_payload_bytes: int) -> list[Event]:
     try:
         page = parse_page(body, cursor=0, max_payload_bytes=max_payload_bytes)
     except MalformedPage as exc:
-        raise QuarantineRefused(f"cannot be read as a page: {exc}; nothing done") from None
+        raise QuarantineRefused(f"cannot be read: {exc}; nothing done") from None
     if page.quarantined:
         reasons = "; ".join(dict.fromkeys(q.reason for q in page.quarantined))
         raise QuarantineRefused(f"still cannot be stored: {reasons}; nothing done")
