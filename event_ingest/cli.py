@@ -120,11 +120,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .core import RedisUnavailable, StoreError, connect_redis
     from .core.status import read_status
 
-    url = database_url()
     try:
         configured, file_problem = [s.name for s in load_sources(args.sources)], None
     except ConfigError as exc:
         configured, file_problem = None, str(exc)
+    store = open_reader(database_url())
     redis_client, redis_problem = None, None
     if os.environ.get(REDIS_URL_ENV):
         try:
@@ -133,7 +133,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             redis_problem = str(exc)
     else:
         redis_problem = f"{REDIS_URL_ENV} is not set"
-    store = open_reader(url)
     try:
         with store:
             report = read_status(store, configured, redis_client, redis_problem)
@@ -157,7 +156,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if row.stuck:
             print(f"{row.source}: {row.stuck_reason}")
         if row.last_error and row.error_rate:
-            print(f"{row.source}: last error {row.last_error_at}: {row.last_error}")
+            print(f"{row.source}: last error {row.last_error_at}: {_one_line(row.last_error, LAST_ERROR_CHARS)}")
     for rename in report.renames:
         print(rename.summary())
     for note in report.notes:
@@ -259,6 +258,7 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 
 
 REASON_CHARS = 90
+LAST_ERROR_CHARS = 300
 SHOW_BYTES = 65536
 
 
@@ -318,19 +318,19 @@ def cmd_quarantine_requeue(args: argparse.Namespace) -> int:
         redis_client = connect_redis(redis_address)
     except RedisUnavailable as exc:
         raise CliError(f"event-ingest: {exc}") from None
-    with open_store(url) as store:
-        item = _item(store, args.id)
-        # The source's payload cap as the sources file sets it (a removed source: the default cap).
-        cap = (configured[item.source] if item.source in configured else SourceConfig).max_payload_bytes
-        try:
+    try:
+        with open_store(url) as store:
+            item = _item(store, args.id)
+            # The source's payload cap as the sources file sets it (a removed source: the default cap).
+            cap = (configured[item.source] if item.source in configured else SourceConfig).max_payload_bytes
             result = requeue(store, redis_client, args.id, max_payload_bytes=cap, fixed=fixed,
                              from_file=args.from_file, lease_wait_s=args.lease_wait)
-        except QuarantineRefused as exc:
-            raise CliError(f"event-ingest: refused: {exc}") from None
-        except (RequeueFailed, StoreError) as exc:
-            raise CliError(f"event-ingest: requeue failed: {exc}", EXIT_FAILED) from None
-        finally:
-            redis_client.close()
+    except QuarantineRefused as exc:
+        raise CliError(f"event-ingest: refused: {exc}") from None
+    except (RequeueFailed, StoreError) as exc:
+        raise CliError(f"event-ingest: requeue failed: {exc}", EXIT_FAILED) from None
+    finally:
+        redis_client.close()
     print(json.dumps(result.__dict__) if args.json else result.summary(), flush=True)
     return EXIT_OK
 
