@@ -7,6 +7,7 @@
     event-ingest bench continuity [...]     live sources through the real sensors and runs, handoffs included
     event-ingest bench failover [...]       the same with two deployments, one killed whole half way
     event-ingest bench scale [...]          N sources (default 50), and what each costs; --curve 1,10,25,50
+    event-ingest bench coldstart [...]      a drain's first request: new, idle, and lost gate state
 
 Every case has --quick (a CI smoke run: small, no speed target asserted) and --out DIR (default: a new
 temp dir, printed). Postgres and Redis come from EVENT_INGEST_DATABASE_URL / EVENT_INGEST_REDIS_URL,
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 
-from . import checks, commit, continuity, drain, failover, scale
+from . import checks, coldstart, commit, continuity, drain, failover, scale
 
 CASES = {"drain": drain, "commit": commit, "checks": checks, "continuity": continuity,
-         "failover": failover, "scale": scale}
+         "failover": failover, "scale": scale, "coldstart": coldstart}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

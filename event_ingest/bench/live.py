@@ -222,6 +222,19 @@ class Deployment:
                 "ORDER BY create_timestamp").fetchall()
         return [{"run_id": r[0], "status": r[1], "start": r[2], "end": r[3]} for r in rows]
 
+    def draining(self, redis_url: str) -> set[str]:
+        """Sources whose lease a live run of this deployment holds now (from the runs' heartbeats)."""
+        import redis
+
+        from ..core.worker import read_heartbeats
+
+        client = redis.Redis.from_url(redis_url)
+        try:
+            beats = read_heartbeats(client, [r["run_id"] for r in self.runs() if r["status"] == "STARTED"])
+        finally:
+            client.close()
+        return {name for beat in beats.values() for name in beat.draining}
+
     def event_log_rows(self) -> int:
         with psycopg.connect(self.dagster_url) as conn:
             return conn.execute("SELECT count(*) FROM event_logs").fetchone()[0]
@@ -359,6 +372,7 @@ class SourceFigures:
     ratio: float  # requests / (max rate x window)
     longest_pause_s: float
     longest_pause_at: float | None
+    pause_at_kill_s: float | None  # the gap at the source that spans the kill, if one was made
     gaps_under_interval: int
     min_gap_ms: float | None
     lag_p50_s: float | None
@@ -373,7 +387,9 @@ class SourceFigures:
     def row(self) -> dict:
         return {
             "source": self.source, "requests": self.requests, "ratio": round(self.ratio, 4),
-            "longest_pause_s": round(self.longest_pause_s, 3), "lag_p50_s": self.lag_p50_s,
+            "longest_pause_s": round(self.longest_pause_s, 3),
+            **({"pause_at_kill_s": round(self.pause_at_kill_s, 3)} if self.pause_at_kill_s is not None else {}),
+            "lag_p50_s": self.lag_p50_s,
             "lag_p99_s": self.lag_p99_s, "lag_max_s": self.lag_max_s,
             "gaps_under_200ms": self.gaps_under_interval, "events": self.events, "lost": self.lost,
         }
@@ -392,7 +408,7 @@ WHERE source = %(source)s AND (payload->>'created_at')::float8 BETWEEN %(t0)s AN
 
 
 def measure(fleet: MockFleet, events_url: str, t0: float, t1: float, *, interval_s: float = 0.2,
-            max_rate: float = 5.0) -> list[SourceFigures]:
+            max_rate: float = 5.0, killed_at: float | None = None) -> list[SourceFigures]:
     """Per source, over the window [t0, t1] (unix seconds): at the source, then in Postgres."""
     figures = []
     with psycopg.connect(events_url) as conn:
@@ -403,6 +419,8 @@ def measure(fleet: MockFleet, events_url: str, t0: float, t1: float, *, interval
             edges = [t0, *arrivals, t1]  # a pause at either end of the window counts too
             pauses = [(b - a, a) for a, b in zip(edges, edges[1:])]
             longest, longest_at = max(pauses)
+            at_kill = next((gap for gap, start in pauses if killed_at is not None and start <= killed_at < start + gap),
+                           None)
             gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
             rows = conn.execute(LAG_SQL, {"source": name, "t0": t0, "t1": t1 - 3 * interval_s}).fetchall()
             lags = [ing - created for _, created, ing in rows]
@@ -410,7 +428,7 @@ def measure(fleet: MockFleet, events_url: str, t0: float, t1: float, *, interval
             served = stats.get("served_ids", [])
             figures.append(SourceFigures(
                 source=name, requests=len(arrivals), ratio=len(arrivals) / (max_rate * (t1 - t0)),
-                longest_pause_s=longest, longest_pause_at=longest_at,
+                longest_pause_s=longest, longest_pause_at=longest_at, pause_at_kill_s=at_kill,
                 gaps_under_interval=sum(1 for g in gaps if g < interval_s),
                 min_gap_ms=round(min(gaps) * 1000, 3) if gaps else None,
                 lag_p50_s=round(statistics.median(lags), 3) if lags else None,

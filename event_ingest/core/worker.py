@@ -79,6 +79,7 @@ class Heartbeat:
     retiring: bool
     hosting: list[str]  # hosts started (standing by or draining)
     members: list[str]  # every source it would host (its slot), paused ones included
+    draining: list[str] = field(default_factory=list)  # hosts holding the lease now (the rest stand by)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -186,7 +187,8 @@ class Worker:
 
     @property
     def heartbeat(self) -> Heartbeat:
-        return Heartbeat(self.id, self.started, self.retiring, sorted(self.hosts), sorted(self.sources))
+        return Heartbeat(self.id, self.started, self.retiring, sorted(self.hosts), sorted(self.sources),
+                         sorted(n for n, h in self.hosts.items() if h.state == "draining"))
 
     def run(self, wanted: Callable[["Worker"], set[str]], should_stop: Callable[[], bool] = lambda: False) -> str:
         """Host what ``wanted(self)`` names, re-asked every poll, until retired and handed over, stopped,

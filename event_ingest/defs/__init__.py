@@ -35,21 +35,27 @@ def build_definitions(config: IngestConfig | list[SourceConfig], ingest: IngestR
     sources = config.sources
     partitions = dg.StaticPartitionsDefinition([s.name for s in sources])
     events = build_events_asset(sources, partitions)
-    rollup = build_rollup_asset(partitions)
+    rollup = build_rollup_asset(sources)
     checks = build_checks(partitions, sources)
     ingest_job = build_ingest_job(config, sources_file)
     drain_job = dg.define_asset_job(
         "drain",
-        selection=dg.AssetSelection.assets(events, rollup),  # checks on these assets come along
+        selection=dg.AssetSelection.assets(events),  # its checks come along
         description="One bounded drain of one source (a partition): to its head or its max_run_seconds, then its "
-                    "checks and its per-minute rollup. Continuous ingestion is the `ingest` job's.",
+                    "checks. Continuous ingestion is the `ingest` job's.",
         # One process per run, not one per step: each extra process would import Dagster again.
         executor_def=dg.in_process_executor,
     )
+    rollup_job = dg.define_asset_job("rollup", selection=dg.AssetSelection.assets(rollup),
+                                     executor_def=dg.in_process_executor)
+    rollup_schedule = dg.ScheduleDefinition(
+        name="events_per_minute_every_10_minutes", job=rollup_job, cron_schedule="*/10 * * * *",
+        default_status=dg.DefaultScheduleStatus.RUNNING)
     ingest_defs = dg.Definitions(
         assets=[events, rollup],
         asset_checks=checks,
-        jobs=[ingest_job, drain_job],
+        jobs=[ingest_job, drain_job, rollup_job],
+        schedules=[rollup_schedule],
         sensors=[build_source_sensor(s, config, ingest_job) for s in sources],
         resources={"ingest": ingest or ingest_resource_from_env()},
     )
