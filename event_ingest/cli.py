@@ -294,7 +294,7 @@ def cmd_quarantine_show(args: argparse.Namespace) -> int:
         print(f"{key}: {'-' if value is None else value}")
     shown = item.raw[:args.max_bytes]
     print(f"raw ({item.size} bytes{'' if len(shown) == item.size else f', first {len(shown)} shown; --raw for all'};"
-          " escaped: \\ \\n \\r \\t \\uNNNN, and \\xNN for bytes that are not UTF-8):")
+          " escaped: \\\\ \\n \\r \\t \\uNNNN, and \\xNN for bytes that are not UTF-8):")
     print(escape_bytes(shown))
     return EXIT_OK
 

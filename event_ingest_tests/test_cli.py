@@ -305,7 +305,7 @@ def test_quarantine_list_show_requeue_and_discard(tmp_path, make_mock, database_
     fixed.write_text('{"id": 2, "payload": "red, fixed"}')
     done = cli("quarantine", "requeue", str(item["id"]), "--from-file", str(fixed), env=env)
     assert done.returncode == 0, done.stderr
-    assert f"stored event 2 from the corrected item from {fixed}" in done.stdout
+    assert f"stored event 2 from the corrected item in {fixed}" in done.stdout
     row = next(r for r in json.loads(cli("status", "--json", env=env).stdout) if r["source"] == source_name)
     assert (row["cursor"], row["events"], row["gaps"], row["quarantined"]) == (4, 4, 0, 0)
     assert cli("quarantine", "list", source_name, env=env).stdout.strip() == \

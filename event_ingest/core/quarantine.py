@@ -60,7 +60,7 @@ class RequeueResult:
     from_file: str | None = None
 
     def summary(self) -> str:
-        what = f"the corrected item from {self.from_file}" if self.from_file else "its quarantined bytes, read again"
+        what = f"the corrected item in {self.from_file}" if self.from_file else "its quarantined bytes, read again"
         return (f"quarantine item {self.item_id}: source {self.source}: stored event "
                 f"{', '.join(map(str, self.event_ids))} from {what} (epoch {self.epoch}, cursor {self.cursor} "
                 "unchanged); the item is marked requeued")
