@@ -375,7 +375,8 @@ class Drain:
             self.stats.quarantined += 1
 
     def _count_last_requests(self) -> None:
-        """The requests no write counted yet (the last poll of a drain that ends caught up), best effort."""
+        """The requests no write counted yet (a drain stopped, out of budget or fenced since its last write),
+        best effort."""
         requests = self._uncounted()
         if requests <= 0 or self.stats.epoch is None:
             return
