@@ -2,16 +2,18 @@
 
     event-ingest dev                      the whole system locally (embedded Postgres/Redis, mock sources, Dagster)
     event-ingest ingest SOURCE            one drain, the same code the Dagster asset runs
-    event-ingest status                   cursor, events, gaps, quarantine per source
+    event-ingest status                   per source: cursor, events, lag, errors, quarantine, lease, stuck (reads only)
     event-ingest skip SOURCE --to-id N    move a source stuck on a page it cannot read past it (fenced)
+    event-ingest replay SOURCE --from-id N   read a source again from N (fenced); --delete-from M deletes ids >= M
+    event-ingest quarantine list|show|requeue|discard   what was kept, and what to do with it
     event-ingest --version                the installed version
     event-ingest mock-source ...          a mock event source on 127.0.0.1
     event-ingest bench [CASE] ...         benchmarks: drain rate and spacing, commit vs COPY, checks at scale
     event-ingest chaos ...                the fault-injection harness
 
 Exit codes: 0 success; 1 the work ended badly (a source error, a fenced drain,
-lost events, a skip that could not be done now); 2 bad configuration, a refused
-request or unreachable Postgres/Redis.
+lost events, a skip or requeue that could not be done now); 2 bad configuration,
+a refused request or unreachable Postgres/Redis.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import sys
 import threading
 
 from . import __version__
-from .config import ConfigError, Settings, database_url, load_sources, redis_url
+from .config import REDIS_URL_ENV, ConfigError, Settings, database_url, load_sources, redis_url
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -44,18 +46,52 @@ def settings_from_env(sources_file: str | None = None) -> Settings:
 
 
 def open_services(settings: Settings):
-    from .core import RedisUnavailable, Store, StoreError, connect_redis
+    from .core import RedisUnavailable, connect_redis
 
     try:
         redis_client = connect_redis(settings.redis_url)
     except RedisUnavailable as exc:
         raise CliError(f"event-ingest: {exc}") from None
+    return open_store(settings.database_url, [s.name for s in settings.sources]), redis_client
+
+
+def open_store(url: str, sources: list[str] = ()):
+    """A store for a command that writes: the schema is brought up to date first."""
+    from .core import Store, StoreError
+
     try:
-        store = Store(settings.database_url)
-        store.apply_schema(s.name for s in settings.sources)
+        store = Store(url)
+        store.apply_schema(sources)
     except StoreError as exc:
         raise CliError(f"event-ingest: {exc}") from None
-    return store, redis_client
+    return store
+
+
+def open_reader(url: str):
+    """A store for a command that only reads: every transaction READ ONLY, no schema work. The schema must be
+    there, at this version (an older one is upgraded by the next drain or command that writes)."""
+    from .core import Store, StoreError
+    from .core.store import SCHEMA_VERSION
+
+    try:
+        store = Store(url, application_name="event-ingest-status", read_only=True)
+        exists, version = store.schema_found()
+    except StoreError as exc:
+        raise CliError(f"event-ingest: {exc}") from None
+    if not exists or version != SCHEMA_VERSION:
+        store.close()
+        found = "no event-ingest tables" if not exists else f"schema version {version}"
+        raise CliError(f"event-ingest: the database holds {found}, this event-ingest reads version {SCHEMA_VERSION}; "
+                       "nothing changed (the schema is made and upgraded by ingest runs and by the commands that "
+                       "write, e.g. `event-ingest ingest`)")
+    return store
+
+
+def print_table(rows: list[dict], headers: list[str]) -> None:
+    widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in headers}
+    print("  ".join(h.ljust(widths[h]) for h in headers).rstrip())
+    for r in rows:
+        print("  ".join(str(r[h]).ljust(widths[h]) for h in headers).rstrip())
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -79,33 +115,72 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .core.checks import gap_check
+    """Reads Postgres only (and Redis for the lease column, if it answers); changes nothing anywhere."""
+    import os
 
-    settings = settings_from_env(args.sources)
-    store, _ = open_services(settings)
-    with store:
-        rows = []
-        for s in store.status():
-            # Every missing id counted (from the counters), none read: the total, not a first page of ranges.
-            gaps = gap_check(store, s.source, scan_blocks=0)
-            rows.append({
-                "source": s.source, "cursor": s.cursor, "events": s.events,
-                "gaps": gaps.missing, "quarantined": s.quarantined, "epoch": s.epoch,
-                "fenced": s.fenced_commits,
-                "last_ingest": s.last_ingest_at.isoformat(timespec="seconds") if s.last_ingest_at else "-",
-            })
+    from .core import RedisUnavailable, StoreError, connect_redis
+    from .core.status import read_status
+
+    try:
+        configured, file_problem = [s.name for s in load_sources(args.sources)], None
+    except ConfigError as exc:
+        configured, file_problem = None, str(exc)
+    store = open_reader(database_url())
+    redis_client, redis_problem = None, None
+    if os.environ.get(REDIS_URL_ENV):
+        try:
+            redis_client = connect_redis(os.environ[REDIS_URL_ENV], timeout_s=2.0)
+        except RedisUnavailable as exc:
+            redis_problem = str(exc)
+    else:
+        redis_problem = f"{REDIS_URL_ENV} is not set"
+    try:
+        with store:
+            report = read_status(store, configured, redis_client, redis_problem)
+    except StoreError as exc:
+        raise CliError(f"event-ingest: {exc}") from None
+    finally:
+        if redis_client is not None:
+            redis_client.close()
+    if file_problem:
+        report.notes.insert(0, f"sources file not read ({file_problem})")
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps([r.to_dict() for r in report.rows]))
+        for note in report.notes:
+            print(f"event-ingest: note: {note}", file=sys.stderr)
         return EXIT_OK
-    if not rows:
+    if not report.rows:
         print("no sources ingested yet")
-        return EXIT_OK
-    headers = list(rows[0])
-    widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in headers}
-    print("  ".join(h.ljust(widths[h]) for h in headers))
-    for r in rows:
-        print("  ".join(str(r[h]).ljust(widths[h]) for h in headers))
+    else:
+        print_table([_status_cells(r) for r in report.rows], STATUS_COLUMNS)
+    for row in report.rows:
+        if row.stuck:
+            print(f"{row.source}: {row.stuck_reason}")
+        if row.last_error and row.error_rate:
+            print(f"{row.source}: last error {row.last_error_at}: {_one_line(row.last_error, LAST_ERROR_CHARS)}")
+    for rename in report.renames:
+        print(rename.summary())
+    for note in report.notes:
+        print(f"note: {note}")
     return EXIT_OK
+
+
+STATUS_COLUMNS = ["source", "cursor", "events", "gaps", "lag_s", "last_commit", "error_rate", "quarantined", "fenced",
+                  "lease", "stuck", "config"]
+
+
+def _status_cells(row) -> dict:
+    def dash(value):
+        return "-" if value is None else value
+
+    return {
+        "source": row.source, "cursor": dash(row.cursor), "events": row.events, "gaps": row.gaps,
+        "lag_s": dash(row.lag_s), "last_commit": dash(row.last_commit),
+        "error_rate": "-" if row.error_rate is None else f"{row.error_rate:.1%}",
+        "quarantined": row.quarantined, "fenced": row.fenced,
+        "lease": {True: "held", False: "free", None: "?"}[row.lease], "stuck": "STUCK" if row.stuck else "no",
+        "config": row.config + (f" ({'; '.join(row.notes)})" if row.notes else ""),
+    }
 
 
 def cmd_skip(args: argparse.Namespace) -> int:
@@ -124,6 +199,159 @@ def cmd_skip(args: argparse.Namespace) -> int:
         except (SkipFailed, StoreError) as exc:
             raise CliError(f"event-ingest: skip failed: {exc}", EXIT_FAILED) from None
     print(json.dumps(result.__dict__) if args.json else result.summary(), flush=True)
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .core import StoreError
+    from .core.replay import ReplayRefused, check_request, replay
+
+    settings = Settings(database_url=database_url(), redis_url="", sources=load_sources(args.sources))
+    settings.source(args.source)  # configured, or one line naming the configured ones
+    try:
+        check_request(args.source, args.from_id, args.delete_from)
+    except ReplayRefused as exc:
+        raise CliError(f"event-ingest: refused: {exc}") from None
+    with open_store(settings.database_url) as store:
+        try:
+            result = replay(store, args.source, from_id=args.from_id, delete_from=args.delete_from)
+        except ReplayRefused as exc:
+            raise CliError(f"event-ingest: refused: {exc}") from None
+        except StoreError as exc:
+            raise CliError(f"event-ingest: replay failed: {exc}", EXIT_FAILED) from None
+    print(json.dumps(result.to_dict()) if args.json else result.summary(), flush=True)
+    return EXIT_OK
+
+
+def _item_dict(item) -> dict:
+    shown = {k: v for k, v in item.__dict__.items() if k != "raw"}
+    for key in ("received_at", "last_seen_at", "resolved_at"):
+        shown[key] = shown[key].isoformat(timespec="seconds") if shown[key] is not None else None
+    shown["state"] = item.state
+    return shown
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    from .core import StoreError
+
+    with open_reader(database_url()) as store:
+        try:
+            items, total = store.quarantine_items(args.source, include_resolved=args.all, limit=args.limit)
+        except StoreError as exc:
+            raise CliError(f"event-ingest: {exc}") from None
+    if args.json:
+        print(json.dumps([_item_dict(i) for i in items]))
+        return EXIT_OK
+    what = "items" if args.all else "open items"
+    if not items:
+        print(f"no {what} in quarantine" + (f" for source {args.source}" if args.source else ""))
+        return EXIT_OK
+    rows = [{
+        "id": i.id, "source": i.source, "event_id": "-" if i.event_id is None else i.event_id, "state": i.state,
+        "seen": i.seen_count, "first_seen": f"{i.received_at:%Y-%m-%d %H:%M:%S}",
+        "last_seen": f"{i.last_seen_at:%Y-%m-%d %H:%M:%S}", "bytes": i.size,
+        "reason": _one_line(i.reason, REASON_CHARS),
+    } for i in items]
+    print_table(rows, list(rows[0]))
+    print(f"{len(items)} of {total} {what}, newest first" + ("" if len(items) == total else
+                                                           " (--limit N for more)"))
+    return EXIT_OK
+
+
+REASON_CHARS = 90
+LAST_ERROR_CHARS = 300
+SHOW_BYTES = 65536
+
+
+def _one_line(text: str, limit: int) -> str:
+    from .core.quarantine import escape_bytes
+
+    text = escape_bytes(text.encode())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _item(store, item_id: int):
+    item = store.quarantine_item(item_id)
+    if item is None:
+        raise CliError(f"event-ingest: quarantine item {item_id} does not exist")
+    return item
+
+
+def cmd_quarantine_show(args: argparse.Namespace) -> int:
+    from .core.quarantine import escape_bytes
+
+    with open_reader(database_url()) as store:
+        item = _item(store, args.id)
+    if args.raw:
+        sys.stdout.buffer.write(item.raw)  # exactly as kept: for a file or a pipe, not a terminal
+        sys.stdout.flush()
+        return EXIT_OK
+    if args.json:
+        print(json.dumps({**_item_dict(item), "raw_escaped": escape_bytes(item.raw)}))
+        return EXIT_OK
+    for key, value in _item_dict(item).items():
+        if key == "reason":
+            value = escape_bytes(value.encode())
+        print(f"{key}: {'-' if value is None else value}")
+    shown = item.raw[:args.max_bytes]
+    print(f"raw ({item.size} bytes{'' if len(shown) == item.size else f', first {len(shown)} shown; --raw for all'};"
+          " escaped: \\\\ \\n \\r \\t \\uNNNN, and \\xNN for bytes that are not UTF-8):")
+    print(escape_bytes(shown))
+    return EXIT_OK
+
+
+def cmd_quarantine_requeue(args: argparse.Namespace) -> int:
+    from .config import SourceConfig
+    from .core import RedisUnavailable, StoreError, connect_redis
+    from .core.quarantine import QuarantineRefused, RequeueFailed, requeue
+
+    fixed = None
+    if args.from_file:
+        try:
+            with open(args.from_file, "rb") as f:
+                fixed = f.read()
+        except OSError as exc:
+            raise CliError(f"event-ingest: {args.from_file}: cannot read the corrected item: "
+                           f"{exc.strerror or exc}") from None
+    url, redis_address = database_url(), redis_url()
+    configured = {s.name: s for s in load_sources(args.sources)}
+    try:
+        redis_client = connect_redis(redis_address)
+    except RedisUnavailable as exc:
+        raise CliError(f"event-ingest: {exc}") from None
+    try:
+        with open_store(url) as store:
+            item = _item(store, args.id)
+            # The source's payload cap as the sources file sets it (a removed source: the default cap).
+            cap = (configured[item.source] if item.source in configured else SourceConfig).max_payload_bytes
+            result = requeue(store, redis_client, args.id, max_payload_bytes=cap, fixed=fixed,
+                             from_file=args.from_file, lease_wait_s=args.lease_wait)
+    except QuarantineRefused as exc:
+        raise CliError(f"event-ingest: refused: {exc}") from None
+    except (RequeueFailed, StoreError) as exc:
+        raise CliError(f"event-ingest: requeue failed: {exc}", EXIT_FAILED) from None
+    finally:
+        redis_client.close()
+    print(json.dumps(result.__dict__) if args.json else result.summary(), flush=True)
+    return EXIT_OK
+
+
+def cmd_quarantine_discard(args: argparse.Namespace) -> int:
+    from .core import StoreError
+    from .core.quarantine import QuarantineRefused, discard
+
+    with open_store(database_url()) as store:
+        try:
+            item = discard(store, args.id)
+        except QuarantineRefused as exc:
+            raise CliError(f"event-ingest: refused: {exc}") from None
+        except StoreError as exc:
+            raise CliError(f"event-ingest: discard failed: {exc}", EXIT_FAILED) from None
+    if args.json:
+        print(json.dumps(_item_dict(item)))
+    else:
+        print(f"quarantine item {item.id} (source {item.source}, event {item.event_id if item.event_id else '-'}): "
+              f"discarded; its {item.size} bytes stay in the table (`event-ingest quarantine show {item.id}`)")
     return EXIT_OK
 
 
@@ -209,10 +437,50 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_skip)
 
-    p = sub.add_parser("status", help="cursor, events, gaps and quarantine per source")
+    p = sub.add_parser("status", help="per source: cursor, events, lag, error rate, quarantine, fenced commits, "
+                       "lease, stuck, configured or removed; reads Postgres only and changes nothing")
     p.add_argument("--sources", help="sources file (default: $EVENT_INGEST_SOURCES or ./sources.yaml)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("replay", help="read a source again from an id: the cursor is rewound through the fence "
+                       "(a running drain is fenced and starts over from there); stored events are kept")
+    p.add_argument("source", help="source name from the sources file")
+    p.add_argument("--from-id", type=int, required=True, metavar="N",
+                   help="new cursor: the next request asks for ids above N (0 to the cursor)")
+    p.add_argument("--delete-from", type=int, metavar="M",
+                   help="also delete the stored events with ids >= M, in the same transaction (M above N)")
+    p.add_argument("--sources", help="sources file (default: $EVENT_INGEST_SOURCES or ./sources.yaml)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("quarantine", help="list, show, requeue or discard what was kept in quarantine")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("list", help="open items, newest first (--all: requeued and discarded too)")
+    q.add_argument("source", nargs="?", help="only this source")
+    q.add_argument("--all", action="store_true", help="requeued and discarded items too")
+    q.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_quarantine_list)
+    q = actions.add_parser("show", help="one item: reason, counts and its bytes (escaped; --raw: exact)")
+    q.add_argument("id", type=int)
+    q.add_argument("--raw", action="store_true", help="write the exact bytes to stdout, nothing else")
+    q.add_argument("--max-bytes", type=int, default=SHOW_BYTES, help=f"bytes shown escaped (default {SHOW_BYTES})")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_quarantine_show)
+    q = actions.add_parser("requeue", help="store a fixed item through the fence (lease, epoch bump, one commit, "
+                           "cursor unchanged) and mark it requeued; refused if it still cannot be stored")
+    q.add_argument("id", type=int)
+    q.add_argument("--from-file", metavar="F", help="the corrected item (or page) instead of the kept bytes")
+    q.add_argument("--lease-wait", type=float, default=5.0, help="wait this long for a busy lease (default 5)")
+    q.add_argument("--sources", help="sources file (default: $EVENT_INGEST_SOURCES or ./sources.yaml)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_quarantine_requeue)
+    q = actions.add_parser("discard", help="mark an open item discarded (its bytes are kept; it stops counting "
+                           "as open)")
+    q.add_argument("id", type=int)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_quarantine_discard)
 
     # These commands' options live in their modules; only the chosen one is imported,
     # so `event-ingest status` does not pay for (or depend on) the dev stack or the harness.

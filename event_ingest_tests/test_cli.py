@@ -146,3 +146,173 @@ def test_skip_moves_a_stuck_source_and_says_what_it_did(tmp_path, make_mock, dat
     assert (stats["status"], stats["events_stored"], stats["cursor_after"]) == ("caught_up", 2, 4)
     row = next(r for r in json.loads(cli("status", "--json", env=env).stdout) if r["source"] == source_name)
     assert (row["cursor"], row["events"], row["quarantined"]) == (4, 3, 2)
+
+
+def test_status_reads_only_works_without_redis_and_shows_removed_sources(tmp_path, make_mock, database_url,
+                                                                          redis_url, redis_client, source_name):
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    from event_ingest.core import Lease
+
+    kept, gone = make_mock(backlog=30), make_mock(backlog=5)
+    removed = f"{source_name}_gone"
+    both = (f"sources:\n  - name: {source_name}\n    url: {kept.url}\n    timeout_s: 1\n"
+            f"  - name: {removed}\n    url: {gone.url}\n    timeout_s: 1\n")
+    env = environment(tmp_path, database_url, redis_url, both)
+    for name in (source_name, removed):
+        assert cli("ingest", name, env=env).returncode == 0
+    (tmp_path / "sources.yaml").write_text(f"sources:\n  - name: {source_name}\n    url: {kept.url}\n")
+
+    # A role that may read and nothing else: any write or schema change by status would fail.
+    role = f"ro_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+        state_before = conn.execute("SELECT * FROM source_state ORDER BY source").fetchall()
+    parts = urlsplit(database_url)
+    env["EVENT_INGEST_DATABASE_URL"] = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}"))
+    try:
+        with Lease(redis_client, source_name, ttl_s=30) as lease:  # a drain holds the source now
+            assert lease.acquire()
+            done = cli("status", "--json", env=env)
+            table = cli("status", env=env)
+        assert done.returncode == 0, done.stderr
+        rows = {r["source"]: r for r in json.loads(done.stdout)}
+        row = rows[source_name]
+        assert (row["cursor"], row["events"], row["lease"], row["config"], row["stuck"]) == (30, 30, True,
+                                                                                            "configured", False)
+        assert row["requests"] == kept.stats()["requests"] and row["errors"] == 0 and row["error_rate"] == 0
+        assert row["lag_s"] is not None and row["last_commit"] is not None
+        assert (rows[removed]["config"], rows[removed]["events"], rows[removed]["lease"]) == ("removed", 5, False)
+        assert table.returncode == 0, table.stderr
+        lines = table.stdout.splitlines()
+        assert lines[0].split() == ["source", "cursor", "events", "gaps", "lag_s", "last_commit", "error_rate",
+                                    "quarantined", "fenced", "lease", "stuck", "config"]
+        # (The session's database holds other tests' sources too: they show as removed, maybe as renames.)
+        assert next(line for line in lines if line.startswith(removed)).split()[9:12] == ["free", "no", "removed"]
+        assert next(line for line in lines if line.startswith(f"{source_name} ")).split()[9:12] == [
+            "held", "no", "configured"]
+
+        # Redis down or not configured: the lease is unknown, everything else is there.
+        for redis_env in ("redis://127.0.0.1:1/0", None):
+            if redis_env is None:
+                env.pop("EVENT_INGEST_REDIS_URL")
+            else:
+                env["EVENT_INGEST_REDIS_URL"] = redis_env
+            done = cli("status", "--json", env=env)
+            assert done.returncode == 0, done.stderr
+            row = next(r for r in json.loads(done.stdout) if r["source"] == source_name)
+            assert (row["cursor"], row["lease"]) == (30, None)
+            assert "lease unknown (?)" in done.stderr
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            assert conn.execute("SELECT * FROM source_state ORDER BY source").fetchall() == state_before
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
+
+
+def test_status_on_a_database_without_the_tables_changes_nothing(tmp_path, postgres_server_url, redis_url):
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    dbname = f"event_ingest_empty_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    try:
+        url = urlunsplit(urlsplit(postgres_server_url)._replace(path=f"/{dbname}"))
+        env = environment(tmp_path, url, redis_url, "sources:\n  - name: s1\n    url: http://127.0.0.1:1/e\n")
+        done = cli("status", env=env)
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [
+            "event-ingest: the database holds no event-ingest tables, this event-ingest reads version 4; nothing "
+            "changed (the schema is made and upgraded by ingest runs and by the commands that write, e.g. "
+            "`event-ingest ingest`)"]
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+    finally:
+        with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def test_replay_rewinds_and_the_next_ingest_reads_again_without_storing_twice(tmp_path, make_mock, database_url,
+                                                                              redis_url, source_name):
+    mock = make_mock(backlog=30)
+    env = environment(tmp_path, database_url, redis_url,
+                      f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    page_size: 10\n")
+    assert cli("ingest", source_name, env=env).returncode == 0
+    done = cli("replay", source_name, "--from-id", "10", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"source {source_name}: cursor rewound 30 -> 10 (epoch ")
+    again = json.loads(cli("ingest", source_name, "--json", env=env).stdout)
+    assert (again["cursor_before"], again["cursor_after"], again["events_stored"], again["events_already_stored"]) \
+        == (10, 30, 0, 20)
+    deleted = json.loads(cli("replay", source_name, "--from-id", "10", "--delete-from", "21", "--json",
+                             env=env).stdout)
+    assert (deleted["cursor_after"], deleted["deleted"]) == (10, 10)
+    row = next(r for r in json.loads(cli("status", "--json", env=env).stdout) if r["source"] == source_name)
+    assert (row["cursor"], row["events"]) == (10, 20)
+    again = json.loads(cli("ingest", source_name, "--json", env=env).stdout)
+    assert (again["cursor_after"], again["events_stored"], again["events_already_stored"]) == (30, 10, 10)
+    for args, message in [
+        (["--from-id", "31"], "--from-id 31 is above the cursor 30; nothing done"),
+        (["--from-id", "-3"], "--from-id -3 is not a cursor"),
+        (["--from-id", "5", "--delete-from", "5"], "--delete-from 5 must be above --from-id 5"),
+    ]:
+        refused = cli("replay", source_name, *args, env=env)
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert refused.stderr.startswith("event-ingest: refused: ") and message in refused.stderr
+    unknown = cli("replay", "nope", "--from-id", "1", env=env)
+    assert unknown.returncode == 2 and f"source 'nope' is not configured (configured: {source_name})" in unknown.stderr
+
+
+def test_quarantine_list_show_requeue_and_discard(tmp_path, make_mock, database_url, redis_url, source_name):
+    import base64
+
+    # Item 2's bytes are not UTF-8 and carry a terminal escape: it is kept as served, with its id.
+    bad = b'{"id": 2, "payload": "\xff\x1b[31mred"}'
+    page = b'{"events": [{"id": 1, "payload": 1}, ' + bad + b', {"id": 3, "payload": 3}]}'
+    mock = make_mock(backlog=4)
+    mock.control({"next": [{"kind": "body", "body_b64": base64.b64encode(page).decode()}]})
+    env = environment(tmp_path, database_url, redis_url,
+                      f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 1\n")
+    assert cli("ingest", source_name, env=env).returncode == 0
+
+    listed = json.loads(cli("quarantine", "list", source_name, "--json", env=env).stdout)
+    [item] = listed
+    assert (item["event_id"], item["state"], item["seen_count"], item["at_cursor"]) == (2, "open", 1, 0)
+    assert "event 2 cannot be read: item is not valid UTF-8" in item["reason"]
+    table = cli("quarantine", "list", source_name, env=env).stdout.splitlines()
+    assert table[0].split()[:4] == ["id", "source", "event_id", "state"] and table[-1] == "1 of 1 open items, newest first"
+
+    shown = cli("quarantine", "show", str(item["id"]), env=env)
+    assert shown.returncode == 0 and '{"id": 2, "payload": "\\xff\\u001b[31mred"}' in shown.stdout
+    assert "\x1b" not in shown.stdout  # nothing reaches the terminal unescaped
+    raw = subprocess.run([sys.executable, "-m", "event_ingest.cli", "quarantine", "show", str(item["id"]), "--raw"],
+                         env=env, capture_output=True, timeout=120)
+    assert raw.returncode == 0 and raw.stdout == bad
+
+    refused = cli("quarantine", "requeue", str(item["id"]), env=env)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"event-ingest: refused: quarantine item {item['id']} (source {source_name}): still cannot be stored: "
+        "event 2 cannot be read: item is not valid UTF-8 (byte 22); nothing done"]
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text('{"id": 2, "payload": "red, fixed"}')
+    done = cli("quarantine", "requeue", str(item["id"]), "--from-file", str(fixed), env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"stored event 2 from the corrected item in {fixed}" in done.stdout
+    row = next(r for r in json.loads(cli("status", "--json", env=env).stdout) if r["source"] == source_name)
+    assert (row["cursor"], row["events"], row["gaps"], row["quarantined"]) == (4, 4, 0, 0)
+    assert cli("quarantine", "list", source_name, env=env).stdout.strip() == \
+        f"no open items in quarantine for source {source_name}"
+    again = cli("quarantine", "discard", str(item["id"]), env=env)
+    assert again.returncode == 2 and f"quarantine item {item['id']} is requeued already" in again.stderr
+    [requeued] = json.loads(cli("quarantine", "list", "--all", source_name, "--json", env=env).stdout)
+    assert requeued["state"] == "requeued" and requeued["resolution_note"].startswith("requeued by an operator")
+    missing = cli("quarantine", "show", "0", env=env)
+    assert missing.returncode == 2 and missing.stderr.strip() == "event-ingest: quarantine item 0 does not exist"

@@ -219,6 +219,7 @@ class Drain:
         self.budget_s = budget
         self.deadline = math.inf
         self._last_marked = -math.inf
+        self._counted_requests = 0  # requests already added to Postgres' counters by a write of this drain
 
     # -- the drain ---------------------------------------------------------------------------
 
@@ -237,6 +238,7 @@ class Drain:
             if acquired:
                 self.lease.release()
             self.client.close()
+            self._count_last_requests()
             self.stats.requests = len(self.client.request_starts)
             gaps = _gaps_ms(self.client.request_starts)
             if gaps:
@@ -297,15 +299,17 @@ class Drain:
         """One page, one transaction, fenced. Returns whether the cursor moved."""
         new_cursor = page.next_cursor(self.cursor)
         try:
+            requests = self._uncounted()
             result = self.store.commit_page(
                 self.source.name, epoch=self.stats.epoch, old_cursor=self.cursor, new_cursor=new_cursor,
-                events=page.events, quarantined=page.quarantined,
+                events=page.events, quarantined=page.quarantined, requests=requests,
             )
         except Fenced as exc:
             raise _End(FENCED, str(exc)) from None
         except StoreError as exc:
             # The commit may or may not have landed; the next drain reads the cursor from Postgres either way.
             raise _End(POSTGRES_DOWN, str(exc)) from None
+        self._counted_requests += requests
         moved = new_cursor > self.cursor
         self.cursor = self.stats.cursor_after = new_cursor
         stats = self.stats
@@ -324,19 +328,63 @@ class Drain:
         self.stats.caught_up = True
         self.stats.lag_s = 0.0
         if not self.options.tail:
+            # Freshness and stuck detection see the poll; the drain's work is done whatever the mark says.
+            try:
+                self._mark_polled()
+            except _End as end:
+                self.log.warning("poll not marked in Postgres: %s", end.error)
             raise _End(CAUGHT_UP)
         self.stats.empty_polls += 1
-        now = time.monotonic()
-        if now - self._last_marked >= self.options.mark_polled_every_s:
-            try:
-                self.store.mark_polled(self.source.name, self.stats.epoch)
-            except StoreError as exc:
-                raise _End(POSTGRES_DOWN, str(exc)) from None
-            self._last_marked = now
+        if time.monotonic() - self._last_marked >= self.options.mark_polled_every_s:
+            self._mark_polled()
         # The gate already spaces polls by min_interval; a source that asks to be polled less often is
         # asked again idle_poll after this poll was sent.
         if self.source.idle_poll_s > self.source.min_interval_s and self.client.request_starts:
             self._sleep(self.client.request_starts[-1] + self.source.idle_poll_s - time.monotonic())
+
+    def _mark_polled(self) -> None:
+        requests = self._uncounted()
+        try:
+            marked = self.store.mark_polled(self.source.name, self.stats.epoch, requests=requests)
+        except StoreError as exc:
+            raise _End(POSTGRES_DOWN, str(exc)) from None
+        if not marked:
+            # Taken over while idle (a replay, a skip, another consumer): no commit would tell us, and
+            # polling on at the old cursor would never fetch what the new epoch's cursor asks for.
+            raise _End(FENCED, f"source {self.source.name!r}: poll mark refused by the fence (epoch "
+                               f"{self.stats.epoch}): the source was taken over")
+        self._counted_requests += requests
+        self._last_marked = time.monotonic()
+
+    def _uncounted(self) -> int:
+        return len(self.client.request_starts) - self._counted_requests
+
+    def _record_failure(self, outcome) -> None:
+        """One write per failed attempt: the counters, the reason, and the body if it was not a page."""
+        requests = self._uncounted()
+        try:
+            self.store.record_failure(self.source.name, requests=requests, error=outcome.reason,
+                                      bad_body=outcome.bad_body, at_cursor=self.cursor)
+        except StoreError as exc:
+            if outcome.bad_body is not None:  # bytes received must be kept: no request goes on without that
+                raise _End(POSTGRES_DOWN, str(exc)) from None
+            self.log.warning("failure not counted in Postgres (%s); counted with the next write", exc)
+            return
+        self._counted_requests += requests
+        if outcome.bad_body is not None:
+            self.stats.quarantined += 1
+
+    def _count_last_requests(self) -> None:
+        """The requests no write counted yet (a drain stopped, out of budget or fenced since its last write),
+        best effort."""
+        requests = self._uncounted()
+        if requests <= 0 or self.stats.epoch is None:
+            return
+        try:
+            self.store.record_requests(self.source.name, requests)
+            self._counted_requests += requests
+        except StoreError as exc:
+            self.log.warning("last %d requests not counted in Postgres (%s)", requests, exc)
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, but wake for a stop request or the deadline."""
@@ -378,12 +426,7 @@ class Drain:
             attempt += 1
             stats.errors += 1
             stats.last_error = outcome.reason
-            if outcome.bad_body is not None:
-                try:
-                    self.store.quarantine(source.name, [outcome.bad_body])
-                except StoreError as exc:
-                    raise _End(POSTGRES_DOWN, str(exc)) from None
-                stats.quarantined += 1
+            self._record_failure(outcome)
             if outcome.kind is Kind.FATAL:
                 raise _End(SOURCE_ERROR, f"source {source.name!r} at lastId={self.cursor}: {outcome.reason}")
             self.log.warning("attempt %d/%d at lastId=%s failed: %s", attempt, source.max_attempts, self.cursor,

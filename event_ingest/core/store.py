@@ -44,7 +44,7 @@ from .page import Event, Quarantined
 SCHEMA_LOCK_KEY = 0x6576656E74696E
 
 # Bump with a new step in Store._upgrade when the schema changes; databases record theirs.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # id_blocks groups ids by event_id >> ID_BLOCK_BITS: a block is small enough to scan for the exact
 # missing ranges in milliseconds, and large enough that a source's block rows stay few (458 at 30M ids).
@@ -199,6 +199,27 @@ COUNTING_TRIGGERS = {
 # takes its lock even when the column exists, and would queue behind (and hold up) every commit.
 ADD_LAST_POLL_AT_SQL = "ALTER TABLE source_state ADD COLUMN IF NOT EXISTS last_poll_at timestamptz"
 
+# Version 4: what operators read and do. Request and error counters per source (flushed by the drain with
+# the writes it makes anyway), where each quarantined item was served (the lastId: a source that cannot get
+# past its cursor is found by an index probe), and what an operator did with an item (requeued, discarded).
+# `recent_*` decay with a time constant of an hour, so their ratio is the recent error rate.
+ADD_OPERATIONS_COLUMNS_SQL = (
+    """ALTER TABLE source_state
+        ADD COLUMN IF NOT EXISTS requests        bigint      NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS errors          bigint      NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS recent_requests float8      NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS recent_errors   float8      NOT NULL DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS recent_at       timestamptz NOT NULL DEFAULT now(),
+        ADD COLUMN IF NOT EXISTS last_error      text,
+        ADD COLUMN IF NOT EXISTS last_error_at   timestamptz""",
+    """ALTER TABLE quarantine
+        ADD COLUMN IF NOT EXISTS at_cursor   bigint,
+        ADD COLUMN IF NOT EXISTS resolution  text CHECK (resolution IN ('requeued', 'discarded')),
+        ADD COLUMN IF NOT EXISTS resolved_at timestamptz,
+        ADD COLUMN IF NOT EXISTS resolution_note text""",
+    "CREATE INDEX IF NOT EXISTS quarantine_open_at_cursor ON quarantine (source, at_cursor) WHERE resolution IS NULL",
+)
+
 # Writers wait here while counters are rebuilt from the rows, so no row is counted twice or missed.
 LOCK_EVENTS_SQL = "LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"
 
@@ -231,11 +252,27 @@ RETURNING epoch, cursor
 
 ENSURE_STATE_SQL = "INSERT INTO source_state (source) VALUES (%(source)s) ON CONFLICT (source) DO NOTHING"
 
+# Requests (and failed ones) since the drain's last write, added to the counters by a statement that runs
+# anyway. The recent counts decay by e^(-t / 1 h) (clamped: exp() of a large negative is an underflow error).
+_COUNT_REQUESTS = """
+    requests = requests + %(requests)s, errors = errors + %(errors)s,
+    recent_requests = recent_requests * exp(greatest(extract(epoch FROM recent_at - now()) / 3600, -700))
+                      + %(requests)s,
+    recent_errors = recent_errors * exp(greatest(extract(epoch FROM recent_at - now()) / 3600, -700)) + %(errors)s,
+    recent_at = now()"""
+
 # The fence: matches only if nobody took the source over and the cursor is where we left it.
-ADVANCE_CURSOR_SQL = """
+ADVANCE_CURSOR_SQL = f"""
 UPDATE source_state
-SET cursor = %(new_cursor)s, last_ingest_at = now(), last_poll_at = now()
+SET cursor = %(new_cursor)s, last_ingest_at = now(), last_poll_at = now(), {_COUNT_REQUESTS}
 WHERE source = %(source)s AND epoch = %(epoch)s AND cursor = %(old_cursor)s
+"""
+
+# The fence alone, for an operator's commit that stores events but moves nothing (a requeue): it takes the
+# same row lock and refuses the same stale holders, and does not pretend the source was polled.
+HOLD_FENCE_SQL = """
+UPDATE source_state SET epoch = epoch
+WHERE source = %(source)s AND epoch = %(epoch)s AND cursor = %(cursor)s
 """
 
 # Run after the fence, as its own statement: READ COMMITTED gives it a snapshot taken after the row
@@ -243,7 +280,20 @@ WHERE source = %(source)s AND epoch = %(epoch)s AND cursor = %(old_cursor)s
 HIGHEST_STORED_ID_SQL = "SELECT max(event_id) FROM events WHERE source = %(source)s"
 
 # A tailing drain of an idle source says it is still polling (freshness sees it), fenced like a commit.
-MARK_POLLED_SQL = "UPDATE source_state SET last_poll_at = now() WHERE source = %(source)s AND epoch = %(epoch)s"
+MARK_POLLED_SQL = f"""
+UPDATE source_state SET last_poll_at = now(), {_COUNT_REQUESTS}
+WHERE source = %(source)s AND epoch = %(epoch)s
+"""
+
+# A failed attempt: counted with its reason (one write per failure, never per request that worked).
+# Not fenced: a stale holder's requests reached the source all the same.
+RECORD_FAILURE_SQL = f"""
+UPDATE source_state SET {_COUNT_REQUESTS}, last_error = %(error)s, last_error_at = now()
+WHERE source = %(source)s
+"""
+
+# Requests not yet counted when a drain ends (the last empty poll of a drain that ends caught up).
+RECORD_REQUESTS_SQL = f"UPDATE source_state SET {_COUNT_REQUESTS} WHERE source = %(source)s"
 
 COUNT_FENCED_SQL = "UPDATE source_state SET fenced_commits = fenced_commits + 1 WHERE source = %(source)s"
 
@@ -260,11 +310,15 @@ COPY_EVENTS_SQL = "COPY events (source, event_id, payload) FROM STDIN"
 
 # The same bad bytes seen again (a source serving one broken page to every retry)
 # are counted, not copied.
+# `at_cursor` is the lastId it was served at (latest sighting). Seen again after an operator requeued or
+# discarded it, it is open again: the source still serves it.
 INSERT_QUARANTINE_SQL = """
-INSERT INTO quarantine (source, event_id, raw, reason, digest)
-VALUES (%(source)s, %(event_id)s, %(raw)s, %(reason)s, %(digest)s)
+INSERT INTO quarantine (source, event_id, raw, reason, digest, at_cursor)
+VALUES (%(source)s, %(event_id)s, %(raw)s, %(reason)s, %(digest)s, %(at_cursor)s)
 ON CONFLICT (source, digest) DO UPDATE
-SET seen_count = quarantine.seen_count + 1, last_seen_at = now()
+SET seen_count = quarantine.seen_count + 1, last_seen_at = now(),
+    at_cursor = coalesce(excluded.at_cursor, quarantine.at_cursor),
+    resolution = NULL, resolved_at = NULL, resolution_note = NULL
 """
 
 # Lowest and highest stored id, lowest and highest quarantined id: four index probes.
@@ -342,7 +396,11 @@ STATUS_SQL = """
 SELECT s.source, s.cursor, s.epoch, s.last_ingest_at, s.fenced_commits, s.last_poll_at,
        (SELECT coalesce(sum(b.events), 0) FROM id_blocks b WHERE b.source = s.source) AS events,
        (SELECT coalesce(max(event_id), 0) FROM events e WHERE e.source = s.source) AS max_event_id,
-       (SELECT count(*) FROM quarantine q WHERE q.source = s.source) AS quarantined
+       (SELECT count(*) FROM quarantine q WHERE q.source = s.source AND q.resolution IS NULL) AS quarantined,
+       s.created_at, s.requests, s.errors,
+       CASE WHEN s.recent_requests > 0 THEN s.recent_errors / s.recent_requests END AS recent_error_rate,
+       s.last_error, s.last_error_at,
+       extract(epoch FROM now() - greatest(s.last_ingest_at, s.last_poll_at))::float8 AS poll_age_s
 FROM source_state s
 WHERE %(source)s::text IS NULL OR s.source = %(source)s
 ORDER BY s.source
@@ -360,12 +418,82 @@ SELECT s.source, (SELECT coalesce(sum(b.events), 0) FROM id_blocks b WHERE b.sou
 FROM source_state s WHERE s.source = ANY(%(sources)s)
 """
 
-# What the quarantine holds for one source: how many, the newest reason, the highest id kept.
+# What the quarantine holds open for one source (not requeued or discarded by an operator): how many,
+# the newest reason, the highest id kept.
 QUARANTINE_SUMMARY_SQL = """
 SELECT count(*),
-       (SELECT reason FROM quarantine WHERE source = %(source)s ORDER BY last_seen_at DESC LIMIT 1),
+       (SELECT reason FROM quarantine WHERE source = %(source)s AND resolution IS NULL
+        ORDER BY last_seen_at DESC LIMIT 1),
        coalesce(max(event_id), 0)
-FROM quarantine WHERE source = %(source)s
+FROM quarantine WHERE source = %(source)s AND resolution IS NULL
+"""
+
+# Schema as found, for readers that must not change it (status): are the tables there, is the version.
+TABLES_FOUND_SQL = "SELECT to_regclass('source_state') IS NOT NULL, to_regclass('schema_version') IS NOT NULL"
+
+# Replay: the state row locked first, so a commit of the source queues behind the replay and then finds
+# its epoch gone (fenced); the checks of from_id against the cursor are made on the locked row.
+LOCK_STATE_SQL = "SELECT cursor, epoch FROM source_state WHERE source = %(source)s FOR UPDATE"
+REWIND_SQL = """
+UPDATE source_state SET epoch = epoch + 1, cursor = %(from_id)s
+WHERE source = %(source)s
+RETURNING epoch
+"""
+# The counting triggers take the deleted rows out of id_blocks and events_per_minute.
+DELETE_EVENTS_FROM_SQL = "DELETE FROM events WHERE source = %(source)s AND event_id >= %(delete_from)s"
+
+QUARANTINE_COLUMNS = """q.id, q.source, q.event_id, q.reason, q.seen_count, q.received_at, q.last_seen_at,
+       q.at_cursor, q.resolution, q.resolved_at, q.resolution_note, length(q.raw)"""
+
+# Newest first; open items only unless every item is asked for.
+QUARANTINE_LIST_SQL = f"""
+SELECT {QUARANTINE_COLUMNS}
+FROM quarantine q
+WHERE (%(source)s::text IS NULL OR q.source = %(source)s) AND (%(all)s OR q.resolution IS NULL)
+ORDER BY q.id DESC
+LIMIT %(limit)s
+"""
+QUARANTINE_COUNT_SQL = """
+SELECT count(*) FROM quarantine q
+WHERE (%(source)s::text IS NULL OR q.source = %(source)s) AND (%(all)s OR q.resolution IS NULL)
+"""
+QUARANTINE_ITEM_SQL = f"SELECT {QUARANTINE_COLUMNS}, q.raw FROM quarantine q WHERE q.id = %(id)s"
+# Inside an operator's commit: the row is locked, so two requeues of one item cannot both store it.
+LOCK_QUARANTINE_ITEM_SQL = "SELECT source, resolution FROM quarantine WHERE id = %(id)s FOR UPDATE"
+STORED_IDS_SQL = "SELECT event_id FROM events WHERE source = %(source)s AND event_id = ANY(%(ids)s) ORDER BY 1"
+RESOLVE_QUARANTINE_SQL = """
+UPDATE quarantine SET resolution = %(resolution)s, resolved_at = now(), resolution_note = %(note)s
+WHERE id = %(id)s
+"""
+
+# A source that cannot get past its cursor because what is served there cannot be read: an open item
+# quarantined at the cursor that is either
+#   an item with no readable id the page stopped before (page.py: the cursor stays before it), or
+#   a whole body that is not a page, seen again and again there, with no successful poll since it was
+#   last seen nor for `after_s` (a body broken once and then served fine is not stuck).
+# One probe of the open-items index at (source, cursor).
+STUCK_SQL = """
+SELECT q.id, q.reason, q.at_cursor, q.seen_count, q.last_seen_at
+FROM source_state s
+JOIN quarantine q ON q.source = s.source AND q.at_cursor = s.cursor AND q.resolution IS NULL
+WHERE s.source = %(source)s
+  AND ((q.event_id IS NULL AND q.reason LIKE %(stops_before)s)
+       OR (q.reason LIKE %(malformed)s AND q.seen_count >= %(sightings)s
+           AND q.last_seen_at > coalesce(greatest(s.last_ingest_at, s.last_poll_at), '-infinity')
+           AND coalesce(greatest(s.last_ingest_at, s.last_poll_at), '-infinity')
+               < now() - make_interval(secs => %(after_s)s)))
+ORDER BY q.last_seen_at DESC
+LIMIT 1
+"""
+# The reasons page.py and client.py give those items (matched as LIKE patterns).
+STOPS_BEFORE_REASON = "%nor can its id, so the cursor stops before it%"
+MALFORMED_BODY_REASON = "malformed page at lastId=%"
+STUCK_SIGHTINGS = 2
+STUCK_AFTER_S = 60.0
+
+# Every source with state and when it was last active (renames and removals are judged from this).
+SOURCE_ACTIVITY_SQL = """
+SELECT source, created_at, greatest(last_ingest_at, last_poll_at, created_at) FROM source_state ORDER BY source
 """
 
 # A source and everything kept for it (benchmarks clean up with it). Dropping the partition fires
@@ -384,6 +512,11 @@ class StoreError(RuntimeError):
 
 class Fenced(RuntimeError):
     """Another holder took the source over: this commit was rolled back."""
+
+
+class StateConflict(RuntimeError):
+    """The rows are not in the state an operator's request needs (no state row, an item already stored or
+    requeued): nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -405,6 +538,50 @@ class SourceStatus:
     fenced_commits: int
     last_ingest_at: datetime | None
     last_poll_at: datetime | None = None  # the last successful poll (a page committed, or nothing new)
+    created_at: datetime | None = None
+    requests: int = 0  # sent to the source, as flushed by drains (a drain in progress holds a few back)
+    errors: int = 0  # of them, failed attempts
+    recent_error_rate: float | None = None  # failed / sent, decaying with a time constant of an hour
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    poll_age_s: float | None = None  # seconds since the last successful poll, on Postgres' clock
+
+
+@dataclass(frozen=True)
+class QuarantineItem:
+    id: int
+    source: str
+    event_id: int | None
+    reason: str
+    seen_count: int
+    received_at: datetime
+    last_seen_at: datetime
+    at_cursor: int | None  # the lastId it was (last) served at; None before schema version 4
+    resolution: str | None  # None (open), "requeued" or "discarded"
+    resolved_at: datetime | None
+    resolution_note: str | None
+    size: int  # bytes of raw
+    raw: bytes | None = None  # only when one item is read whole
+
+    @property
+    def state(self) -> str:
+        return self.resolution or "open"
+
+
+@dataclass(frozen=True)
+class Stuck:
+    quarantine_id: int
+    reason: str
+    at_cursor: int
+    seen_count: int
+    last_seen_at: datetime
+
+
+@dataclass(frozen=True)
+class SourceActivity:
+    source: str
+    created_at: datetime
+    last_active_at: datetime  # the last commit or poll, or when the state was made
 
 
 @dataclass(frozen=True)
@@ -446,9 +623,18 @@ def partition_name(source: str) -> str:
     return name
 
 
-def quarantine_params(source: str, item: Quarantined) -> dict:
+def quarantine_params(source: str, item: Quarantined, at_cursor: int | None = None) -> dict:
     digest = hashlib.sha256(item.raw + b"\0" + item.reason.encode()).hexdigest()
-    return {"source": source, "event_id": item.event_id, "raw": item.raw, "reason": item.reason, "digest": digest}
+    return {"source": source, "event_id": item.event_id, "raw": item.raw, "reason": item.reason, "digest": digest,
+            "at_cursor": at_cursor}
+
+
+def request_counts(requests: int, errors: int = 0) -> dict:
+    return {"requests": requests, "errors": errors}
+
+
+# A last_error is a line for an operator, not a log: long reasons are cut.
+LAST_ERROR_CHARS = 500
 
 
 class Store:
@@ -461,12 +647,14 @@ class Store:
     """
 
     def __init__(
-        self, url: str, *, application_name: str = "event-ingest", connect_timeout_s: int = 5, pool_size: int = 1
+        self, url: str, *, application_name: str = "event-ingest", connect_timeout_s: int = 5, pool_size: int = 1,
+        read_only: bool = False,
     ) -> None:
         if pool_size < 1:
             raise ValueError(f"pool_size must be at least 1, got {pool_size}")
         self.url = url
         self._application_name = application_name
+        self._read_only = read_only  # every transaction BEGIN READ ONLY: Postgres refuses any write
         self._connect_timeout_s = connect_timeout_s
         self._pool_size = pool_size
         self._pool = threading.Condition()
@@ -483,10 +671,12 @@ class Store:
 
     def _connect(self) -> psycopg.Connection:
         try:
-            return psycopg.connect(self.url, application_name=self._application_name,
+            conn = psycopg.connect(self.url, application_name=self._application_name,
                                    connect_timeout=self._connect_timeout_s, autocommit=False)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to Postgres at {redact_url(self.url)}: {_first_line(exc)}") from None
+        conn.read_only = self._read_only
+        return conn
 
     @contextlib.contextmanager
     def _borrow(self) -> Iterator[psycopg.Connection]:
@@ -577,6 +767,9 @@ class Store:
                 self._count_partition(cur, source)
         if version < 3:
             cur.execute(ADD_LAST_POLL_AT_SQL)
+        if version < 4:
+            for statement in ADD_OPERATIONS_COLUMNS_SQL:
+                cur.execute(statement)
         cur.execute(WRITE_SCHEMA_VERSION_SQL, {"version": SCHEMA_VERSION})
 
     @staticmethod
@@ -662,40 +855,23 @@ class Store:
         new_cursor: int,
         events: list[Event],
         quarantined: list[Quarantined] = (),
+        requests: int = 0,
     ) -> CommitResult:
-        """Store one page and advance the cursor in ONE transaction, fenced by epoch and old cursor."""
+        """Store one page and advance the cursor in ONE transaction, fenced by epoch and old cursor.
+        ``requests``: sent since the drain's last write, counted in the same statement as the cursor."""
 
         def commit(cur):
             cur.execute(
                 ADVANCE_CURSOR_SQL,
-                {"source": source, "epoch": epoch, "old_cursor": old_cursor, "new_cursor": new_cursor},
+                {"source": source, "epoch": epoch, "old_cursor": old_cursor, "new_cursor": new_cursor,
+                 **request_counts(requests)},
             )
             if cur.rowcount != 1:
                 raise Fenced(
                     f"source {source!r}: commit refused by the fence (epoch {epoch}, cursor {old_cursor}): "
                     "another consumer took this source over"
                 )
-            inserted = copied = 0
-            if events:
-                cur.execute(HIGHEST_STORED_ID_SQL, {"source": source})
-                highest = cur.fetchone()[0]
-                fresh, maybe_stored = _split_page(events, highest)
-                if fresh:
-                    with cur.copy(COPY_EVENTS_SQL) as copy:
-                        for event in fresh:
-                            copy.write_row((source, event.id, event.payload_json))
-                    copied = len(fresh)
-                if maybe_stored:
-                    cur.execute(
-                        INSERT_EVENTS_SQL,
-                        {"source": source, "ids": [e.id for e in maybe_stored],
-                         "payloads": [e.payload_json for e in maybe_stored]},
-                    )
-                    inserted = cur.rowcount
-                inserted += copied
-            for item in quarantined:
-                cur.execute(INSERT_QUARANTINE_SQL, quarantine_params(source, item))
-            return CommitResult(inserted, len(events) - inserted, len(quarantined), copied)
+            return self._store_page(cur, source, events, quarantined, at_cursor=old_cursor)
 
         try:
             return self._run(f"commit for {source!r}", commit)
@@ -703,19 +879,65 @@ class Store:
             self._run("fence count", lambda cur: cur.execute(COUNT_FENCED_SQL, {"source": source}))
             raise
 
-    def mark_polled(self, source: str, epoch: int) -> bool:
-        """Record that the holder of ``epoch`` just polled ``source`` and found nothing new.
-        False if the epoch is no longer current (nothing written)."""
-        return self._run(f"poll mark for {source!r}",
-                         lambda cur: cur.execute(MARK_POLLED_SQL, {"source": source, "epoch": epoch}).rowcount == 1)
+    @staticmethod
+    def _store_page(cur, source: str, events: list[Event], quarantined: Iterable[Quarantined],
+                    at_cursor: int | None) -> CommitResult:
+        """The page's rows, inside a transaction that already holds the fence (the state row lock)."""
+        quarantined = list(quarantined)
+        inserted = copied = 0
+        if events:
+            cur.execute(HIGHEST_STORED_ID_SQL, {"source": source})
+            highest = cur.fetchone()[0]
+            fresh, maybe_stored = _split_page(events, highest)
+            if fresh:
+                with cur.copy(COPY_EVENTS_SQL) as copy:
+                    for event in fresh:
+                        copy.write_row((source, event.id, event.payload_json))
+                copied = len(fresh)
+            if maybe_stored:
+                cur.execute(
+                    INSERT_EVENTS_SQL,
+                    {"source": source, "ids": [e.id for e in maybe_stored],
+                     "payloads": [e.payload_json for e in maybe_stored]},
+                )
+                inserted = cur.rowcount
+            inserted += copied
+        for item in quarantined:
+            cur.execute(INSERT_QUARANTINE_SQL, quarantine_params(source, item, at_cursor))
+        return CommitResult(inserted, len(events) - inserted, len(quarantined), copied)
 
-    def quarantine(self, source: str, items: Iterable[Quarantined]) -> None:
-        """Keep bytes that could not be read as a page (outside any cursor move)."""
+    def mark_polled(self, source: str, epoch: int, requests: int = 0) -> bool:
+        """Record that the holder of ``epoch`` just polled ``source`` and found nothing new (and ``requests``
+        sent since its last write). False if the epoch is no longer current (nothing written)."""
+        return self._run(f"poll mark for {source!r}",
+                         lambda cur: cur.execute(MARK_POLLED_SQL, {"source": source, "epoch": epoch,
+                                                                   **request_counts(requests)}).rowcount == 1)
+
+    def record_failure(self, source: str, *, requests: int, error: str, bad_body: Quarantined | None = None,
+                       at_cursor: int | None = None) -> None:
+        """A failed attempt, in one transaction: the counters (``requests`` sent since the last write, one of
+        them failed), the reason as the source's last error, and the body kept if it was not a page."""
+
+        def put(cur):
+            cur.execute(RECORD_FAILURE_SQL, {"source": source, "error": error[:LAST_ERROR_CHARS],
+                                             **request_counts(requests, 1)})
+            if bad_body is not None:
+                cur.execute(INSERT_QUARANTINE_SQL, quarantine_params(source, bad_body, at_cursor))
+
+        self._run(f"failure record for {source!r}", put)
+
+    def record_requests(self, source: str, requests: int) -> None:
+        """Requests sent since the last write that counted them (a drain's last few, when it ends)."""
+        self._run(f"request count for {source!r}",
+                  lambda cur: cur.execute(RECORD_REQUESTS_SQL, {"source": source, **request_counts(requests)}))
+
+    def quarantine(self, source: str, items: Iterable[Quarantined], at_cursor: int | None = None) -> None:
+        """Keep bytes that could not be read as a page (outside any cursor move), served at ``at_cursor``."""
         items = list(items)
 
         def put(cur):
             for item in items:
-                cur.execute(INSERT_QUARANTINE_SQL, quarantine_params(source, item))
+                cur.execute(INSERT_QUARANTINE_SQL, quarantine_params(source, item, at_cursor))
 
         self._run(f"quarantine for {source!r}", put)
 
@@ -728,6 +950,8 @@ class Store:
                 SourceStatus(
                     source=r[0], cursor=r[1], epoch=r[2], last_ingest_at=r[3], fenced_commits=r[4],
                     last_poll_at=r[5], events=int(r[6]), max_event_id=r[7], quarantined=r[8],
+                    created_at=r[9], requests=r[10], errors=r[11], recent_error_rate=r[12], last_error=r[13],
+                    last_error_at=r[14], poll_age_s=r[15],
                 )
                 for r in cur.fetchall()
             ]
@@ -831,6 +1055,117 @@ class Store:
             return [r[0] for r in cur.fetchall()]
 
         return self._run(f"id listing for {source!r}", read)
+
+
+    # -- what operators read and do --------------------------------------------------------------
+
+    def schema_found(self) -> tuple[bool, int | None]:
+        """(are the tables there, the schema version they are at), changing nothing."""
+
+        def read(cur):
+            tables, versioned = cur.execute(TABLES_FOUND_SQL).fetchone()
+            if not tables:
+                return False, None
+            return True, cur.execute(READ_SCHEMA_VERSION_SQL).fetchone()[0] if versioned else 1
+
+        return self._run("schema query", read)
+
+    def rewind(self, source: str, from_id: int, delete_from: int | None = None) -> tuple[int, int, int]:
+        """Replay: in ONE transaction, bump the epoch (a drain of the source has its next commit fenced) and
+        set the cursor to ``from_id``; with ``delete_from``, delete the events with ids at or above it.
+        Returns (cursor before, epoch now, events deleted). The cursor only moves back (or stays)."""
+
+        def rewind(cur):
+            row = cur.execute(LOCK_STATE_SQL, {"source": source}).fetchone()
+            if row is None:
+                raise StateConflict(f"source {source!r} has no state: nothing was ingested from it; nothing done")
+            cursor = int(row[0])
+            if from_id > cursor:
+                raise StateConflict(f"source {source!r}: --from-id {from_id} is above the cursor {cursor}; nothing "
+                                    "done (replay only moves the cursor back; `event-ingest skip` moves it on)")
+            epoch = cur.execute(REWIND_SQL, {"source": source, "from_id": from_id}).fetchone()[0]
+            deleted = 0
+            if delete_from is not None:
+                deleted = cur.execute(DELETE_EVENTS_FROM_SQL, {"source": source, "delete_from": delete_from}).rowcount
+            return cursor, int(epoch), deleted
+
+        return self._run(f"replay of {source!r}", rewind)
+
+    def quarantine_items(self, source: str | None = None, *, include_resolved: bool = False,
+                         limit: int = 100) -> tuple[list[QuarantineItem], int]:
+        """The newest ``limit`` items (open ones unless ``include_resolved``) and how many there are in all."""
+
+        def read(cur):
+            params = {"source": source, "all": include_resolved, "limit": limit}
+            items = [QuarantineItem(*r) for r in cur.execute(QUARANTINE_LIST_SQL, params).fetchall()]
+            return items, int(cur.execute(QUARANTINE_COUNT_SQL, params).fetchone()[0])
+
+        return self._run("quarantine listing", read)
+
+    def quarantine_item(self, item_id: int) -> QuarantineItem | None:
+        """One item with its raw bytes."""
+
+        def read(cur):
+            row = cur.execute(QUARANTINE_ITEM_SQL, {"id": item_id}).fetchone()
+            return None if row is None else QuarantineItem(*row[:-1], raw=bytes(row[-1]))
+
+        return self._run(f"quarantine item {item_id}", read)
+
+    def requeue(self, source: str, *, epoch: int, cursor: int, item_id: int, events: list[Event],
+                note: str) -> CommitResult:
+        """Store events read again from a quarantined item and mark the item requeued, in ONE transaction
+        fenced like a page commit (epoch and cursor), the cursor unchanged. Refused (StateConflict) if the item
+        is gone, already requeued, of another source, or any of the events is stored already."""
+
+        def commit(cur):
+            if cur.execute(HOLD_FENCE_SQL, {"source": source, "epoch": epoch, "cursor": cursor}).rowcount != 1:
+                raise Fenced(f"source {source!r}: requeue refused by the fence (epoch {epoch}, cursor {cursor}): "
+                             "another consumer took this source over")
+            row = cur.execute(LOCK_QUARANTINE_ITEM_SQL, {"id": item_id}).fetchone()
+            if row is None or row[0] != source:
+                raise StateConflict(f"quarantine item {item_id} of source {source!r} does not exist; nothing done")
+            if row[1] == "requeued":
+                raise StateConflict(f"quarantine item {item_id} was requeued already; nothing done")
+            stored = [r[0] for r in cur.execute(STORED_IDS_SQL, {"source": source,
+                                                                  "ids": [e.id for e in events]}).fetchall()]
+            if stored:
+                raise StateConflict(f"source {source!r} already stores event {', '.join(map(str, stored))}; nothing "
+                                    "done (discard the item if the stored event is the right one)")
+            result = self._store_page(cur, source, events, (), at_cursor=None)
+            cur.execute(RESOLVE_QUARANTINE_SQL, {"id": item_id, "resolution": "requeued", "note": note})
+            return result
+
+        return self._run(f"requeue for {source!r}", commit)
+
+    def discard(self, item_id: int, note: str) -> QuarantineItem:
+        """Mark an open item discarded (its bytes are kept; it no longer counts as open). StateConflict if it
+        does not exist or is not open."""
+
+        def mark(cur):
+            row = cur.execute(LOCK_QUARANTINE_ITEM_SQL, {"id": item_id}).fetchone()
+            if row is None:
+                raise StateConflict(f"quarantine item {item_id} does not exist; nothing done")
+            if row[1] is not None:
+                raise StateConflict(f"quarantine item {item_id} is {row[1]} already; nothing done")
+            cur.execute(RESOLVE_QUARANTINE_SQL, {"id": item_id, "resolution": "discarded", "note": note})
+
+        self._run(f"discard of quarantine item {item_id}", mark)
+        return self.quarantine_item(item_id)
+
+    def stuck(self, source: str, *, after_s: float = STUCK_AFTER_S) -> Stuck | None:
+        """The item that holds ``source`` at its cursor, if one does (see STUCK_SQL)."""
+
+        def read(cur):
+            row = cur.execute(STUCK_SQL, {"source": source, "stops_before": STOPS_BEFORE_REASON,
+                                          "malformed": MALFORMED_BODY_REASON, "sightings": STUCK_SIGHTINGS,
+                                          "after_s": after_s}).fetchone()
+            return None if row is None else Stuck(*row)
+
+        return self._run(f"stuck query for {source!r}", read)
+
+    def source_activity(self) -> list[SourceActivity]:
+        return self._run("source listing",
+                         lambda cur: [SourceActivity(*r) for r in cur.execute(SOURCE_ACTIVITY_SQL).fetchall()])
 
 
 def _split_page(events: list[Event], highest_stored: int | None) -> tuple[list[Event], list[Event]]:

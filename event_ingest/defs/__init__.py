@@ -2,8 +2,8 @@
 
 `events` is partitioned by source. Each source has a sensor that keeps it hosted by a
 long-lived `ingest` run (one run hosts up to `runs.sources_per_run` sources, and hands them
-to its successor without a pause); checks find gaps and stale sources. Alert sensors and the
-retention job live in their own modules, one factory each.
+to its successor without a pause); checks find gaps, stale and stuck sources. Alert sensors, the
+retention job, the replay job and the rename warning live in their own modules, one factory each.
 `event_ingest.defs.definitions` is the module Dagster loads (workspace.yaml); it reads the
 sources file ($EVENT_INGEST_SOURCES, default ./sources.yaml) when Dagster asks for the
 definitions, not at import, and takes Postgres and Redis URLs from EVENT_INGEST_DATABASE_URL
@@ -21,6 +21,8 @@ from .alerts import build_alerts
 from .assets import build_events_asset, build_rollup_asset
 from .checks import build_checks
 from .ingest_job import build_ingest_job
+from .renames import build_rename_warnings
+from .replay import build_replay
 from .resources import IngestResource, ingest_resource_from_env
 from .retention import build_retention
 from .sensors import build_source_sensor
@@ -61,4 +63,6 @@ def build_definitions(config: IngestConfig | list[SourceConfig], ingest: IngestR
         ingest_defs,
         build_alerts(sources),  # run- and check-failure webhooks, one message per incident
         build_retention(),  # hourly deletion of old finished runs
+        build_replay(sources),  # `event-ingest replay` from the launchpad
+        build_rename_warnings(sources, ingest),  # a source that looks renamed is logged when the definitions load
     )

@@ -16,6 +16,7 @@ import dagster as dg
 from ..config import SourceConfig
 from ..core import Store
 from ..core.checks import cursor_check, gap_check, quarantine_check
+from ..core.status import stuck_check
 
 # Partitioned asset checks are a preview feature in Dagster 1.13; we rely on them on purpose
 # (one check result per source), so the warning is noise in every log.
@@ -72,6 +73,21 @@ def fresh(store: Store, source: SourceConfig) -> dg.AssetCheckResult:
     )
 
 
+def not_stuck(store: Store, source: SourceConfig) -> dg.AssetCheckResult:
+    result = stuck_check(store, source.name)
+    if result.stuck is None:
+        return dg.AssetCheckResult(passed=True, description=result.summary())
+    stuck = result.stuck
+    return dg.AssetCheckResult(
+        passed=False,
+        description=result.summary(),
+        metadata={"cursor": dg.MetadataValue.int(stuck.at_cursor),
+                  "quarantine_id": dg.MetadataValue.int(stuck.quarantine_id),
+                  "seen_count": dg.MetadataValue.int(stuck.seen_count),
+                  "reason": stuck.reason[:1000]},
+    )
+
+
 CHECKS: dict[str, tuple[Callable[[Store, SourceConfig], dg.AssetCheckResult], str]] = {
     "no_gaps": (no_gaps, "No ids missing between the lowest and highest stored (or quarantined) id of the source."),
     "cursor_matches_max_id": (cursor_matches_max_id,
@@ -79,6 +95,9 @@ CHECKS: dict[str, tuple[Callable[[Store, SourceConfig], dg.AssetCheckResult], st
     "quarantine_empty": (quarantine_empty, "Nothing was quarantined (warning: see `event-ingest quarantine list`)."),
     "fresh": (fresh, "The source was polled successfully within its max_lag_s (sources file): not failing, "
                      "not paused, hosted by a live run."),
+    "not_stuck": (not_stuck, "Nothing unreadable holds the cursor: no item without a readable id the page stops "
+                             "before, no body that is not a page served again and again at the cursor. A stuck "
+                             "source is moved on with `event-ingest skip SOURCE --to-id N` (see the README)."),
 }
 
 

@@ -12,7 +12,8 @@ rule (no source may get two requests less than ``min_interval_ms`` apart,
 start to start): every /events request's arrival is stamped with
 ``time.monotonic()`` before anything else happens and ``GET /stats`` reports the
 gaps. It also records which event ids were really served so a chaos harness can
-compare them with what ended up stored.
+compare them with what ended up stored, and the lastId each request asked for
+(``last_ids`` in ``GET /stats?ids=1``), so a test sees where a consumer reads from.
 
 Faults (random errors, 429s, malformed bodies, latency) come from the config
 and can be changed on a running server with ``POST /control``; ``POST /control
@@ -309,6 +310,7 @@ class _Recorder:
         # contribution when another response carried the same id successfully.
         self._served: Counter[int] = Counter()
         self._last_headers: dict[str, str] = {}
+        self._last_ids: list[int] = []  # the lastId of each /events request read, in order
 
     def arrival(self, at: float) -> None:
         with self._lock:
@@ -325,6 +327,10 @@ class _Recorder:
     def fault(self, kind: str) -> None:
         with self._lock:
             self._faults[kind] += 1
+
+    def last_id(self, value: int) -> None:
+        with self._lock:
+            self._last_ids.append(value)
 
     def served(self, ids: Sequence[int]) -> None:
         with self._lock:
@@ -344,6 +350,7 @@ class _Recorder:
             self._faults.clear()
             self._served.clear()
             self._last_headers = {}
+            self._last_ids.clear()
 
     def snapshot(self, min_interval_ms: float, include_ids: bool, include_arrivals: bool = False) -> dict[str, Any]:
         with self._lock:
@@ -354,6 +361,7 @@ class _Recorder:
             faults = dict(sorted(self._faults.items()))
             served = sorted(self._served)
             last_headers = dict(self._last_headers)
+            last_ids = list(self._last_ids)
         gaps = [(b - a) * 1000.0 for a, b in zip(arrivals, arrivals[1:])]
         stats: dict[str, Any] = {
             "requests": len(arrivals),
@@ -373,6 +381,7 @@ class _Recorder:
         }
         if include_ids:
             stats["served_ids"] = served
+            stats["last_ids"] = last_ids
         if include_arrivals:
             # time.monotonic() of this host; "clock" turns them into wall time (wall - monotonic).
             stats["arrivals"] = arrivals
@@ -907,6 +916,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             self._send_json(400, {"error": str(exc)})
             return
+        state.recorder.last_id(last_id)
 
         fault = state.faults.draw()
         if fault == "error":

@@ -48,7 +48,7 @@ def test_definitions_are_loadable(defs, sources):
     dg.Definitions.validate_loadable(defs)
     assert {s.name for s in defs.sensors} == {f"ingest_{s.name}" for s in sources} | {
         "alert_on_run_failure", "alert_on_check_failure"}
-    assert {"ingest", "drain"} <= {j.name for j in defs.jobs}
+    assert {"ingest", "drain", "replay", "delete_old_runs"} <= {j.name for j in defs.jobs}
     events = defs.resolve_assets_def("events")
     assert set(events.partitions_def.get_partition_keys()) == {s.name for s in sources}
 
@@ -93,7 +93,7 @@ def test_materializing_a_partition_drains_its_source_and_reports(defs, sources, 
     assert metadata["requests"].value >= 3
     assert metadata["min_gap_ms"].value >= 200
     assert check_results(result) == {"no_gaps": True, "cursor_matches_max_id": True, "quarantine_empty": True,
-                                     "fresh": True}
+                                     "fresh": True, "not_stuck": True}
     assert metadata["dagster/row_count"].value == 1200
     with Store(database_url) as store:
         assert store.event_ids(source.name) == list(range(1, 1201))
@@ -118,7 +118,8 @@ def test_checks_fail_on_a_planted_gap(defs, sources, database_url):
         store.conn.commit()
     result = run_partition(defs, source.name)
     checks = check_results(result)
-    assert checks == {"no_gaps": False, "cursor_matches_max_id": False, "quarantine_empty": False, "fresh": True}
+    assert checks == {"no_gaps": False, "cursor_matches_max_id": False, "quarantine_empty": False, "fresh": True,
+                      "not_stuck": True}
     gap = next(e for e in result.get_asset_check_evaluations() if e.check_name == "no_gaps")
     assert gap.metadata["missing_ids"].value == 11
     assert gap.metadata["first_gaps"].value == "500-510"

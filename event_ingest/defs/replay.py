@@ -1,0 +1,57 @@
+"""The `replay` job: `event-ingest replay` from the Dagster launchpad.
+
+Run config: ``source`` (a configured source), ``from_id`` (the new cursor: the next request asks for ids
+above it) and, only to delete, ``delete_from`` (events with ids at or above it are deleted in the same
+transaction). The rewind goes through the fence (core/replay.py): an `ingest` run hosting the source has its
+next commit fenced and reads the source again from ``from_id``, with no other step. A refused request fails
+the run with the reason and changes nothing.
+"""
+
+# No `from __future__ import annotations`: Dagster reads the op's config annotation at definition time.
+import dagster as dg
+
+from ..config import SourceConfig
+from ..core.replay import ReplayRefused, replay
+from .resources import IngestResource
+
+
+class ReplayConfig(dg.Config):
+    source: str
+    from_id: int
+    delete_from: int | None = None  # only to delete: events with ids >= delete_from
+
+
+def build_replay(sources: list[SourceConfig]) -> dg.Definitions:
+    names = [s.name for s in sources]
+
+    @dg.op(name="rewind_cursor", description="Rewind one source's cursor through the fence (and delete ids >= "
+           "delete_from, if given), in one transaction.")
+    def rewind_cursor(context: dg.OpExecutionContext, config: ReplayConfig, ingest: IngestResource) -> dg.Output:
+        if config.source not in names:
+            raise dg.Failure(description=f"source {config.source!r} is not configured (configured: "
+                                         f"{', '.join(names) or 'none'}); nothing done")
+        with ingest.store(application_name="event-ingest-replay") as store:
+            try:
+                result = replay(store, config.source, from_id=config.from_id, delete_from=config.delete_from)
+            except ReplayRefused as exc:
+                raise dg.Failure(description=f"refused: {exc}") from None
+        context.log.info(result.summary())
+        metadata = {
+            "source": result.source,
+            "cursor_before": dg.MetadataValue.int(result.cursor_before),
+            "cursor_after": dg.MetadataValue.int(result.cursor_after),
+            "epoch": dg.MetadataValue.int(result.epoch),
+            "deleted": dg.MetadataValue.int(result.deleted),
+        }
+        if result.delete_from is not None:
+            metadata["delete_from"] = dg.MetadataValue.int(result.delete_from)
+        return dg.Output(None, metadata=metadata)
+
+    @dg.job(name="replay", executor_def=dg.in_process_executor,
+            description="Read one source again from an id: set source and from_id (and delete_from, only to delete "
+                        "stored events at or above it) in the run config. Goes through the fence; stored events are "
+                        "kept and not stored twice.")
+    def replay_job() -> None:
+        rewind_cursor()
+
+    return dg.Definitions(jobs=[replay_job])
