@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from event_ingest import config
 from event_ingest.config import (
     SCHEMA_FILE,
     ConfigError,
@@ -367,6 +369,33 @@ def test_the_documentation_check_fails_on_a_field_without_docs_or_a_stale_row():
     stale = readme.replace("| `page_size` | 1000 |", "| `page_size` | 500 |")
     assert [p.split(";")[0] for p in readme_problems(stale, schema)] == [
         "README.md lacks the SourceConfig table as declared"]
+
+
+def env_names_in_code() -> dict[str, list[str]]:
+    """Every EVENT_INGEST_* name written as a string in the package's code, with the files that write it."""
+    found: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "event_ingest").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and ENV_NAME.fullmatch(node.value):
+                found.setdefault(node.value, []).append(str(path.relative_to(ROOT)))
+    return found
+
+
+ENV_NAME = re.compile(r"EVENT_INGEST_[A-Z0-9_]+")
+
+
+def test_each_environment_variable_is_named_once_and_documented():
+    found = env_names_in_code()
+    assert {"EVENT_INGEST_SOURCES", "EVENT_INGEST_DATABASE_URL", "EVENT_INGEST_DAGSTER_DATABASE_URL"} <= set(found)
+    assert {name: files for name, files in found.items() if len(files) > 1} == {}
+    # The bootstrap (`python3 -m event_ingest`) runs before the dependencies config.py imports are
+    # installed, so its own switch stays in it; every other name lives in config.py.
+    assert {name: files for name, files in found.items()
+            if files != ["event_ingest/config.py"] and name != "EVENT_INGEST_NO_UV"} == {}
+    declared = {value for key, value in vars(config).items() if key.endswith("_ENV") and isinstance(value, str)}
+    assert declared == set(found) - {"EVENT_INGEST_NO_UV"}
+    environment = (ROOT / "README.md").read_text().split("## Environment\n", 1)[1].split("\n## ", 1)[0]
+    assert sorted(name for name in declared if f"`{name}`" not in environment) == []
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
