@@ -398,7 +398,8 @@ def _name_of(raw: Any) -> Any:
 
 
 def _locate(loc: tuple, model: type[BaseModel], document: Any, where: str | None):
-    """(model, where, field, rest of loc) for an error at ``loc`` in ``document`` (an IngestConfig's)."""
+    """For an error at ``loc``: the model that holds the field, where that is in words ("source 'a'",
+    "sources[2]", "runs"), and the loc below it (the field first)."""
     if model is IngestConfig and len(loc) >= 2 and loc[0] == "sources" and isinstance(loc[1], int):
         items = document.get("sources") if isinstance(document, Mapping) else None
         raw = items[loc[1]] if isinstance(items, list) and loc[1] < len(items) else None
