@@ -6,6 +6,8 @@
     event-ingest skip SOURCE --to-id N    move a source stuck on a page it cannot read past it (fenced)
     event-ingest replay SOURCE --from-id N   read a source again from N (fenced); --delete-from M deletes ids >= M
     event-ingest quarantine list|show|requeue|discard   what was kept, and what to do with it
+    event-ingest config check [FILE]      validate a sources file, one line per source
+    event-ingest config schema            the JSON schema of the sources file (sources.schema.json)
     event-ingest --version                the installed version
     event-ingest mock-source ...          a mock event source on 127.0.0.1
     event-ingest bench [CASE] ...         benchmarks: drain rate and spacing, commit vs COPY, checks at scale
@@ -28,9 +30,27 @@ import sys
 import threading
 
 from . import __version__
-from .config import REDIS_URL_ENV, ConfigError, Settings, database_url, load_sources, redis_url
+from .config import (
+    DEFAULT_SOURCES_FILE,
+    LEASE_TTL_S,
+    LEASE_WAIT_S,
+    REDIS_URL_ENV,
+    SCHEMA_FILE,
+    SOURCES_ENV,
+    ConfigError,
+    RunSettings,
+    Settings,
+    SourceConfig,
+    database_url,
+    load_config,
+    load_sources,
+    redact_url,
+    redis_url,
+    sources_schema,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+SOURCES_HELP = f"sources file (default: ${SOURCES_ENV} or ./{DEFAULT_SOURCES_FILE})"
 
 
 class CliError(Exception):
@@ -355,6 +375,27 @@ def cmd_quarantine_discard(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(sources_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.file)  # a ConfigError is the one line main() prints, exit 2
+    for source in config.sources:
+        print("  ".join([source.name, redact_url(source.url), *stated_fields(source, skip=("name", "url"))]))
+    if "runs" in config.model_fields_set:
+        print("  ".join(["runs:", *stated_fields(config.runs)]))
+    return EXIT_OK
+
+
+def stated_fields(settings: SourceConfig | RunSettings, skip: tuple[str, ...] = ()) -> list[str]:
+    """The fields the file sets, as ``field=value`` (header values already redacted by to_dict)."""
+    shown = settings.to_dict()
+    return [f"{name}={json.dumps(shown[name])}" for name in type(settings).model_fields
+            if name in settings.model_fields_set and name not in skip]
+
+
 def cmd_mock_source(args: argparse.Namespace) -> int:
     from .mocksource.server import run_from_args
 
@@ -421,9 +462,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="drain one source now (the same drain the Dagster asset runs)")
     p.add_argument("source", help="source name from the sources file")
     p.add_argument("--max-seconds", type=float, default=None, help="time budget (default: the source's max_run_seconds)")
-    p.add_argument("--lease-ttl", type=float, default=6.0, help="lease TTL in seconds (default 6)")
-    p.add_argument("--lease-wait", type=float, default=5.0, help="wait this long for a busy lease (default 5)")
-    p.add_argument("--sources", help="sources file (default: $EVENT_INGEST_SOURCES or ./sources.yaml)")
+    p.add_argument("--lease-ttl", type=float, default=LEASE_TTL_S,
+                   help=f"lease TTL in seconds (default {LEASE_TTL_S:g})")
+    p.add_argument("--lease-wait", type=float, default=LEASE_WAIT_S,
+                   help=f"wait this long for a busy lease (default {LEASE_WAIT_S:g})")
+    p.add_argument("--sources", help=SOURCES_HELP)
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
     p.set_defaults(func=cmd_ingest)
 
@@ -432,14 +475,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("source", help="source name from the sources file")
     p.add_argument("--to-id", type=int, required=True, metavar="N",
                    help="new cursor: the next request asks for ids above N (must be above the cursor)")
-    p.add_argument("--lease-wait", type=float, default=5.0, help="wait this long for a busy lease (default 5)")
-    p.add_argument("--sources", help="sources file (default: $EVENT_INGEST_SOURCES or ./sources.yaml)")
+    p.add_argument("--lease-wait", type=float, default=LEASE_WAIT_S,
+                   help=f"wait this long for a busy lease (default {LEASE_WAIT_S:g})")
+    p.add_argument("--sources", help=SOURCES_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_skip)
 
     p = sub.add_parser("status", help="per source: cursor, events, lag, error rate, quarantine, fenced commits, "
                        "lease, stuck, configured or removed; reads Postgres only and changes nothing")
-    p.add_argument("--sources", help="sources file (default: $EVENT_INGEST_SOURCES or ./sources.yaml)")
+    p.add_argument("--sources", help=SOURCES_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
@@ -450,7 +494,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="new cursor: the next request asks for ids above N (0 to the cursor)")
     p.add_argument("--delete-from", type=int, metavar="M",
                    help="also delete the stored events with ids >= M, in the same transaction (M above N)")
-    p.add_argument("--sources", help="sources file (default: $EVENT_INGEST_SOURCES or ./sources.yaml)")
+    p.add_argument("--sources", help=SOURCES_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_replay)
 
@@ -472,8 +516,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                            "cursor unchanged) and mark it requeued; refused if it still cannot be stored")
     q.add_argument("id", type=int)
     q.add_argument("--from-file", metavar="F", help="the corrected item (or page) instead of the kept bytes")
-    q.add_argument("--lease-wait", type=float, default=5.0, help="wait this long for a busy lease (default 5)")
-    q.add_argument("--sources", help="sources file (default: $EVENT_INGEST_SOURCES or ./sources.yaml)")
+    q.add_argument("--lease-wait", type=float, default=LEASE_WAIT_S,
+                   help=f"wait this long for a busy lease (default {LEASE_WAIT_S:g})")
+    q.add_argument("--sources", help=SOURCES_HELP)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quarantine_requeue)
     q = actions.add_parser("discard", help="mark an open item discarded (its bytes are kept; it stops counting "
@@ -481,6 +526,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     q.add_argument("id", type=int)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quarantine_discard)
+
+    # `config`: the sources file alone; needs neither Postgres nor Redis.
+    p = sub.add_parser("config", help="the sources file: check one, or print its JSON schema")
+    actions = p.add_subparsers(dest="config_action", required=True, metavar="ACTION")
+    q = actions.add_parser("check", help="validate a sources file: one line per source; exit 2 and one line "
+                           "naming file, source and field if it is bad")
+    q.add_argument("file", nargs="?", help=SOURCES_HELP)
+    q.set_defaults(func=cmd_config_check)
+    q = actions.add_parser("schema", help=f"print the JSON schema of the sources file (committed as {SCHEMA_FILE})")
+    q.set_defaults(func=cmd_config_schema)
 
     # These commands' options live in their modules; only the chosen one is imported,
     # so `event-ingest status` does not pay for (or depend on) the dev stack or the harness.

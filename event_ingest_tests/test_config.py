@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from event_ingest.config import ConfigError, load_sources, redact_url
+from event_ingest import config
+from event_ingest.config import (
+    SCHEMA_FILE,
+    ConfigError,
+    RunSettings,
+    SourceConfig,
+    load_config,
+    load_sources,
+    redact_url,
+    sources_schema,
+)
 
 
 def write(tmp_path, text):
@@ -153,3 +171,247 @@ def test_ca_file(tmp_path, tls_files):
         with pytest.raises(ConfigError, match=message) as info:
             load_sources(write(tmp_path, f"sources:\n  - {entry}\n"))
         assert "\n" not in str(info.value)
+
+
+# ---- one declaration: errors, schema, docs and environment names all come from it -------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("entry, line", [
+    # wrong type
+    ("{name: a, url: 'http://h/e', timeout_s: fast}",
+     "source 'a': field 'timeout_s': 'fast' is not valid; expected a number of seconds from 0.1 to 300"),
+    ("{name: a, url: 'http://h/e', max_attempts: 2.5}",
+     "source 'a': field 'max_attempts': 2.5 is not valid; expected an integer from 1 to 100"),
+    ("{name: a, url: 42}", "source 'a': field 'url': expected a string, got int"),
+    # out of range
+    ("{name: a, url: 'http://h/e', page_size: 0}",
+     "source 'a': field 'page_size': 0 is not valid; expected an integer from 1 to 100000"),
+    ("{name: a, url: 'http://h/e', idle_poll_ms: 100}",
+     "source 'a': field 'idle_poll_ms': 100 is not valid; expected an integer of milliseconds from 200 to 3600000 "
+     "(or null)"),
+    # unknown and missing fields
+    ("{name: a, url: 'http://h/e', pagesize: 5}", "source 'a': field 'pagesize' is not known (known fields: name, url, "
+                                                  "page_size, min_interval_ms, timeout_s,"),
+    ("{url: 'http://h/e'}", "sources[0]: field 'name' is missing"),
+    ("{name: a, page_size: 5}", "source 'a': field 'url' is missing"),
+    # headers and ca_file
+    ("{name: a, url: 'http://h/e', headers: [a, b]}",
+     "source 'a': field 'headers': expected a mapping of header name to value"),
+    ("{name: a, url: 'http://h/e', headers: {X-Key: {env: NOT_SET_ANYWHERE_1234}}}",
+     "source 'a': field 'headers': header 'X-Key': environment variable NOT_SET_ANYWHERE_1234 is not set"),
+    ("{name: a, url: 'http://h/e', ca_file: ca.pem}",
+     "source 'a': field 'ca_file': only used for https urls, and the url is not https"),
+    ("{name: a, url: 'https://h/e', ca_file: 7}", "source 'a': field 'ca_file': expected a file path"),
+    # the shape around the sources
+    ("5", "sources[0]: expected a mapping with 'name' and 'url', got int"),
+])
+def test_each_kind_of_mistake_is_one_line_naming_file_source_and_field(tmp_path, entry, line):
+    path = write(tmp_path, f"sources:\n  - {entry}\n")
+    assert refusal(path).startswith(f"{path}: {line}")
+
+
+@pytest.mark.parametrize("runs, line", [
+    ("{sources_per_run: 0}", "runs: field 'sources_per_run': 0 is not valid; expected an integer from 1 to 1000"),
+    ("{lease_ttl: 5}", "runs: field 'lease_ttl' is not known (known fields: sources_per_run, run_seconds, handoff_s, "
+                       "lease_ttl_s, report_every_s)"),
+    ("{run_seconds: 100}", "runs: field 'handoff_s': 60 is not valid; expected at most half of run_seconds (100)"),
+    ("[1]", "runs: expected a mapping, got list"),
+])
+def test_runs_mistakes_are_one_line_naming_the_field(tmp_path, runs, line):
+    path = write(tmp_path, f"sources: [{{name: a, url: 'http://h/e'}}]\nruns: {runs}\n")
+    assert refusal(path) == f"{path}: {line}"
+
+
+def refusal(path) -> str:
+    """The error loading ``path`` gives: one line, in the project's words (pydantic's own text never shows)."""
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "\n" not in text and "pydantic" not in text and "validation error" not in text, text
+    return text
+
+
+def test_several_mistakes_report_the_first_and_count_the_rest(tmp_path):
+    path = write(tmp_path, "sources:\n  - {name: a, url: 'http://h/e', page_size: 0, timeout_s: 0, colour: red}\n")
+    assert re.search(r"field 'page_size': 0 is not valid; .* \(and 2 more problems\)$", refusal(path))
+
+
+def test_a_source_built_in_code_is_validated_like_the_file_in_one_line():
+    with pytest.raises(ConfigError) as info:
+        SourceConfig(name="a", url="http://h/e", min_interval_ms=150)
+    assert str(info.value) == ("source 'a': field 'min_interval_ms': 150 is not valid; expected an integer of "
+                               "milliseconds from 200 to 3600000")
+    with pytest.raises(ConfigError, match=r"^source 'a': field 'headers': header 'X-T': the value holds a control") \
+            as info:
+        SourceConfig(name="a", url="http://h/e", headers={"X-T": f"{TOKEN}\r\nInjected: 1"})
+    assert TOKEN not in str(info.value)
+    with pytest.raises(ConfigError, match=r"^runs: field 'report_every_s': 0 is not valid"):
+        RunSettings(report_every_s=0)
+
+
+def test_a_source_is_frozen_hashable_and_keeps_its_public_shape(monkeypatch):
+    monkeypatch.setenv("SOURCE1_TOKEN", f"Bearer {TOKEN}")
+    source = SourceConfig(name="a", url="http://h/e", headers={"Authorization": {"env": "SOURCE1_TOKEN"}},
+                          min_interval_ms=250, idle_poll_ms=100_000)
+    assert (source.min_interval_s, source.idle_poll_s) == (0.25, 100.0)
+    assert source.secret_values() == [f"Bearer {TOKEN}", TOKEN]
+    assert hash(source) == hash(SourceConfig(name="a", url="http://h/e", headers=source.headers,
+                                             min_interval_ms=250, idle_poll_ms=100_000))
+    with pytest.raises(Exception):
+        source.page_size = 5  # type: ignore[misc]
+    assert TOKEN not in json.dumps(source.model_dump()) + source.model_dump_json()
+
+
+def test_the_committed_schema_is_the_declarations():
+    committed = json.loads((ROOT / SCHEMA_FILE).read_text())
+    assert committed == sources_schema(), f"{SCHEMA_FILE} is stale: run `event-ingest config schema > {SCHEMA_FILE}`"
+    assert set(committed["$defs"]["SourceConfig"]["properties"]) == set(SourceConfig.model_fields)
+    assert committed["$defs"]["SourceConfig"]["required"] == ["name", "url"]
+
+
+def test_config_schema_command_prints_the_committed_schema():
+    done = run_cli("config", "schema")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == json.loads((ROOT / SCHEMA_FILE).read_text())
+
+
+def test_config_check_prints_one_line_per_source_and_hides_header_values(tmp_path):
+    path = write(tmp_path, """
+sources:
+  - name: source1
+    url: http://127.0.0.1:3001/events
+  - name: partner
+    url: https://ingest:pw-1d2e3f@events.example.com/v1/events
+    page_size: 500
+    headers: {X-Api-Key: literal-key-in-file}
+runs:
+  sources_per_run: 10
+""")
+    done = run_cli("config", "check", str(path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "source1  http://127.0.0.1:3001/events",
+        'partner  https://ingest:***@events.example.com/v1/events  page_size=500  headers={"X-Api-Key": "***"}',
+        "runs:  sources_per_run=10",
+    ]
+    assert "literal-key-in-file" not in done.stdout + done.stderr and "pw-1d2e3f" not in done.stdout
+
+
+def test_config_check_of_a_bad_file_is_one_line_and_exit_2(tmp_path):
+    path = write(tmp_path, "sources:\n  - {name: a, url: 'http://h/e', page_size: 0}\n")
+    done = run_cli("config", "check", str(path))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"event-ingest: {path}: source 'a': field 'page_size': 0 is not valid; "
+                                        "expected an integer from 1 to 100000"]
+
+
+def test_the_readme_example_and_the_compose_sources_load(tmp_path, monkeypatch, tls_files):
+    monkeypatch.setenv("PARTNER_TOKEN", f"Bearer {TOKEN}")
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"## Sources file\n.*?```yaml\n(.*?)```", readme, re.S).group(1)
+    assert example.startswith("# yaml-language-server: $schema=./sources.schema.json\n")
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "partner-ca.pem").write_bytes(tls_files.ca_file.read_bytes())
+    loaded = load_config(write(tmp_path, example))
+    assert [s.name for s in loaded.sources] == ["source1", "source2", "partner"]
+    assert [s.name for s in load_sources(ROOT / "deploy" / "sources.compose.yaml")] == ["source1", "source2",
+                                                                                       "source3"]
+
+
+def fields_table(schema: dict, definition: str) -> str:
+    """The README's table of one section of the sources file, from the JSON schema (the declaration)."""
+    model = schema["$defs"][definition]
+    rows = ["| field | default | range | meaning |", "|---|---|---|---|"]
+    for name, prop in model["properties"].items():
+        if name in model.get("required", []):
+            default = "required"
+        elif prop.get("default") in (None, {}, []):
+            default = "none"
+        else:
+            default = f"{prop['default']:g}" if isinstance(prop["default"], float) else str(prop["default"])
+        bounds = next((p for p in [prop, *prop.get("anyOf", [])] if "minimum" in p), None)
+        span = f"{bounds['minimum']} to {bounds['maximum']}" if bounds else ""
+        meaning = prop.get("description", "").replace("|", "\\|")
+        rows.append(f"| `{name}` | {default} | {span} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def undocumented(schema: dict) -> list[str]:
+    """Fields whose declaration says nothing about them."""
+    return [f"{definition}.{name}" for definition, model in schema["$defs"].items()
+            for name, prop in model["properties"].items() if not prop.get("description", "").strip()]
+
+
+def readme_problems(readme: str, schema: dict) -> list[str]:
+    problems = [f"{field} has no description" for field in undocumented(schema)]
+    for definition in ("SourceConfig", "RunSettings"):
+        table = fields_table(schema, definition)
+        if table not in readme:
+            problems.append(f"README.md lacks the {definition} table as declared; it is:\n{table}")
+    return problems
+
+
+def test_every_field_is_documented_in_the_declaration_and_the_readme():
+    assert readme_problems((ROOT / "README.md").read_text(), sources_schema()) == []
+
+
+def test_the_documentation_check_fails_on_a_field_without_docs_or_a_stale_row():
+    readme, schema = (ROOT / "README.md").read_text(), sources_schema()
+
+    class Undocumented(SourceConfig):
+        colour: str = "red"  # declared without a description
+
+    schema_with_extra = {**schema, "$defs": {**schema["$defs"],
+                                             "SourceConfig": Undocumented.model_json_schema()}}
+    problems = readme_problems(readme, schema_with_extra)
+    assert "SourceConfig.colour has no description" in problems
+    assert any("lacks the SourceConfig table" in p and "`colour`" in p for p in problems)
+    stale = readme.replace("| `page_size` | 1000 |", "| `page_size` | 500 |")
+    assert [p.split(";")[0] for p in readme_problems(stale, schema)] == [
+        "README.md lacks the SourceConfig table as declared"]
+
+
+def env_names_in_code() -> dict[str, list[str]]:
+    """Every EVENT_INGEST_* name written as a string in the package's code, with the files that write it."""
+    found: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "event_ingest").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and ENV_NAME.fullmatch(node.value):
+                found.setdefault(node.value, []).append(str(path.relative_to(ROOT)))
+    return found
+
+
+ENV_NAME = re.compile(r"EVENT_INGEST_[A-Z0-9_]+")
+
+
+def test_each_environment_variable_is_named_once_and_documented():
+    found = env_names_in_code()
+    assert {"EVENT_INGEST_SOURCES", "EVENT_INGEST_DATABASE_URL", "EVENT_INGEST_DAGSTER_DATABASE_URL"} <= set(found)
+    assert {name: files for name, files in found.items() if len(files) > 1} == {}
+    # The bootstrap (`python3 -m event_ingest`) runs before the dependencies config.py imports are
+    # installed, so its own switch stays in it; every other name lives in config.py.
+    assert {name: files for name, files in found.items()
+            if files != ["event_ingest/config.py"] and name != "EVENT_INGEST_NO_UV"} == {}
+    declared = {value for key, value in vars(config).items() if key.endswith("_ENV") and isinstance(value, str)}
+    assert declared == set(found) - {"EVENT_INGEST_NO_UV"}
+    environment = (ROOT / "README.md").read_text().split("## Environment\n", 1)[1].split("\n## ", 1)[0]
+    assert sorted(name for name in declared if f"`{name}`" not in environment) == []
+
+
+def test_the_lease_defaults_come_from_config():
+    from event_ingest.cli import build_parser
+    from event_ingest.core import DrainOptions
+    from event_ingest.core.worker import WorkerOptions
+
+    ingest = build_parser(["ingest", "a"]).parse_args(["ingest", "a"])
+    assert (ingest.lease_ttl, ingest.lease_wait) == (config.LEASE_TTL_S, config.LEASE_WAIT_S)
+    assert DrainOptions().lease_ttl_s == WorkerOptions().lease_ttl_s == RunSettings().lease_ttl_s == config.LEASE_TTL_S
+    assert WorkerOptions.from_settings(RunSettings()) == WorkerOptions()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENT_INGEST_")}
+    return subprocess.run([sys.executable, "-m", "event_ingest.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=120)

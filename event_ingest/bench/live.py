@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 
+from ..config import DAGSTER_DATABASE_URL_ENV, DATABASE_URL_ENV, REDIS_URL_ENV, SOURCES_ENV
 from ..devstack.procs import Usage, alive, cmdline, process_tree, signal_pid, sweep, usage
 
 HOST = "127.0.0.1"
@@ -162,10 +163,10 @@ class Deployment:
         env = {
             **os.environ,
             "DAGSTER_HOME": str(self.home),
-            "EVENT_INGEST_SOURCES": str(self.sources_file),
-            "EVENT_INGEST_DATABASE_URL": self.events_url,
-            "EVENT_INGEST_REDIS_URL": self.redis_url,
-            "EVENT_INGEST_DAGSTER_DATABASE_URL": self.dagster_url.replace("postgresql://", "postgresql+psycopg2://", 1),
+            SOURCES_ENV: str(self.sources_file),
+            DATABASE_URL_ENV: self.events_url,
+            REDIS_URL_ENV: self.redis_url,
+            DAGSTER_DATABASE_URL_ENV: self.dagster_url.replace("postgresql://", "postgresql+psycopg2://", 1),
             "PYTHONUNBUFFERED": "1",
         }
         dagster = Path(sys.executable).parent / "dagster"

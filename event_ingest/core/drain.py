@@ -31,7 +31,7 @@ from typing import Callable
 
 import redis
 
-from ..config import SourceConfig
+from ..config import LEASE_TTL_S, LEASE_WAIT_S, SourceConfig
 from .client import Kind, SourceClient
 from .gate import Gate, GateUnavailable
 from .lease import Lease, LeaseUnavailable
@@ -134,8 +134,8 @@ class DrainHooks:
 
 @dataclass(frozen=True)
 class DrainOptions:
-    lease_ttl_s: float = 6.0  # a dead holder's source is free again after this long
-    lease_wait_s: float = 5.0  # math.inf: stand by on the lease until it frees up or we are stopped
+    lease_ttl_s: float = LEASE_TTL_S  # a dead holder's source is free again after this long
+    lease_wait_s: float = LEASE_WAIT_S  # math.inf: stand by on the lease until it frees up or we are stopped
     max_seconds: float | None = None  # default: the source's max_run_seconds; math.inf: until stopped
     tail: bool = False  # keep polling when caught up, instead of ending
     backoff_base_s: float = 0.25

@@ -34,7 +34,7 @@ from typing import Callable
 import redis
 from redis.exceptions import LockError
 
-from ..config import is_valid_source_name
+from ..config import LEASE_TTL_S, LEASE_WAIT_S, is_valid_source_name
 
 KEY_PREFIX = "event-ingest:lease:"
 
@@ -51,7 +51,8 @@ POLL_S = 0.1
 
 class Lease:
     def __init__(
-        self, client: redis.Redis, source: str, *, ttl_s: float = 6.0, wait_s: float = 5.0, poll_s: float = POLL_S
+        self, client: redis.Redis, source: str, *, ttl_s: float = LEASE_TTL_S, wait_s: float = LEASE_WAIT_S,
+        poll_s: float = POLL_S
     ) -> None:
         if not is_valid_source_name(source):
             raise ValueError(f"invalid source name {source!r}: not used as a Redis key")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import redis
 
-from ..config import SourceConfig
+from ..config import LEASE_WAIT_S, SourceConfig
 from .client import SourceClient
 from .drain import consumer_id
 from .gate import Gate, GateUnavailable
@@ -61,7 +61,7 @@ class SkipResult:
 
 
 def skip_page(source: SourceConfig, *, store: Store, redis_client: redis.Redis, to_id: int,
-              lease_ttl_s: float = 30.0, lease_wait_s: float = 5.0, gate_wait_s: float = 60.0) -> SkipResult:
+              lease_ttl_s: float = 30.0, lease_wait_s: float = LEASE_WAIT_S, gate_wait_s: float = 60.0) -> SkipResult:
     """Move ``source``'s cursor to ``to_id``, keeping the page served at the current cursor in quarantine."""
     name = source.name
     if not 0 < to_id <= MAX_EVENT_ID:

@@ -49,14 +49,15 @@ log = logging.getLogger(__name__)
 HEARTBEAT_PREFIX = "event-ingest:worker:"
 SOURCES_PER_CONNECTION = 5
 MAX_POOL = 10
+_RUNS = RunSettings()  # the `runs:` defaults, declared in config.py
 
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    run_seconds: float = 1800.0
-    handoff_s: float = 60.0
-    lease_ttl_s: float = 6.0
-    report_every_s: float = 20.0
+    run_seconds: float = _RUNS.run_seconds
+    handoff_s: float = _RUNS.handoff_s
+    lease_ttl_s: float = _RUNS.lease_ttl_s
+    report_every_s: float = _RUNS.report_every_s
     poll_s: float = 1.0  # how often the worker looks at what it should host
     heartbeat_ttl_s: float = 15.0  # a worker silent this long is dead to the sensors
     idle_exit_s: float = 60.0  # a worker with nothing to host (all paused) ends after this long

@@ -28,10 +28,7 @@ import httpx
 from dagster._core.event_api import EventRecordsFilter, RunStatusChangeRecordsFilter
 from dagster._core.events import DagsterEventType
 
-from ..config import SourceConfig
-
-ALERT_WEBHOOK_URL_ENV = "EVENT_INGEST_ALERT_WEBHOOK_URL"
-DAGSTER_UI_URL_ENV = "EVENT_INGEST_DAGSTER_UI_URL"
+from ..config import ALERT_WEBHOOK_URL_ENV, DAGSTER_UI_URL_ENV, SourceConfig
 
 EVENTS_PER_TICK = 500  # event-log records read per tick; the cursor resumes after the last one
 OUTBOX_LIMIT = 200  # undelivered messages kept; beyond that the oldest go (and the log says so)
@@ -71,9 +68,9 @@ def build_alerts(sources: Iterable[SourceConfig]) -> dg.Definitions:
     """The two alert sensors; ``sources`` only to know which header values must never be sent."""
     secrets = sorted({s for source in sources for s in source.secret_values()}, key=len, reverse=True)
     return dg.Definitions(sensors=[
-        _alert_sensor("alert_on_run_failure", "Posts to EVENT_INGEST_ALERT_WEBHOOK_URL when runs of a job and "
+        _alert_sensor("alert_on_run_failure", f"Posts to {ALERT_WEBHOOK_URL_ENV} when runs of a job and "
                       "partition start failing, and when they succeed again.", _run_changes, secrets),
-        _alert_sensor("alert_on_check_failure", "Posts to EVENT_INGEST_ALERT_WEBHOOK_URL when an asset check of a "
+        _alert_sensor("alert_on_check_failure", f"Posts to {ALERT_WEBHOOK_URL_ENV} when an asset check of a "
                       "partition starts failing, and when it passes again.", _check_changes, secrets),
     ])
 

@@ -19,10 +19,13 @@ from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 
-RUN_RETENTION_DAYS_ENV = "EVENT_INGEST_RUN_RETENTION_DAYS"
-FAILED_RUN_RETENTION_DAYS_ENV = "EVENT_INGEST_FAILED_RUN_RETENTION_DAYS"
-DEFAULT_RUN_RETENTION_DAYS = 7.0
-DEFAULT_FAILED_RUN_RETENTION_DAYS = 30.0
+from ..config import (
+    DEFAULT_FAILED_RUN_RETENTION_DAYS,
+    DEFAULT_RUN_RETENTION_DAYS,
+    FAILED_RUN_RETENTION_DAYS_ENV,
+    RUN_RETENTION_DAYS_ENV,
+)
+
 MAX_RUNS_PER_CLEANUP = 5000  # one cleanup run's share; an hourly schedule catches up on a backlog
 
 # Only these are ever deleted: a run in any other status (queued, starting, started, canceling)

@@ -46,11 +46,18 @@ from typing import Any, Callable
 
 import event_ingest
 
-from ..config import DATABASE_URL_ENV, REDIS_URL_ENV, SOURCES_ENV, ConfigError, load_sources, redact_url
+from ..config import (
+    DAGSTER_DATABASE_URL_ENV,
+    DATABASE_URL_ENV,
+    REDIS_URL_ENV,
+    SOURCES_ENV,
+    ConfigError,
+    load_sources,
+    redact_url,
+)
 from .embedded import HOST, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, port_is_free
 from .procs import alive, killpg, process_tree, signal_pid, start_time, sweep
 
-DAGSTER_DATABASE_URL_ENV = "EVENT_INGEST_DAGSTER_DATABASE_URL"
 DEFAULT_STATE_DIR = ".event-ingest"
 STACK_FILE = "stack.json"
 LOCK_FILE = "dev.lock"

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import dagster as dg
 import pytest
 
-from event_ingest.config import SourceConfig
-from event_ingest.defs.alerts import ALERT_WEBHOOK_URL_ENV, DAGSTER_UI_URL_ENV, build_alerts
+from event_ingest.config import ALERT_WEBHOOK_URL_ENV, DAGSTER_UI_URL_ENV, SourceConfig
+from event_ingest.defs.alerts import build_alerts
 
 SECRET = "alert-s3cr3t-5e0c2b91"
 PARTITIONS = dg.StaticPartitionsDefinition(["source_a", "source_b"])

@@ -14,11 +14,8 @@ from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteJobO
 from dagster._core.utils import make_new_run_id
 from dagster._core.scheduler.instigation import TickStatus
 
-from event_ingest.defs.retention import (
-    FAILED_RUN_RETENTION_DAYS_ENV,
-    RUN_RETENTION_DAYS_ENV,
-    build_retention,
-)
+from event_ingest.config import FAILED_RUN_RETENTION_DAYS_ENV, RUN_RETENTION_DAYS_ENV
+from event_ingest.defs.retention import build_retention
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSING = {"ok": True}
