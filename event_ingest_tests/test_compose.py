@@ -633,10 +633,10 @@ def test_deploy_md_snippets_match_the_stack(compose, deploy_md):
     forwarded = {v.split("=", 1)[0] for v in docker["env_vars"]}
     assert required_env_names() - {"DAGSTER_HOME"} <= forwarded  # DAGSTER_HOME is baked into the image
     assert docker["network"] == f"{compose['name']}_default"
-    # The pins quoted in the doc are the ones pyproject.toml installs.
-    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    core = re.search(r'"dagster==([0-9.]+)"', pyproject).group(1)
-    library = re.search(r'"dagster-postgres==([0-9.]+)"', pyproject).group(1)
+    # The pins quoted in the doc are the ones the locks install (the image: requirements/product.lock).
+    lock = (ROOT / "requirements" / "product.lock").read_text(encoding="utf-8")
+    core = re.search(r"^dagster==([0-9.]+)", lock, re.M).group(1)
+    library = re.search(r"^dagster-postgres==([0-9.]+)", lock, re.M).group(1)
     for pin in (f"dagster=={core}", f"dagster-docker=={library}", f"dagster-k8s=={library}"):
         assert pin in deploy_md, f"DEPLOY.md should quote {pin}"
     # The override's shared network is the one the stack creates.

@@ -338,9 +338,10 @@ class Drain:
         if time.monotonic() - self._last_marked >= self.options.mark_polled_every_s:
             self._mark_polled()
         # The gate already spaces polls by min_interval; a source that asks to be polled less often is
-        # asked again idle_poll after this poll was sent.
-        if self.source.idle_poll_s > self.source.min_interval_s and self.client.request_starts:
-            self._sleep(self.client.request_starts[-1] + self.source.idle_poll_s - time.monotonic())
+        # asked again idle_poll after this poll's response began (as the gate counts: the request reached
+        # the source before its response came back, so the pace holds at the source too).
+        if self.source.idle_poll_s > self.source.min_interval_s and self.gate.last_closed is not None:
+            self._sleep(self.gate.last_closed + self.source.idle_poll_s - time.monotonic())
 
     def _mark_polled(self) -> None:
         requests = self._uncounted()

@@ -153,6 +153,7 @@ class Gate:
         self.token = token
         self._redis = client
         self._not_before = 0.0  # monotonic; no slot before this, as our last close() was told
+        self.last_closed: float | None = None  # monotonic time of our last close(): a response had begun
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._close = client.register_script(CLOSE_LUA)
 
@@ -198,5 +199,6 @@ class Gate:
     def close(self, defer_s: float = 0.0) -> float:
         """The response (or the timeout) came back: the next slot opens interval (or defer) from now."""
         wait_us = self._call(self._close, [self.token, self.interval_us, int(defer_s * 1_000_000), self.ttl_ms])
-        self._not_before = time.monotonic() + int(wait_us) / 1_000_000
+        self.last_closed = time.monotonic()
+        self._not_before = self.last_closed + int(wait_us) / 1_000_000
         return int(wait_us) / 1_000_000
