@@ -219,26 +219,64 @@ class _EventStore:
 
     Backlog events share the start time and are never materialised, which keeps
     a multi-million-event backlog for benchmarks cheap.
+
+    Live events (``rate`` per second) are made when someone looks, not by a thread:
+    event k of a producing stretch is created at stretch start + k / rate, and
+    exists for every request that arrives after that moment. Exact times, no drift,
+    and a fleet of mocks costs nothing while nobody asks.
     """
 
-    def __init__(self, name: str, backlog: int, seed_batch: int | None) -> None:
+    def __init__(self, name: str, backlog: int, seed_batch: int | None, rate: float = 0.0,
+                 producing: Callable[[], bool] = lambda: True) -> None:
         self._name = name
         self._backlog = backlog
         self._seed_batch = seed_batch
         self._started_at = time.time()
         self._live = array("d")
         self._lock = threading.Lock()
+        self._rate = rate
+        self._producing = producing
+        self._stretch_start: float | None = self._started_at if rate > 0 else None  # None: paused
+        self._stretch_made = 0  # events made in the current stretch
+
+    def _catch_up(self) -> None:
+        """Make every event due by now (call with the lock held)."""
+        if self._rate <= 0:
+            return
+        now = time.time()
+        if not self._producing():
+            if self._stretch_start is not None:
+                self._make_due(now)
+                self._stretch_start = None  # paused: a resume starts a new stretch, with no burst
+            return
+        if self._stretch_start is None:
+            self._stretch_start, self._stretch_made = now, 0
+        self._make_due(now)
+
+    def _make_due(self, now: float) -> None:
+        due = int((now - self._stretch_start) * self._rate)
+        if due > self._stretch_made:
+            start, rate = self._stretch_start, self._rate
+            self._live.extend(start + k / rate for k in range(self._stretch_made + 1, due + 1))
+            self._stretch_made = due
+
+    def settle(self) -> None:
+        """Make what is due now under the current producing state (before and after it changes)."""
+        with self._lock:
+            self._catch_up()
 
     def max_id(self) -> int | None:
         """Highest existing id; None in seed mode, where ids are invented on demand."""
         if self._seed_batch is not None:
             return None
         with self._lock:
+            self._catch_up()
             return self._backlog + len(self._live)
 
     def append(self, count: int) -> None:
         now = time.time()
         with self._lock:
+            self._catch_up()
             self._live.extend([now] * count)
 
     def query(self, last_id: int, limit: int) -> list[dict[str, Any]]:
@@ -250,6 +288,7 @@ class _EventStore:
             last = min(last_id + self._seed_batch, _MAX_ID)
             return [self._event(i, now) for i in range(first, last + 1)]
         with self._lock:
+            self._catch_up()
             last = min(self._backlog + len(self._live), last_id + limit)
             created = [
                 self._started_at if i <= self._backlog else self._live[i - self._backlog - 1]
@@ -262,35 +301,6 @@ class _EventStore:
             "id": event_id,
             "payload": {"created_at": created_at, "source": self._name, "seq": event_id},
         }
-
-
-class _Producer(threading.Thread):
-    """Appends events at ``rate``/s, catching up after slow ticks so the
-    long-run rate is exact rather than drifting with scheduler jitter."""
-
-    def __init__(self, store: _EventStore, rate: float, stop: threading.Event,
-                 producing: Callable[[], bool] = lambda: True) -> None:
-        super().__init__(name="mocksource-producer", daemon=True)
-        self._store = store
-        self._rate = rate
-        self._stop_event = stop
-        self._producing = producing
-
-    def run(self) -> None:
-        started = time.monotonic()
-        produced = 0
-        # Tick at the event interval, but batch above ~200/s and never sleep so
-        # long that a stop request waits noticeably.
-        tick = min(max(1.0 / self._rate, 0.005), 0.1)
-        while not self._stop_event.wait(tick):
-            if not self._producing():
-                # Paused: restart the clock on resume instead of bursting the backlog of the pause.
-                started, produced = time.monotonic(), 0
-                continue
-            due = int((time.monotonic() - started) * self._rate)
-            if due > produced:
-                self._store.append(due - produced)
-                produced = due
 
 
 # --------------------------------------------------------------------------
@@ -682,11 +692,18 @@ class _SourceState:
 
     def __init__(self, config: MockSourceConfig) -> None:
         self.config = config
-        self.store = _EventStore(config.name, config.backlog, config.seed_batch)
+        self.store = _EventStore(config.name, config.backlog, config.seed_batch, config.rate,
+                                 lambda: self.faults.settings.producing)
         self.faults = _Faults(config)
         self.recorder = _Recorder()
         # Set on stop: wakes handlers sleeping in latency/delay/slowloris.
         self.stopping = threading.Event()
+
+    def control(self, changes: Mapping[str, Any]) -> None:
+        # Events due before a pause (or a resume) exist; none are made for the time in between.
+        self.store.settle()
+        self.faults.control(changes)
+        self.store.settle()
 
     def stats(self, include_ids: bool, include_arrivals: bool = False) -> dict[str, Any]:
         stats = self.recorder.snapshot(self.faults.settings.min_interval_ms, include_ids, include_arrivals)
@@ -880,7 +897,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 if not isinstance(body, dict):
                     raise ValueError("body must be a JSON object")
-                self._state.faults.control(body)
+                self._state.control(body)
             except ValueError as exc:
                 self._send_json(400, {"error": str(exc)})
                 return
@@ -1098,9 +1115,6 @@ class MockSource:
             daemon=True,
         )
         self._threads = [serve]
-        if self.config.rate > 0:
-            self._threads.append(_Producer(state.store, self.config.rate, state.stopping,
-                                           lambda: state.faults.settings.producing))
         for thread in self._threads:
             thread.start()
         return self
@@ -1168,9 +1182,9 @@ class MockSource:
 
     def control(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         """Same as ``POST /control``; raises ValueError where HTTP would 400."""
-        faults = self._running()[0].faults
-        faults.control(changes)
-        return faults.describe()
+        state = self._running()[0]
+        state.control(changes)
+        return state.faults.describe()
 
     def describe(self) -> str:
         """The one-line start-up banner."""
