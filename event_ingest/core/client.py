@@ -18,6 +18,7 @@ import email.utils
 import ssl
 import time
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
@@ -27,6 +28,9 @@ from .. import __version__
 from ..config import SourceConfig
 from .gate import Gate, Grant
 from .page import MalformedPage, Page, Quarantined, parse_page
+
+
+REQUEST_STARTS_KEPT = 10_000
 
 
 class Kind(Enum):
@@ -97,7 +101,10 @@ class SourceClient:
     def __init__(self, source: SourceConfig, gate: Gate, *, transport: httpx.BaseTransport | None = None) -> None:
         self.source = source
         self.gate = gate
-        self.request_starts: list[float] = []  # monotonic send times of this client's requests
+        self.requests = 0  # requests sent by this client
+        # Monotonic send times of the latest requests (the drain's gap figures); bounded, since a tailing
+        # drain can live for hours.
+        self.request_starts: deque[float] = deque(maxlen=REQUEST_STARTS_KEPT)
         self._secrets = source.secret_values()
         self.tls = tls_context(source)
         self._http = httpx.Client(
@@ -176,6 +183,7 @@ class SourceClient:
             return Outcome(Kind.RETRY, reason="gate slot went stale before sending (process paused?); not sent",
                            sent=False)
         self.request_starts.append(started)
+        self.requests += 1
         deadline = started + source.timeout_s
         retry_after: float | None = None
         closed = False

@@ -71,6 +71,8 @@ FENCED, LEASE_LOST, SOURCE_ERROR = DrainStatus.FENCED, DrainStatus.LEASE_LOST, D
 REDIS_DOWN, POSTGRES_DOWN = DrainStatus.REDIS_DOWN, DrainStatus.POSTGRES_DOWN
 OK_STATUSES = frozenset(_OK)
 
+WARNINGS_KEPT = 100
+
 # Per-page lags kept for the progress reports (a window's percentiles); older ones are dropped.
 LAG_SAMPLES = 4096
 
@@ -100,6 +102,7 @@ class DrainStats:
     caught_up: bool = False  # the last poll found nothing new
     last_error: str | None = None  # the latest failed attempt, even if a retry then worked
     warnings: list[str] = field(default_factory=list)
+    warnings_dropped: int = 0  # beyond the first WARNINGS_KEPT
     # (wall time of the commit, lag in s) per page, for progress windows; not part of to_dict().
     lag_samples: deque = field(default_factory=lambda: deque(maxlen=LAG_SAMPLES), repr=False)
 
@@ -239,8 +242,8 @@ class Drain:
                 self.lease.release()
             self.client.close()
             self._count_last_requests()
-            self.stats.requests = len(self.client.request_starts)
-            gaps = _gaps_ms(self.client.request_starts)
+            self.stats.requests = self.client.requests
+            gaps = _gaps_ms(list(self.client.request_starts))
             if gaps:
                 self.stats.min_gap_ms = round(min(gaps), 3)
                 self.stats.median_gap_ms = round(statistics.median(gaps), 3)
@@ -279,7 +282,7 @@ class Drain:
             page = self._fetch()
             for warning in page.warnings:
                 self.log.warning("page at lastId=%s: %s", self.cursor, warning)
-                self.stats.warnings.append(f"lastId={self.cursor}: {warning}")
+                self._warn(f"lastId={self.cursor}: {warning}")
             if page.empty:
                 self._caught_up()
                 continue
@@ -291,9 +294,15 @@ class Drain:
             if not moved:
                 # Only ids at or below the cursor: the source re-served old events. Asking again with
                 # the same lastId would get the same page; nothing is new.
-                self.stats.warnings.append(f"lastId={self.cursor}: page held no id above the cursor; "
-                                           "treated as caught up")
+                self._warn(f"lastId={self.cursor}: page held no id above the cursor; treated as caught up")
                 self._caught_up()
+
+    def _warn(self, text: str) -> None:
+        # A tailing drain lives for hours: keep the first warnings, count the rest.
+        if len(self.stats.warnings) < WARNINGS_KEPT:
+            self.stats.warnings.append(text)
+        else:
+            self.stats.warnings_dropped += 1
 
     def _commit(self, page: Page) -> bool:
         """One page, one transaction, fenced. Returns whether the cursor moved."""
@@ -358,7 +367,7 @@ class Drain:
         self._last_marked = time.monotonic()
 
     def _uncounted(self) -> int:
-        return len(self.client.request_starts) - self._counted_requests
+        return self.client.requests - self._counted_requests
 
     def _record_failure(self, outcome) -> None:
         """One write per failed attempt: the counters, the reason, and the body if it was not a page."""

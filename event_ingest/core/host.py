@@ -106,7 +106,7 @@ class SourceHost:
                 s = current.stats
                 total.events_stored += s.events_stored
                 total.pages += s.pages
-                total.requests += len(current.client.request_starts)
+                total.requests += current.client.requests
                 total.errors += s.errors
                 total.quarantined += s.quarantined
         return total
