@@ -55,8 +55,8 @@ from ..config import (
     load_sources,
     redact_url,
 )
-from .embedded import HOST, EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError, port_is_free
-from .procs import alive, killpg, process_tree, signal_pid, start_time, sweep
+from .embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
+from .procs import HOST, alive, killpg, port_is_free, process_tree, signal_pid, start_time, sweep
 
 DEFAULT_STATE_DIR = ".event-ingest"
 STACK_FILE = "stack.json"
