@@ -20,7 +20,6 @@ from event_ingest.devstack.embedded.server import (
     PORT_FILE,
     EmbeddedServerError,
     OrphanPolicy,
-    ServerURL,
     _EmbeddedServer,
 )
 from event_ingest.devstack.embedded.users import (
@@ -29,7 +28,7 @@ from event_ingest.devstack.embedded.users import (
     _ensure_system_user,
     _ensure_traversable,
 )
-from event_ingest.devstack.procs import kill_hard, name_and_cwd
+from event_ingest.devstack.procs import kill_hard
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +62,9 @@ class EmbeddedPostgres(_EmbeddedServer):
     kind = "postgres"
     _stop_signal = signal.SIGINT  # fast shutdown
     _pid_file_name = "postmaster.pid"
+    _exe = "postgres"
+    _exe_names = ("postgres", "postmaster")
+    _not_ready = "did not accept connections"
 
     def __init__(
         self,
@@ -95,11 +97,6 @@ class EmbeddedPostgres(_EmbeddedServer):
         if self.port is None:
             raise EmbeddedServerError("postgres has no port yet: call start() first")
         return f"postgresql://{self.superuser}@{HOST}:{self.port}/{dbname or self.databases[0]}"
-
-    @property
-    def url(self) -> ServerURL:
-        """URL of the first database; call it for another: ``pg.url("dagster")``."""
-        return ServerURL(self.url_for(), self.url_for)
 
     # -- lifecycle
 
@@ -223,25 +220,15 @@ class EmbeddedPostgres(_EmbeddedServer):
 
         self._launch_with_retries(spawn, deadline)
 
-    def _wait_ready(self, deadline: float) -> None:
+    def _ready(self) -> bool:
         import psycopg
 
-        url = self.url_for("postgres")
-        while True:
-            rc = self._proc.poll() if self._proc is not None else None
-            if rc is not None:
-                raise self._error(f"postgres exited with code {rc} during startup on port {self.port}")
-            if self._proc is None and not self.is_running():
-                raise self._error(f"adopted postgres (pid {self._adopted_pid}) exited")
-            try:
-                with psycopg.connect(url, connect_timeout=2, autocommit=True) as conn:
-                    conn.execute("select 1")
-                return
-            except psycopg.OperationalError:
-                pass
-            if time.monotonic() > deadline:
-                raise self._error(f"postgres did not accept connections on {HOST}:{self.port} in time")
-            time.sleep(0.05)
+        try:
+            with psycopg.connect(self.url_for("postgres"), connect_timeout=2, autocommit=True) as conn:
+                conn.execute("select 1")
+            return True
+        except psycopg.OperationalError:
+            return False
 
     def _adopt(self, pid: int) -> None:
         try:
@@ -284,9 +271,3 @@ class EmbeddedPostgres(_EmbeddedServer):
             if sock.name.startswith(_SOCKET_DIR_PREFIX) and str(sock.parent) == _short_tmp_dir() \
                     and sock != self.socket_dir:
                 shutil.rmtree(sock, ignore_errors=True)
-
-    def _looks_like_ours(self, pid: int) -> bool:
-        name, cwd = name_and_cwd(pid)
-        if name is not None and not ("postgres" in name or "postmaster" in name):
-            return False
-        return self._same_dir(cwd)  # the postmaster chdirs into its data dir

@@ -16,10 +16,8 @@ from event_ingest.devstack.embedded.server import (
     PORT_FILE,
     EmbeddedServerError,
     OrphanPolicy,
-    ServerURL,
     _EmbeddedServer,
 )
-from event_ingest.devstack.procs import name_and_cwd
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +53,10 @@ class EmbeddedRedis(_EmbeddedServer):
     kind = "redis"
     _stop_signal = signal.SIGTERM
     _pid_file_name = "valkey.pid"
+    _exe = "valkey-server"
+    _exe_names = ("valkey", "redis")
+    _not_ready = "did not answer PING"
+    _ready_poll_s = 0.02
 
     def __init__(
         self,
@@ -76,11 +78,6 @@ class EmbeddedRedis(_EmbeddedServer):
         if self.port is None:
             raise EmbeddedServerError("redis has no port yet: call start() first")
         return f"redis://{HOST}:{self.port}/{db}"
-
-    @property
-    def url(self) -> ServerURL:
-        """``redis://127.0.0.1:PORT/0``; call it for another db number: ``rd.url(1)``."""
-        return ServerURL(self.url_for(), self.url_for)
 
     def start(self, timeout: float = 10.0) -> str:
         """Start valkey-server, wait until it answers PING; return the URL (db 0)."""
@@ -132,7 +129,7 @@ class EmbeddedRedis(_EmbeddedServer):
 
         self._launch_with_retries(spawn, deadline)
 
-    def _ping(self) -> bool:
+    def _ready(self) -> bool:
         """True on +PONG; False while refusing connections or loading the dataset."""
         try:
             with socket.create_connection((HOST, self.port), timeout=1) as s:
@@ -141,21 +138,3 @@ class EmbeddedRedis(_EmbeddedServer):
         except OSError:
             return False
 
-    def _wait_ready(self, deadline: float) -> None:
-        while True:
-            rc = self._proc.poll() if self._proc is not None else None
-            if rc is not None:
-                raise self._error(f"valkey-server exited with code {rc} during startup on port {self.port}")
-            if self._proc is None and not self.is_running():
-                raise self._error(f"adopted valkey-server (pid {self._adopted_pid}) exited")
-            if self._ping():
-                return
-            if time.monotonic() > deadline:
-                raise self._error(f"valkey-server did not answer PING on {HOST}:{self.port} in time")
-            time.sleep(0.02)
-
-    def _looks_like_ours(self, pid: int) -> bool:
-        name, cwd = name_and_cwd(pid)
-        if name is not None and not ("valkey" in name or "redis" in name):
-            return False
-        return self._same_dir(cwd)  # valkey chdirs into --dir

@@ -17,6 +17,7 @@ from event_ingest.devstack.procs import (
     alive,
     free_port,
     kill_hard,
+    name_and_cwd,
     port_is_free,
     stop_child,
     stop_pid,
@@ -77,6 +78,10 @@ class _EmbeddedServer:
     kind = "server"
     _stop_signal = signal.SIGTERM
     _pid_file_name = ""  # inside data_dir, written by the server itself
+    _exe = "server"  # in messages
+    _exe_names: tuple[str, ...] = ()  # one of them is in its argv[0]: how an orphan is recognised
+    _not_ready = "did not answer"  # in the message when start-up times out
+    _ready_poll_s = 0.05
 
     def __init__(self, data_dir: Path | str, port: int | None, *,
                  on_orphan: OrphanPolicy = "error", log_file: Path | str | None = None):
@@ -106,6 +111,15 @@ class _EmbeddedServer:
     def adopted(self) -> bool:
         """True if the running server is an orphan of an earlier run that we took over."""
         return self._adopted_pid is not None
+
+    def url_for(self, *args: Any) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def url(self) -> ServerURL:
+        """The default URL (Postgres: the first database; Redis: db 0); call it for another:
+        ``pg.url("dagster")``, ``rd.url(1)``."""
+        return ServerURL(self.url_for(), self.url_for)
 
     def is_running(self) -> bool:
         if self._proc is not None:
@@ -231,7 +245,10 @@ class _EmbeddedServer:
     # -- orphans
 
     def _looks_like_ours(self, pid: int) -> bool:
-        raise NotImplementedError
+        name, cwd = name_and_cwd(pid)
+        if name is not None and not any(n in name for n in self._exe_names):
+            return False
+        return self._same_dir(cwd)  # both servers chdir into their data dir
 
     def _existing_server_pid(self) -> int | None:
         """Pid of a live server from an earlier run using our data dir, after applying
@@ -288,6 +305,23 @@ class _EmbeddedServer:
         except OSError:
             return True
 
+
+    def _ready(self) -> bool:
+        """The server answers (a query, a PING)."""
+        raise NotImplementedError
+
+    def _wait_ready(self, deadline: float) -> None:
+        while True:
+            rc = self._proc.poll() if self._proc is not None else None
+            if rc is not None:
+                raise self._error(f"{self._exe} exited with code {rc} during startup on port {self.port}")
+            if self._proc is None and not self.is_running():
+                raise self._error(f"adopted {self._exe} (pid {self._adopted_pid}) exited")
+            if self._ready():
+                return
+            if time.monotonic() > deadline:
+                raise self._error(f"{self._exe} {self._not_ready} on {HOST}:{self.port} in time")
+            time.sleep(self._ready_poll_s)
 
     def _launch_with_retries(self, spawn, deadline: float) -> None:
         """Start the server (``spawn(port)``) and wait for it; an auto-chosen port taken between
