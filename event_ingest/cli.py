@@ -397,7 +397,7 @@ def stated_fields(settings: SourceConfig | RunSettings, skip: tuple[str, ...] = 
 
 
 def cmd_mock_source(args: argparse.Namespace) -> int:
-    from .mocksource.server import run_from_args
+    from .mocksource.cli import run_from_args
 
     return run_from_args(args)
 
@@ -444,7 +444,7 @@ def require_local_stack(command: str) -> None:
 
 
 LAZY_COMMANDS = {
-    "mock-source": ("event_ingest.mocksource.server", "serve a mock event source on 127.0.0.1", cmd_mock_source),
+    "mock-source": ("event_ingest.mocksource.cli", "serve a mock event source on 127.0.0.1", cmd_mock_source),
     "dev": ("event_ingest.devstack.dev", "run everything locally: Postgres, Redis, mock sources, Dagster UI",
             cmd_dev),
     "bench": ("event_ingest.bench", "benchmarks: drain (default), commit, checks", cmd_bench),

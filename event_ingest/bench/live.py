@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,16 +32,21 @@ import httpx
 import psycopg
 
 from ..config import DAGSTER_DATABASE_URL_ENV, DATABASE_URL_ENV, REDIS_URL_ENV, SOURCES_ENV
-from ..devstack.procs import Usage, alive, cmdline, process_tree, signal_pid, sweep, usage
+from ..devstack.procs import (
+    HOST,
+    Usage,
+    alive,
+    cmdline,
+    free_port,
+    process_tree,
+    signal_pid,
+    spawn,
+    stop_child,
+    sweep,
+    usage,
+)
 
-HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def with_database(url: str, dbname: str) -> str:
@@ -85,10 +89,10 @@ class MockFleet:
     def start(self) -> None:
         for name in self.names:
             log = open(self.workdir / f"mock-{name}.log", "ab")
-            self.procs[name] = subprocess.Popen(
+            self.procs[name] = spawn(
                 [sys.executable, "-m", "event_ingest.cli", "mock-source", "--name", name, "--port",
                  str(self.ports[name]), "--rate", str(self.rate)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         for name in self.names:
             while True:
@@ -117,14 +121,11 @@ class MockFleet:
         return [p.pid for p in self.procs.values() if p.poll() is None]
 
     def stop(self) -> None:
-        for proc in self.procs.values():
+        for proc in self.procs.values():  # all at once, then wait for each
             if proc.poll() is None:
                 proc.terminate()
         for proc in self.procs.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_child(proc, signal.SIGTERM, 10)
 
 
 def write_sources(path: Path, fleet: MockFleet, runs: dict) -> None:
@@ -171,9 +172,9 @@ class Deployment:
         }
         dagster = Path(sys.executable).parent / "dagster"
         log = open(self.home / "dagster.log", "ab")
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [str(dagster), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", HOST, "-p", str(self.port)],
-            cwd=self.home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=self.home, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout

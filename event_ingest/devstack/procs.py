@@ -1,15 +1,26 @@
-"""Processes on Linux, from /proc: one home for finding, signalling and measuring them.
+"""Processes and ports: one home for starting, finding, signalling, stopping and measuring
+the processes we run, and for choosing the ports they listen on.
 
-Used by the dev stack (start, stop, sweep what is left), the benchmarks (kill a whole
-deployment, sample CPU and memory) and the chaos harness.
+Used by the embedded servers, the dev stack (start, stop, sweep what is left), the benchmarks
+(kill a whole deployment, sample CPU and memory) and the chaos harness. Finding and measuring
+read /proc (Linux); starting and stopping work wherever POSIX signals do.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import socket
+import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Everything local listens on loopback only.
+HOST = "127.0.0.1"
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -28,7 +39,19 @@ def proc_stat(pid: int) -> tuple[str, int, int, int] | None:
 def alive(pid: int, start_time: int | None = None) -> bool:
     """Running and not a zombie; with start_time, also still the same process (no pid reuse)."""
     st = proc_stat(pid)
+    if st is None and start_time is None and pid > 0 and not os.path.isdir("/proc"):
+        return _exists(pid)  # macOS / BSD: no /proc to read the state from
     return st is not None and st[0] not in ("Z", "X") and (start_time is None or st[3] == start_time)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, belongs to someone else
+    return True
 
 
 def start_time(pid: int) -> int | None:
@@ -75,6 +98,50 @@ def killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def kill_hard(pid: int) -> None:
+    """SIGKILL the process and, if it leads its own process group, the whole group
+    (for Postgres: the postmaster and all its backends)."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+            return
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass
+    signal_pid(pid, signal.SIGKILL)
+
+
+def stop_child(proc: subprocess.Popen, sig: int, timeout: float) -> bool:
+    """Stop a child we started: `sig`, up to `timeout` to exit, then SIGKILL for it and its
+    process group. True if it exited of itself (or had already)."""
+    if proc.poll() is not None:
+        return True
+    signal_pid(proc.pid, sig)
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        kill_hard(proc.pid)
+        proc.wait(10)
+        return False
+
+
+def stop_pid(pid: int, sig: int, timeout: float) -> None:
+    """Stop a process that is not our child (cannot wait() for it): signal, poll, kill."""
+    signal_pid(pid, sig)
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            log.warning("pid %s did not exit within %.0fs of signal %s; killing it", pid, timeout, sig)
+            kill_hard(pid)
+            deadline = time.monotonic() + 5
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return
+        time.sleep(0.05)
 
 
 def sweep(tree: dict[int, int], pgid: int | None, wait_s: float) -> list[int]:
@@ -136,9 +203,76 @@ def _pss(pid: int) -> int:
     return 0
 
 
+def name_and_cwd(pid: int) -> tuple[str | None, Path | None]:
+    """Executable name (argv[0] basename) and working directory, where knowable."""
+    name: str | None = None
+    cwd: Path | None = None
+    if Path("/proc/self/cmdline").exists():
+        try:
+            argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+            name = os.path.basename(argv0.decode(errors="replace"))
+        except OSError:
+            pass
+        try:
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except OSError:
+            pass
+    else:  # macOS / BSD
+        try:
+            out = subprocess.run(
+                ["ps", "-p", str(pid), "-o", "comm="], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            name = os.path.basename(out) or None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return name, cwd
+
+
 def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+# ---------------------------------------------------------------------------- starting
+
+
+def spawn(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """Start `cmd` in its own session (process group), stdin from /dev/null: a Ctrl-C in the
+    terminal reaches us only, and we stop the child (and whatever it starts) in order.
+    Raises OSError if `cmd` cannot be executed."""
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True, **kwargs)
+
+
+# ------------------------------------------------------------------------------- ports
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port on ``host`` that is free right now (chosen by the kernel)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """Nothing listens on host:port and a server could bind it.
+
+    SO_REUSEADDR is set for the test bind, as the servers do, so a port whose old
+    connections linger in TIME_WAIT (a server we just stopped) still counts as free.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect((host, port))
+            return False
+        except OSError:
+            pass
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 import redis
 
-from event_ingest.devstack.dev import dagster_storage_url
-from event_ingest.devstack.embedded import free_port
+from event_ingest.devstack.services import dagster_storage_url
+from event_ingest.devstack.procs import free_port
 
 ENV_VARS = ("EVENT_INGEST_DATABASE_URL", "EVENT_INGEST_REDIS_URL", "EVENT_INGEST_SOURCES",
             "EVENT_INGEST_DAGSTER_DATABASE_URL", "DAGSTER_HOME")

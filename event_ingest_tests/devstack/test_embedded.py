@@ -19,8 +19,8 @@ from event_ingest.devstack.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
     EmbeddedServerError,
-    free_port,
 )
+from event_ingest.devstack.procs import free_port
 
 pytestmark = pytest.mark.slow
 

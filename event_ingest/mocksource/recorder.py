@@ -1,0 +1,100 @@
+"""What a mock source saw: request arrivals (the spacing judge), statuses, faults, served ids."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections import Counter
+from typing import Any, Mapping, Sequence
+
+
+class _Recorder:
+    """What the source saw: arrivals, statuses, faults and served ids."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._arrivals: list[float] = []
+        self._statuses: Counter[int] = Counter()
+        self._faults: Counter[str] = Counter()
+        # Count per id rather than a set: a failed write must undo only its own
+        # contribution when another response carried the same id successfully.
+        self._served: Counter[int] = Counter()
+        self._last_headers: dict[str, str] = {}
+        self._last_ids: list[int] = []  # the lastId of each /events request read, in order
+
+    def arrival(self, at: float) -> None:
+        with self._lock:
+            self._arrivals.append(at)
+
+    def status(self, code: int) -> None:
+        with self._lock:
+            self._statuses[code] += 1
+
+    def request_headers(self, headers: Mapping[str, str]) -> None:
+        with self._lock:
+            self._last_headers = dict(headers)
+
+    def fault(self, kind: str) -> None:
+        with self._lock:
+            self._faults[kind] += 1
+
+    def last_id(self, value: int) -> None:
+        with self._lock:
+            self._last_ids.append(value)
+
+    def served(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            self._served.update(ids)
+
+    def unserved(self, ids: Sequence[int]) -> None:
+        with self._lock:
+            self._served.subtract(ids)
+            for i in ids:
+                if self._served[i] <= 0:
+                    del self._served[i]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._arrivals.clear()
+            self._statuses.clear()
+            self._faults.clear()
+            self._served.clear()
+            self._last_headers = {}
+            self._last_ids.clear()
+
+    def snapshot(self, min_interval_ms: float, include_ids: bool, include_arrivals: bool = False) -> dict[str, Any]:
+        with self._lock:
+            # Handler threads append in the order they got the lock, which may
+            # differ from arrival order by microseconds: sort before diffing.
+            arrivals = sorted(self._arrivals)
+            statuses = {str(k): v for k, v in sorted(self._statuses.items())}
+            faults = dict(sorted(self._faults.items()))
+            served = sorted(self._served)
+            last_headers = dict(self._last_headers)
+            last_ids = list(self._last_ids)
+        gaps = [(b - a) * 1000.0 for a, b in zip(arrivals, arrivals[1:])]
+        stats: dict[str, Any] = {
+            "requests": len(arrivals),
+            # First to last arrival: the span a rate at the source is measured over.
+            "arrival_span_s": round(arrivals[-1] - arrivals[0], 6) if len(arrivals) > 1 else None,
+            "min_gap_ms": round(min(gaps), 3) if gaps else None,
+            "median_gap_ms": round(statistics.median(gaps), 3) if gaps else None,
+            # Named after the project rule; the threshold is min_interval_ms
+            # (reported alongside) and is 200 unless configured otherwise.
+            "gaps_under_200ms": sum(1 for g in gaps if g < min_interval_ms),
+            "min_interval_ms": min_interval_ms,
+            "statuses": statuses,
+            "faults": faults,
+            "served_ids_count": len(served),
+            "served_max_id": served[-1] if served else None,
+            "last_request_headers": last_headers,
+        }
+        if include_ids:
+            stats["served_ids"] = served
+            stats["last_ids"] = last_ids
+        if include_arrivals:
+            # time.monotonic() of this host; "clock" turns them into wall time (wall - monotonic).
+            stats["arrivals"] = arrivals
+            stats["clock"] = {"monotonic": time.monotonic(), "wall": time.time()}
+        return stats
