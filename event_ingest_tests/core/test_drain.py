@@ -195,3 +195,38 @@ def test_a_gzip_page_is_decoded_and_stored(make_mock, database_url, redis_url, s
     stats = run_drain(source_config(source_name, mock.url), database_url, redis_url)
     assert stats.status == CAUGHT_UP, stats.summary()
     assert store.event_ids(source_name) == [1, 2, 3]
+
+
+def test_slots_given_back_unsent_use_up_no_attempt(make_mock, store, redis_client, source_name, monkeypatch, caplog):
+    """A process paused between its grant and its send gives the slot back unsent (test_gate.py). That is no
+    failed attempt: more stale slots in a row than ``max_attempts`` must not end the drain as a source error."""
+    import dataclasses
+    import logging
+
+    from event_ingest.core.gate import Gate
+
+    caplog.set_level(logging.WARNING, logger="event_ingest")
+    mock = make_mock(backlog=5)
+    source = source_config(source_name, mock.url, max_attempts=5)
+    stale_left = [source.max_attempts + 2]
+    real_acquire = Gate.acquire
+
+    def paused_after_the_grant(self, *args, **kwargs):
+        grant = real_acquire(self, *args, **kwargs)
+        if grant is not None and stale_left[0] > 0:
+            stale_left[0] -= 1
+            # As if the process had stopped for a whole interval right after the grant (the client's own
+            # clock says so; nothing waits here).
+            grant = dataclasses.replace(grant, granted_monotonic=grant.granted_monotonic - source.min_interval_s)
+        return grant
+
+    monkeypatch.setattr(Gate, "acquire", paused_after_the_grant)
+    stats = drain(source, store=store, redis_client=redis_client, options=DrainOptions(backoff_base_s=0.05))
+
+    assert stats.status == CAUGHT_UP, stats.summary()
+    assert stale_left == [0], "every stale slot was given back"
+    assert store.event_ids(source_name) == [1, 2, 3, 4, 5]
+    seen = mock.stats()
+    assert seen["requests"] == 2  # the page and the empty page: nothing was sent on a stale slot
+    assert seen["gaps_under_200ms"] == 0
+    assert sum("slot went stale" in r.getMessage() for r in caplog.records) == source.max_attempts + 2
