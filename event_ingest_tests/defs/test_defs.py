@@ -136,6 +136,25 @@ def test_checks_fail_on_a_planted_gap(defs, sources, database_url):
     assert quarantine.severity == dg.AssetCheckSeverity.WARN
 
 
+def test_no_gaps_counts_every_missing_id_and_says_the_list_is_cut(make_mock, store, redis_client):
+    """137 ranges missing: the metadata counts all of them and every missing id; the ranges named are the
+    first 20, and the text says so."""
+    from event_ingest.core import drain
+    from event_ingest.defs.checks import no_gaps
+
+    served = range(1, 276, 2)  # 2, 4, ..., 274 missing: 137 ranges of one id
+    mock = make_mock(backlog=0)
+    mock.control({"next": [{"kind": "events", "events": [{"id": i, "payload": i} for i in served], "record": True}]})
+    source = SourceConfig(name=f"d_{uuid.uuid4().hex[:10]}", url=mock.url, timeout_s=1.0)
+    drain(source, store=store, redis_client=redis_client)
+    result = no_gaps(store, source)
+    assert not result.passed
+    assert (result.metadata["missing_ids"].value, result.metadata["gap_ranges"].value) == (137, 137)
+    assert result.metadata["first_gaps"].value.startswith("first 20 of 137: 2-2, 4-4, ")
+    assert result.metadata["first_gaps"].value.endswith(", 40-40")
+    assert result.description.startswith("137 ids missing in 137 ranges")
+
+
 def test_a_failing_source_fails_the_run_with_the_reason(make_mock, database_url, redis_url):
     mock = make_mock(backlog=10)
     mock.control({"next": [{"kind": "status", "status": 404, "body": "no such stream"}]})
