@@ -181,7 +181,7 @@ class IdSpan:
 
 
 class Reads:
-    """Read-only queries (mixed into Store)."""
+    """Reads of state, counters and rows, and the rollup's upsert of per-minute counts (mixed into Store)."""
 
     def status(self, source: str | None = None) -> list[SourceStatus]:
         """Per-source state and counts: every source, or only ``source``."""
