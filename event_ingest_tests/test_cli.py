@@ -37,6 +37,21 @@ def test_ingest_then_status(tmp_path, make_mock, database_url, redis_url, source
     assert any(line.startswith(source_name) for line in table.stdout.splitlines())
 
 
+def test_status_counts_every_missing_id(tmp_path, make_mock, database_url, redis_url, source_name):
+    """More gap ranges than any list shows: status counts every missing id, not the first ranges' worth."""
+    served = range(1, 276, 2)  # 2, 4, ..., 274 missing: 137 ranges of one id
+    mock = make_mock(backlog=0)
+    mock.control({"next": [{"kind": "events", "events": [{"id": i, "payload": i} for i in served], "record": True}]})
+    env = environment(tmp_path, database_url, redis_url,
+                      f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 1\n")
+    done = cli("ingest", source_name, "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    status = cli("status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    row = next(r for r in json.loads(status.stdout) if r["source"] == source_name)
+    assert (row["cursor"], row["events"], row["gaps"]) == (275, 138, 137)
+
+
 def test_bad_config_is_one_line_and_exit_2(tmp_path, database_url, redis_url):
     env = environment(tmp_path, database_url, redis_url,
                       "sources:\n  - name: s1\n    url: http://127.0.0.1:1/events\n    min_interval_ms: 100\n")

@@ -115,7 +115,7 @@ def test_a_standby_takes_the_source_over_when_the_holder_lets_go(make_mock, data
     stops[1].set()
     threads[1].join(WAIT_S)
     assert results[0].status == STOPPED and results[1].status == STOPPED
-    assert results[1].requests > 0 and results[1].epoch == epoch_first + 1
+    assert results[1].epoch == epoch_first + 1  # its requests were seen at the source (waited for above)
     seen = mock.stats()
     assert seen["gaps_under_200ms"] == 0
     assert store.event_ids(source_name) == served_ids(mock)

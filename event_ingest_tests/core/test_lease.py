@@ -6,6 +6,15 @@ import time
 
 from event_ingest.core.lease import Lease
 
+WAIT_S = 60.0  # only a hung test waits this long
+
+
+def wait_for(condition, what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
 
 def test_only_one_holder_at_a_time(redis_client, source_name):
     a = Lease(redis_client, source_name, ttl_s=5, wait_s=0.1)
@@ -22,7 +31,7 @@ def test_release_by_a_non_owner_leaves_the_lease_alone(redis_client, source_name
     assert a.acquire()
     a._stop.set()  # stop renewing: simulate a paused holder
     a._renewer.join()
-    time.sleep(0.7)  # a's lease expires
+    wait_for(lambda: redis_client.get(a.key) is None, "a's lease to expire")
     b = Lease(redis_client, source_name, ttl_s=5, wait_s=0.5)
     assert b.acquire()
     a.release()  # stale holder tries to release: must not delete b's lease
@@ -34,11 +43,24 @@ def test_release_by_a_non_owner_leaves_the_lease_alone(redis_client, source_name
 
 
 def test_renewal_keeps_the_lease_past_its_ttl(redis_client, source_name):
-    a = Lease(redis_client, source_name, ttl_s=0.6, wait_s=0.1)
+    """Watched in Redis: the key's TTL goes back up at each renewal (every ttl/3), and the key holds
+    our token all along, for longer than one TTL. The TTL leaves a stalled machine a second's slack."""
+    ttl_s = 1.5
+    a = Lease(redis_client, source_name, ttl_s=ttl_s, wait_s=0.1)
     assert a.acquire()
-    time.sleep(1.5)  # more than two TTLs; renewal every ttl/3
+    acquired_at = time.monotonic()
+    renewals, last_pttl = 0, redis_client.pttl(a.key)
+
+    def renewed_past_the_ttl() -> bool:
+        nonlocal renewals, last_pttl
+        assert redis_client.get(a.key).decode() == a.token, "the lease lapsed"
+        pttl = redis_client.pttl(a.key)
+        renewals += pttl > last_pttl
+        last_pttl = pttl
+        return renewals >= 4 and time.monotonic() - acquired_at > ttl_s
+
+    wait_for(renewed_past_the_ttl, "four renewals, past one TTL")
     assert not a.lost
-    assert redis_client.get(a.key).decode() == a.token
     a.release()
 
 
@@ -46,9 +68,6 @@ def test_a_holder_notices_it_was_taken_over(redis_client, source_name):
     a = Lease(redis_client, source_name, ttl_s=0.6, wait_s=0.1)
     assert a.acquire()
     redis_client.set(a.key, "someone-else", px=5000)  # the lease now belongs to another token
-    deadline = time.monotonic() + 2
-    while not a.lost and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert a.lost
+    wait_for(lambda: a.lost, "the holder to notice")
     a.release()
     assert redis_client.get(a.key) == b"someone-else"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import psycopg
 import pytest
 
 from event_ingest.core import Store
@@ -23,6 +24,13 @@ def wait_until(condition, what: str, timeout: float = WAIT_S) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def lock_waiters(database_url: str) -> int:
+    """Backends of this database waiting for a lock (the tests of one session run one at a time)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND wait_event_type = 'Lock'").fetchone()[0]
 
 
 def query(store, sql: str, *params) -> list[tuple]:
@@ -169,8 +177,9 @@ def test_a_commit_racing_the_replay_lands_before_it_or_is_fenced(make_mock, data
         done = {}
         thread = threading.Thread(target=lambda: done.update(r=replay(store, source_name, from_id=5)))
         thread.start()
-        time.sleep(0.3)
-        assert thread.is_alive()  # the replay queues behind the commit's row lock
+        # The replay queues behind the commit's row lock: seen in Postgres, not guessed from a sleep.
+        wait_until(lambda: lock_waiters(database_url) > 0, "the replay to wait on the row lock")
+        assert thread.is_alive()
         conn.commit()
         thread.join(WAIT_S)
     # It rewound from the cursor the commit left, under a new epoch.

@@ -22,9 +22,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def sources(make_mock):
+def mocks(make_mock):
+    """The mock sources behind ``sources``: their recorders say what each source saw."""
+    return [make_mock(backlog=1200, error_rate=0.1, random_seed=i) for i in range(2)]
+
+
+@pytest.fixture
+def sources(mocks):
     names = [f"d_{uuid.uuid4().hex[:10]}" for _ in range(2)]
-    mocks = [make_mock(backlog=1200, error_rate=0.1, random_seed=i) for i in range(2)]
     return [SourceConfig(name=n, url=m.url, page_size=500, timeout_s=1.0, max_run_seconds=30) for n, m in
             zip(names, mocks)]
 
@@ -81,7 +86,7 @@ def test_dg_lists_and_checks_the_definitions(tmp_path):
         assert name in text
 
 
-def test_materializing_a_partition_drains_its_source_and_reports(defs, sources, database_url):
+def test_materializing_a_partition_drains_its_source_and_reports(defs, sources, mocks, database_url):
     source = sources[0]
     result = run_partition(defs, source.name)
     assert result.success
@@ -90,8 +95,12 @@ def test_materializing_a_partition_drains_its_source_and_reports(defs, sources, 
     metadata = materializations[0].metadata
     assert metadata["events"].value == 1200
     assert metadata["cursor"].value == 1200
-    assert metadata["requests"].value >= 3
-    assert metadata["min_gap_ms"].value >= 200
+    # Spacing judged at the source, on its recorder's arrival times; the metadata reports what it saw.
+    seen = mocks[0].stats()
+    assert seen["gaps_under_200ms"] == 0 and seen["min_gap_ms"] >= 200
+    assert metadata["requests"].value == seen["requests"] >= 3
+    assert "min_gap_ms" in metadata
+    assert mocks[1].stats()["requests"] == 0  # one partition, one source
     assert check_results(result) == {"no_gaps": True, "cursor_matches_max_id": True, "quarantine_empty": True,
                                      "fresh": True, "not_stuck": True}
     assert metadata["dagster/row_count"].value == 1200
@@ -125,6 +134,25 @@ def test_checks_fail_on_a_planted_gap(defs, sources, database_url):
     assert gap.metadata["first_gaps"].value == "500-510"
     quarantine = next(e for e in result.get_asset_check_evaluations() if e.check_name == "quarantine_empty")
     assert quarantine.severity == dg.AssetCheckSeverity.WARN
+
+
+def test_no_gaps_counts_every_missing_id_and_says_the_list_is_cut(make_mock, store, redis_client):
+    """137 ranges missing: the metadata counts all of them and every missing id; the ranges named are the
+    first 20, and the text says so."""
+    from event_ingest.core import drain
+    from event_ingest.defs.checks import no_gaps
+
+    served = range(1, 276, 2)  # 2, 4, ..., 274 missing: 137 ranges of one id
+    mock = make_mock(backlog=0)
+    mock.control({"next": [{"kind": "events", "events": [{"id": i, "payload": i} for i in served], "record": True}]})
+    source = SourceConfig(name=f"d_{uuid.uuid4().hex[:10]}", url=mock.url, timeout_s=1.0)
+    drain(source, store=store, redis_client=redis_client)
+    result = no_gaps(store, source)
+    assert not result.passed
+    assert (result.metadata["missing_ids"].value, result.metadata["gap_ranges"].value) == (137, 137)
+    assert result.metadata["first_gaps"].value.startswith("first 20 of 137: 2-2, 4-4, ")
+    assert result.metadata["first_gaps"].value.endswith(", 40-40")
+    assert result.description.startswith("137 ids missing in 137 ranges")
 
 
 def test_a_failing_source_fails_the_run_with_the_reason(make_mock, database_url, redis_url):

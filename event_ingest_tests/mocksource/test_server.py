@@ -287,7 +287,7 @@ def test_oneshot_slow_body_makes_client_time_out(
     t0 = time.monotonic()
     with pytest.raises(httpx.ReadTimeout):
         client.get(src.url, timeout=httpx.Timeout(5.0, read=0.3))
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 10  # before the body would have ended: the read timeout cut it
     assert ids_of(client.get(src.url)) == [1, 2, 3]  # next request is normal again
 
 

@@ -1,0 +1,132 @@
+"""The store's connections: a small pool, one transaction per operation, and the errors it raises.
+
+Every operation borrows one connection, runs one transaction and gives it back, so one Store
+can serve many threads (``pool_size`` connections at most; a thread waits when all are busy).
+A connection that broke is dropped and replaced by the next operation that needs one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator, Self
+
+import psycopg
+
+from ...config import redact_url
+
+
+class StoreError(RuntimeError):
+    """Postgres could not be reached or refused a statement."""
+
+
+class Fenced(RuntimeError):
+    """Another holder took the source over: this commit was rolled back."""
+
+
+class StateConflict(RuntimeError):
+    """The rows are not in the state an operator's request needs (no state row, an item already stored or
+    requeued): nothing was changed."""
+
+
+class Connections:
+    """The pool and ``_run``, which every statement of the store goes through.
+    ``conn`` is the first connection, for tests and tools that run their own SQL from one thread.
+    """
+
+    def __init__(
+        self, url: str, *, application_name: str = "event-ingest", connect_timeout_s: int = 5, pool_size: int = 1,
+        read_only: bool = False,
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, got {pool_size}")
+        self.url = url
+        self._application_name = application_name
+        self._read_only = read_only  # every transaction BEGIN READ ONLY: Postgres refuses any write
+        self._connect_timeout_s = connect_timeout_s
+        self._pool_size = pool_size
+        self._pool = threading.Condition()
+        self._idle: list[psycopg.Connection] = []
+        self._open = 0  # connections open or being opened, idle or lent
+        self._closed = False
+        self._first = self._connect()  # now, so a bad URL fails here and not at the first commit
+        self._idle.append(self._first)
+        self._open = 1
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        return self._first
+
+    def _connect(self) -> psycopg.Connection:
+        try:
+            conn = psycopg.connect(self.url, application_name=self._application_name,
+                                   connect_timeout=self._connect_timeout_s, autocommit=False)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to Postgres at {redact_url(self.url)}: {_first_line(exc)}") from None
+        conn.read_only = self._read_only
+        return conn
+
+    @contextlib.contextmanager
+    def _borrow(self) -> Iterator[psycopg.Connection]:
+        with self._pool:
+            while True:
+                if self._closed:
+                    raise StoreError("the store is closed")
+                if self._idle:
+                    conn = self._idle.pop()
+                    break
+                if self._open < self._pool_size:
+                    conn = None
+                    self._open += 1  # the slot is ours while we connect outside the lock
+                    break
+                self._pool.wait()
+        if conn is None:
+            try:
+                conn = self._connect()
+            except BaseException:
+                with self._pool:
+                    self._open -= 1
+                    self._pool.notify()
+                raise
+            if self._first.closed:
+                self._first = conn
+        try:
+            yield conn
+        finally:
+            with self._pool:
+                if self._closed or conn.closed or conn.broken:
+                    self._open -= 1
+                    conn.close()
+                else:
+                    self._idle.append(conn)
+                self._pool.notify()
+
+    def close(self) -> None:
+        with self._pool:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._pool.notify_all()
+        for conn in idle:
+            conn.close()
+        self._first.close()  # lent out to a test? it is closed all the same
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _run(self, what: str, fn):
+        try:
+            with self._borrow() as conn, conn.transaction():
+                return fn(conn.cursor())
+        except (Fenced, StoreError):
+            raise
+        except psycopg.Error as exc:
+            raise StoreError(f"Postgres {what} failed: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]

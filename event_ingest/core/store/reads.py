@@ -1,0 +1,303 @@
+"""What the store reads: per-source status, the id counters the checks answer from, gaps, the rollup.
+
+Every figure comes from counters and indexes (``id_blocks``, ``events_per_minute``, ``source_state``),
+so a read costs the same at any table size; only ``gaps_between`` and ``event_ids`` read rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from .schema import ID_BLOCK_BITS
+
+# Lowest and highest stored id, lowest and highest quarantined id: four index probes.
+ID_SPAN_SQL = """
+SELECT (SELECT min(event_id) FROM events WHERE source = %(source)s),
+       (SELECT max(event_id) FROM events WHERE source = %(source)s),
+       (SELECT min(event_id) FROM quarantine WHERE source = %(source)s AND event_id IS NOT NULL),
+       (SELECT max(event_id) FROM quarantine WHERE source = %(source)s AND event_id IS NOT NULL)
+"""
+
+# Ids accounted for (stored, or quarantined with their id) per block. A quarantined id counts
+# once, and only if it is not stored too (a duplicate within a page is both).
+ACCOUNTED_BLOCKS_SQL = f"""
+SELECT block, sum(ids)::bigint FROM (
+    SELECT block, events AS ids FROM id_blocks WHERE source = %(source)s
+    UNION ALL
+    SELECT q.event_id >> {ID_BLOCK_BITS}, count(DISTINCT q.event_id) FROM quarantine q
+    WHERE q.source = %(source)s AND q.event_id IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.source = %(source)s AND e.event_id = q.event_id)
+    GROUP BY 1
+) accounted
+GROUP BY block
+ORDER BY block
+"""
+
+# Missing ids between first and last (inclusive): before each accounted-for id (back to the one
+# before it, or to `first`) and after the last one (up to `last`). One ordered pass over the window.
+GAPS_SQL = """
+WITH ids AS (
+    SELECT event_id FROM events
+    WHERE source = %(source)s AND event_id BETWEEN %(first)s::bigint AND %(last)s::bigint
+    UNION ALL
+    SELECT DISTINCT q.event_id FROM quarantine q
+    WHERE q.source = %(source)s AND q.event_id BETWEEN %(first)s::bigint AND %(last)s::bigint
+      AND NOT EXISTS (SELECT 1 FROM events e WHERE e.source = %(source)s AND e.event_id = q.event_id)
+), ordered AS (
+    SELECT event_id, lag(event_id) OVER w AS previous, lead(event_id) OVER w AS next
+    FROM ids WINDOW w AS (ORDER BY event_id)
+)
+SELECT g.first_missing, g.last_missing
+FROM ordered o
+CROSS JOIN LATERAL (VALUES
+    (coalesce(o.previous + 1, %(first)s::bigint), o.event_id - 1),
+    -- (o.event_id + 1 only where it is needed: the highest bigint has no successor)
+    (CASE WHEN o.next IS NULL AND o.event_id < %(last)s::bigint THEN o.event_id + 1 END, %(last)s::bigint)
+) AS g(first_missing, last_missing)
+WHERE (o.previous IS NULL OR o.event_id - o.previous > 1 OR o.next IS NULL)  -- before the lateral: few rows
+  AND g.first_missing <= g.last_missing
+UNION ALL
+SELECT %(first)s::bigint, %(last)s::bigint WHERE NOT EXISTS (SELECT 1 FROM ids)
+ORDER BY 1
+LIMIT %(limit)s
+"""
+
+RECENT_INGEST_TIMES_SQL = """
+SELECT ingested_at FROM events
+WHERE source = %(source)s AND ingested_at >= now() - make_interval(hours => %(hours)s)
+"""
+
+# The minutes since the start of the minute an hour (or `hours`) ago: at most 60 * hours + 1 rows.
+RECENT_MINUTES_SQL = """
+SELECT minute, events FROM events_per_minute
+WHERE source = %(source)s AND minute >= date_trunc('minute', now() - make_interval(hours => %(hours)s))
+  AND events > 0
+ORDER BY minute
+"""
+
+UPSERT_ROLLUP_SQL = """
+INSERT INTO events_per_minute (source, minute, events) VALUES (%s, %s, %s)
+ON CONFLICT (source, minute) DO UPDATE SET events = excluded.events
+"""
+
+# Events from the block counters and the highest id from the index: no row is counted.
+STATUS_SQL = """
+SELECT s.source, s.cursor, s.epoch, s.last_ingest_at, s.fenced_commits, s.last_poll_at,
+       (SELECT coalesce(sum(b.events), 0) FROM id_blocks b WHERE b.source = s.source) AS events,
+       (SELECT coalesce(max(event_id), 0) FROM events e WHERE e.source = s.source) AS max_event_id,
+       (SELECT count(*) FROM quarantine q WHERE q.source = s.source AND q.resolution IS NULL) AS quarantined,
+       s.created_at, s.requests, s.errors,
+       CASE WHEN s.recent_requests > 0 THEN s.recent_errors / s.recent_requests END AS recent_error_rate,
+       s.last_error, s.last_error_at,
+       extract(epoch FROM now() - greatest(s.last_ingest_at, s.last_poll_at))::float8 AS poll_age_s
+FROM source_state s
+WHERE %(source)s::text IS NULL OR s.source = %(source)s
+ORDER BY s.source
+"""
+
+# Seconds since the source was last polled successfully, on the database's clock (one clock for all).
+POLL_AGE_SQL = """
+SELECT extract(epoch FROM now() - greatest(last_ingest_at, last_poll_at))::float8
+FROM source_state WHERE source = %(source)s
+"""
+
+# Rows stored per source from the block counters (true after deletes too; no row is counted).
+ROW_COUNTS_SQL = """
+SELECT s.source, (SELECT coalesce(sum(b.events), 0) FROM id_blocks b WHERE b.source = s.source)
+FROM source_state s WHERE s.source = ANY(%(sources)s)
+"""
+
+# What the quarantine holds open for one source (not requeued or discarded by an operator): how many,
+# the newest reason, the highest id kept.
+QUARANTINE_SUMMARY_SQL = """
+SELECT count(*),
+       (SELECT reason FROM quarantine WHERE source = %(source)s AND resolution IS NULL
+        ORDER BY last_seen_at DESC LIMIT 1),
+       coalesce(max(event_id), 0)
+FROM quarantine WHERE source = %(source)s AND resolution IS NULL
+"""
+
+# Every source with state and when it was last active (renames and removals are judged from this).
+SOURCE_ACTIVITY_SQL = """
+SELECT source, created_at, greatest(last_ingest_at, last_poll_at, created_at) FROM source_state ORDER BY source
+"""
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    source: str
+    cursor: int
+    epoch: int
+    events: int
+    max_event_id: int
+    quarantined: int
+    fenced_commits: int
+    last_ingest_at: datetime | None
+    last_poll_at: datetime | None = None  # the last successful poll (a page committed, or nothing new)
+    created_at: datetime | None = None
+    requests: int = 0  # sent to the source, as flushed by drains (a drain in progress holds a few back)
+    errors: int = 0  # of them, failed attempts
+    recent_error_rate: float | None = None  # failed / sent, decaying with a time constant of an hour
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    poll_age_s: float | None = None  # seconds since the last successful poll, on Postgres' clock
+
+
+
+@dataclass(frozen=True)
+class SourceActivity:
+    source: str
+    created_at: datetime
+    last_active_at: datetime  # the last commit or poll, or when the state was made
+
+
+@dataclass(frozen=True)
+class Gap:
+    first_missing: int
+    last_missing: int
+
+    @property
+    def size(self) -> int:
+        return self.last_missing - self.first_missing + 1
+
+
+@dataclass(frozen=True)
+class IdSpan:
+    """Lowest and highest id of a source among stored events and quarantined items (None: none)."""
+
+    lowest_stored: int | None
+    highest_stored: int | None
+    lowest_quarantined: int | None
+    highest_quarantined: int | None
+
+    @property
+    def lowest(self) -> int | None:
+        return min((i for i in (self.lowest_stored, self.lowest_quarantined) if i is not None), default=None)
+
+    @property
+    def highest(self) -> int | None:
+        return max((i for i in (self.highest_stored, self.highest_quarantined) if i is not None), default=None)
+
+
+class Reads:
+    """Reads of state, counters and rows, and the rollup's upsert of per-minute counts (mixed into Store)."""
+
+    def status(self, source: str | None = None) -> list[SourceStatus]:
+        """Per-source state and counts: every source, or only ``source``."""
+
+        def read(cur):
+            cur.execute(STATUS_SQL, {"source": source})
+            return [
+                SourceStatus(
+                    source=r[0], cursor=r[1], epoch=r[2], last_ingest_at=r[3], fenced_commits=r[4],
+                    last_poll_at=r[5], events=int(r[6]), max_event_id=r[7], quarantined=r[8],
+                    created_at=r[9], requests=r[10], errors=r[11], recent_error_rate=r[12], last_error=r[13],
+                    last_error_at=r[14], poll_age_s=r[15],
+                )
+                for r in cur.fetchall()
+            ]
+
+        return self._run("status query", read)
+
+    def poll_age_s(self, source: str) -> float | None:
+        """Seconds since the last page was committed or the last poll found nothing new; None if never."""
+
+        def read(cur):
+            row = cur.execute(POLL_AGE_SQL, {"source": source}).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return self._run(f"poll age of {source!r}", read)
+
+    def row_counts(self, sources: list[str]) -> dict[str, int]:
+        """Rows stored per source, from the counters the triggers keep (no count(*))."""
+
+        def read(cur):
+            cur.execute(ROW_COUNTS_SQL, {"sources": list(sources)})
+            return {name: int(n) for name, n in cur.fetchall()}
+
+        return self._run("row counts", read)
+
+    def source_status(self, source: str) -> SourceStatus | None:
+        return next(iter(self.status(source)), None)
+
+    def quarantine_summary(self, source: str) -> tuple[int, str | None, int]:
+        """(items quarantined, the newest reason, the highest event id among them or 0)."""
+
+        def read(cur):
+            cur.execute(QUARANTINE_SUMMARY_SQL, {"source": source})
+            count, reason, max_id = cur.fetchone()
+            return int(count), reason, int(max_id)
+
+        return self._run(f"quarantine summary for {source!r}", read)
+
+    def id_span(self, source: str) -> IdSpan:
+        """Lowest and highest stored and quarantined ids (index probes, not scans)."""
+
+        def read(cur):
+            cur.execute(ID_SPAN_SQL, {"source": source})
+            return IdSpan(*cur.fetchone())
+
+        return self._run(f"id span of {source!r}", read)
+
+    def accounted_blocks(self, source: str) -> list[tuple[int, int]]:
+        """(block, ids accounted for in it), ascending; a block holds ids [block << 16, (block + 1) << 16)."""
+
+        def read(cur):
+            cur.execute(ACCOUNTED_BLOCKS_SQL, {"source": source})
+            return [(int(b), int(n)) for b, n in cur.fetchall()]
+
+        return self._run(f"id blocks of {source!r}", read)
+
+    def gaps_between(self, source: str, first: int, last: int, limit: int | None = None) -> list[Gap]:
+        """Missing id ranges within [first, last]: ids neither stored nor quarantined with their id."""
+
+        def read(cur):
+            cur.execute(GAPS_SQL, {"source": source, "first": first, "last": last, "limit": limit})
+            return [Gap(int(a), int(b)) for a, b in cur.fetchall()]
+
+        return self._run(f"gap query for {source!r}", read)
+
+    def gaps(self, source: str, limit: int = 100) -> list[Gap]:
+        """Missing id ranges between the lowest and the highest accounted-for id, reading every id
+        (core.checks.gap_check answers from the counters instead).
+
+        Sources need not start at 1, so ids below the first one seen are not called missing.
+        """
+        span = self.id_span(source)
+        if span.lowest is None:
+            return []
+        return self.gaps_between(source, span.lowest, span.highest, limit)
+
+    def recent_ingest_times(self, source: str, hours: int = 1) -> list[datetime]:
+        def read(cur):
+            cur.execute(RECENT_INGEST_TIMES_SQL, {"source": source, "hours": hours})
+            return [r[0] for r in cur.fetchall()]
+
+        return self._run(f"ingest times of {source!r}", read)
+
+    def recent_minutes(self, source: str, hours: int = 1) -> list[tuple[datetime, int]]:
+        """(minute, events stored with that ingest minute) from the counters, oldest first."""
+
+        def read(cur):
+            cur.execute(RECENT_MINUTES_SQL, {"source": source, "hours": hours})
+            return [(m, int(n)) for m, n in cur.fetchall()]
+
+        return self._run(f"per-minute counts of {source!r}", read)
+
+    def save_rollup(self, source: str, rows: list[tuple[datetime, int]]) -> None:
+        """Upsert (minute, events) rows of events_per_minute for one source. The counting triggers keep
+        that table as rows are written; counts given here replace theirs for those minutes."""
+        self._run(f"rollup of {source!r}",
+                  lambda cur: cur.executemany(UPSERT_ROLLUP_SQL, [(source, m, n) for m, n in rows]))
+
+    def event_ids(self, source: str) -> list[int]:
+        def read(cur):
+            cur.execute("SELECT event_id FROM events WHERE source = %s ORDER BY event_id", (source,))
+            return [r[0] for r in cur.fetchall()]
+
+        return self._run(f"id listing for {source!r}", read)
+
+    def source_activity(self) -> list[SourceActivity]:
+        return self._run("source listing",
+                         lambda cur: [SourceActivity(*r) for r in cur.execute(SOURCE_ACTIVITY_SQL).fetchall()])
