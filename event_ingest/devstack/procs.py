@@ -276,3 +276,63 @@ def port_is_free(port: int, host: str = HOST) -> bool:
         except OSError:
             return False
     return True
+
+
+# ------------------------------------------- children we started, each leading its own process group
+
+
+def signal_group(proc, sig: int) -> None:
+    """Signal the process group a child of ours leads (started with ``start_new_session=True``)."""
+    if proc.poll() is None:
+        killpg(proc.pid, sig)
+
+
+def kill_group(proc, wait_s: float = 10.0) -> bool:
+    """SIGKILL a child's process group and reap the child; False if it did not die in time."""
+    signal_group(proc, signal.SIGKILL)
+    try:
+        proc.wait(wait_s)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def terminate_group(proc, wait_s: float = 5.0) -> bool:
+    """SIGTERM a child's process group, then SIGKILL it if it is still there after ``wait_s``."""
+    signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(wait_s)
+        return True
+    except subprocess.TimeoutExpired:
+        return kill_group(proc)
+
+
+def restartable_port(host: str = HOST) -> int:
+    """A free port *below* the ephemeral range, for a server that is stopped and started again on it.
+
+    Clients keep reconnecting to a stopped server's port. A connect() to a closed port in the
+    ephemeral range can be given that very port as its source port and connect to itself (TCP
+    simultaneous open), and then the restart finds its port taken.
+    """
+    import random
+
+    def bindable(port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+                return True
+            except OSError:
+                return False
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 0
+    if low > 11_000:
+        pick = random.SystemRandom()
+        for _ in range(50):
+            port = pick.randrange(10_000, low)
+            if bindable(port):
+                return port
+    return free_port(host)  # the kernel's choice, ephemeral

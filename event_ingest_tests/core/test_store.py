@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from event_ingest.core.checks import gap_check
 from event_ingest.core.page import Event, Quarantined
@@ -60,6 +61,29 @@ def test_a_commit_from_a_wrong_cursor_is_refused(store, source_name):
     store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=2, events=events(1, 2))
     with pytest.raises(Fenced):
         store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=2, events=events(1, 2))
+
+
+def test_a_commit_writes_each_row_of_its_page_once(store, source_name):
+    # The primary key would hide a page written twice (the second write conflicts and is skipped);
+    # a row trigger on the source's partition sees every row a commit tries to write.
+    store.ensure_source(source_name)
+    audit = sql.Identifier(f"writes_{source_name}")
+    with psycopg.connect(store.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} (event_id bigint)").format(audit))
+        conn.execute(sql.SQL(
+            "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN INSERT INTO {} VALUES (NEW.event_id); RETURN NEW; END $$").format(audit, audit))
+        conn.execute(sql.SQL("CREATE TRIGGER audit BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()")
+                     .format(sql.Identifier(partition_name(source_name)), audit))
+        try:
+            epoch, _ = store.begin_epoch(source_name)
+            store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=3, events=events(1, 2, 3))
+            written = [r[0] for r in conn.execute(sql.SQL("SELECT event_id FROM {} ORDER BY 1").format(audit))]
+        finally:
+            conn.execute(sql.SQL("DROP TRIGGER audit ON {}").format(sql.Identifier(partition_name(source_name))))
+            conn.execute(sql.SQL("DROP FUNCTION {}()").format(audit))
+            conn.execute(sql.SQL("DROP TABLE {}").format(audit))
+    assert written == [1, 2, 3]
 
 
 def test_failure_mid_page_leaves_cursor_and_events_agreeing(store, source_name):

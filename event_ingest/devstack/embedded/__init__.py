@@ -43,8 +43,6 @@ from event_ingest.devstack.embedded.server import (
     ServerURL,
 )
 
-# free_port lives in procs; chaos.py still takes it from here.
-from event_ingest.devstack.procs import free_port  # noqa: F401
 
 __all__ = [
     "EmbeddedServerError",

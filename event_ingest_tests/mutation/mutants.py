@@ -1,0 +1,146 @@
+"""The mutants: one broken guard each, patched into the core of the process that imports this.
+
+Each names the guard it breaks, the chaos check that must then fail (``check``; None where no
+chaos schedule can reach the breakage, see its note) and the unit tests that must fail
+(``tests``, node ids under ``event_ingest_tests/``). ``apply()`` raises if its patch did not
+change what it meant to: a mutant that silently breaks nothing would prove nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+ENV = "EVENT_INGEST_TEST_MUTANT"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    guard: str
+    check: str | None
+    tests: tuple[str, ...]
+    patch: Callable[[], None]
+    note: str = ""
+
+
+def _replace(module, attr: str, old: str, new: str) -> None:
+    text = getattr(module, attr)
+    if old not in text:
+        raise RuntimeError(f"mutant: {module.__name__}.{attr} no longer contains {old!r}")
+    setattr(module, attr, text.replace(old, new))
+
+
+def gate_spacing_halved() -> None:
+    from event_ingest.core import gate
+
+    init = gate.Gate.__init__
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.interval_us //= 2
+
+    gate.Gate.__init__ = __init__
+
+
+def gate_no_wait_after_state_lost() -> None:
+    from event_ingest.core import gate
+
+    # A missing record is taken for a new source: granted at once, whatever may be in flight.
+    _replace(gate, "ACQUIRE_LUA", "next_at = era + hold", "next_at = now")
+
+
+def retry_after_ignored() -> None:
+    from event_ingest.core import gate
+
+    close = gate.Gate.close
+    gate.Gate.close = lambda self, defer_s=0.0: close(self, 0.0)
+
+
+def cursor_skips_an_id() -> None:
+    from event_ingest.core import page
+
+    next_cursor = page.Page.next_cursor
+
+    def skipping(self, cursor):
+        moved = next_cursor(self, cursor)
+        return moved + 1 if moved > cursor else moved
+
+    page.Page.next_cursor = skipping
+
+
+def fence_epoch_clause_removed() -> None:
+    from event_ingest.core import store
+
+    _replace(store, "ADVANCE_CURSOR_SQL", " AND epoch = %(epoch)s", "")
+
+
+def fence_cursor_clause_removed() -> None:
+    from event_ingest.core import store
+
+    _replace(store, "ADVANCE_CURSOR_SQL", " AND cursor = %(old_cursor)s", "")
+
+
+def lease_released_without_owner_check() -> None:
+    from event_ingest.core import lease
+
+    release = lease.Lease.release
+
+    def unchecked(self):
+        release(self)
+        self._lock.redis.delete(self.key)  # whoever holds it now
+
+    lease.Lease.release = unchecked
+
+
+def page_committed_twice() -> None:
+    from event_ingest.core import store
+
+    store_page = store.Store._store_page
+
+    def twice(cur, source, events, quarantined, at_cursor):
+        quarantined = list(quarantined)
+        result = store_page(cur, source, events, quarantined, at_cursor)
+        store_page(cur, source, events, quarantined, at_cursor)
+        return result
+
+    store.Store._store_page = staticmethod(twice)
+
+
+MUTANTS = {m.name: m for m in (
+    Mutant("gate_spacing_halved", "spacing gate: interval", "no_spacing_violation",
+           ("core/test_gate.py::test_two_processes_never_get_grants_within_the_interval",),
+           gate_spacing_halved),
+    Mutant("gate_no_wait_after_state_lost", "spacing gate: wait out a hold after state lost",
+           "gate_waits_after_state_lost", ("core/test_gate.py::test_lost_state_waits_out_a_full_hold",),
+           gate_no_wait_after_state_lost),
+    Mutant("retry_after_ignored", "spacing gate: Retry-After", "retry_after_honoured",
+           ("core/test_gate.py::test_retry_after_pushes_every_consumer_back",), retry_after_ignored),
+    Mutant("cursor_skips_an_id", "cursor", "nothing_lost",
+           ("core/test_drain.py",), cursor_skips_an_id),
+    Mutant("fence_epoch_clause_removed", "fence: epoch clause", "stale_commit_fenced",
+           ("core/test_store.py::test_a_commit_after_another_holder_bumped_the_epoch_is_refused",),
+           fence_epoch_clause_removed),
+    Mutant("fence_cursor_clause_removed", "fence: cursor clause", None,
+           ("core/test_store.py::test_a_commit_from_a_wrong_cursor_is_refused",), fence_cursor_clause_removed,
+           note="every takeover bumps the epoch, so the epoch clause refuses every stale holder the harness "
+                "can make; a current epoch with a stale cursor takes a bug in the drain itself"),
+    Mutant("lease_released_without_owner_check", "lease: compare-and-delete", "lease_kept_by_taker",
+           ("core/test_lease.py::test_release_by_a_non_owner_leaves_the_lease_alone",),
+           lease_released_without_owner_check),
+    Mutant("page_committed_twice", "one page, one write", "no_row_written_twice_in_a_commit",
+           ("core/test_store.py::test_a_commit_writes_each_row_of_its_page_once",), page_committed_twice),
+)}
+
+
+def apply(name: str) -> None:
+    if name not in MUTANTS:
+        raise SystemExit(f"{ENV}={name!r}: no such mutant; known: {', '.join(MUTANTS)}")
+    MUTANTS[name].patch()
+
+
+def apply_from_env() -> None:
+    name = os.environ.get(ENV)
+    if name:
+        apply(name)

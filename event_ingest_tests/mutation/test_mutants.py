@@ -1,0 +1,53 @@
+"""The short form of the mutation matrix: broken cores must fail, on the check named for the guard.
+
+Three mutants go through short chaos runs of the two trials that catch them (a stale commit with
+the taker held; Redis flushed while a source holds a response), next to the real core, which must
+pass the same runs; the other mutants go through the unit tests that name their guard. Two runs at
+a time (they mostly wait on faults). The full matrix: ``python -m event_ingest_tests.mutation.matrix``.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from .mutants import MUTANTS
+from .runs import chaos_run, unit_run
+
+pytestmark = [pytest.mark.slow, pytest.mark.mutation]
+
+SHORT_FAULTS = ["stop_past_lease", "redis_flush_in_flight"]
+CHAOS_MUTANTS = ["fence_epoch_clause_removed", "lease_released_without_owner_check", "gate_no_wait_after_state_lost"]
+UNIT_MUTANTS = [n for n in MUTANTS if n not in CHAOS_MUTANTS]
+
+
+@pytest.fixture(scope="module")
+def results():
+    def chaos(name):
+        return chaos_run(name, seed=11, seconds=6, faults=SHORT_FAULTS, timeout=150)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = {name: pool.submit(chaos, name) for name in [None, *CHAOS_MUTANTS]}
+        units = {name: pool.submit(unit_run, name, MUTANTS[name].tests) for name in UNIT_MUTANTS}
+        return {"chaos": {k: f.result() for k, f in runs.items()}, "unit": {k: f.result() for k, f in units.items()}}
+
+
+@pytest.mark.timeout(400)
+def test_the_real_core_passes_the_short_chaos_run(results):
+    run = results["chaos"][None]
+    assert run["ok"], f"failed: {run['failed']}\n{run['log']}"
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("name", CHAOS_MUTANTS)
+def test_a_broken_guard_fails_chaos_on_its_own_check(results, name):
+    run = results["chaos"][name]
+    assert not run["ok"] and MUTANTS[name].check in run["failed"], f"failed: {run['failed']}\n{run['log']}"
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("name", UNIT_MUTANTS)
+def test_a_broken_guard_fails_its_unit_tests(results, name):
+    unit = results["unit"][name]
+    assert unit["failed"], f"{MUTANTS[name].tests}: {unit['summary']}\n{unit['output']}"
