@@ -71,13 +71,13 @@ def cursor_skips_an_id() -> None:
 
 
 def fence_epoch_clause_removed() -> None:
-    from event_ingest.core import store
+    from event_ingest.core.store import commit as store  # where the fenced commit reads its SQL
 
     _replace(store, "ADVANCE_CURSOR_SQL", " AND epoch = %(epoch)s", "")
 
 
 def fence_cursor_clause_removed() -> None:
-    from event_ingest.core import store
+    from event_ingest.core.store import commit as store  # where the fenced commit reads its SQL
 
     _replace(store, "ADVANCE_CURSOR_SQL", " AND cursor = %(old_cursor)s", "")
 
