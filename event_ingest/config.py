@@ -85,8 +85,19 @@ HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,255}")
 # Framing and transport headers belong to the HTTP client: overriding them could desync the
 # connection or defeat the body cap (Accept-Encoding decides what the client must inflate).
-RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "te", "upgrade",
-                              "accept-encoding", "keep-alive", "proxy-authorization"})
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+        "accept-encoding",
+        "keep-alive",
+        "proxy-authorization",
+    }
+)
 REDACTED = "***"
 
 
@@ -109,6 +120,7 @@ class HeaderValue:
 
 # ---- field validators: they raise ValueError("what is wrong"); the loader adds file, source, field ----
 
+
 class _FieldProblem(ValueError):
     """A rule across fields, reported on one of them (``loc`` below the model that raised it)."""
 
@@ -130,8 +142,9 @@ def _source_url(raw: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{_shown(redact_url(raw))} is not an http(s) URL with a host")
     if parts.query or parts.fragment:
-        raise ValueError(f"{_shown(redact_url(raw))} must not carry a query or fragment "
-                         "(lastId and limit are added by event-ingest)")
+        raise ValueError(
+            f"{_shown(redact_url(raw))} must not carry a query or fragment (lastId and limit are added by event-ingest)"
+        )
     return raw
 
 
@@ -161,8 +174,9 @@ def _header_value(name: str, raw: Any) -> HeaderValue:
 
 
 def _headers(raw: Any) -> tuple[tuple[str, HeaderValue], ...]:
-    if isinstance(raw, tuple) and all(isinstance(pair, tuple) and len(pair) == 2
-                                      and isinstance(pair[1], HeaderValue) for pair in raw):
+    if isinstance(raw, tuple) and all(
+        isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], HeaderValue) for pair in raw
+    ):
         return raw  # already resolved (a SourceConfig's own headers, handed on)
     if not isinstance(raw, Mapping):  # built in code, {"X-Key": "v"} reads as the file would
         raise ValueError("expected a mapping of header name to value")
@@ -188,8 +202,12 @@ _HEADERS_SCHEMA = {
     "additionalProperties": {
         "anyOf": [
             {"type": "string"},
-            {"type": "object", "properties": {"env": {"type": "string", "pattern": f"^{ENV_NAME_RE.pattern}$"}},
-             "required": ["env"], "additionalProperties": False},
+            {
+                "type": "object",
+                "properties": {"env": {"type": "string", "pattern": f"^{ENV_NAME_RE.pattern}$"}},
+                "required": ["env"],
+                "additionalProperties": False,
+            },
         ],
     },
 }
@@ -220,6 +238,7 @@ def _ca_file(raw: Any, url: str | None, base_dir: Path | None) -> str:
 
 # ---- the declaration ------------------------------------------------------------------------------
 
+
 class _Declared(BaseModel):
     """Frozen, no unknown fields, and a one-line ConfigError when built in code with bad values."""
 
@@ -241,46 +260,65 @@ class SourceConfig(_Declared):
 
     name: Annotated[str, BeforeValidator(_source_name)] = Field(
         json_schema_extra={"pattern": f"^{SOURCE_NAME_PATTERN}$"},
-        description=f"`^{SOURCE_NAME_PATTERN}$`; becomes the partition key, the table partition and the Redis keys")
+        description=f"`^{SOURCE_NAME_PATTERN}$`; becomes the partition key, the table partition and the Redis keys",
+    )
     url: Annotated[str, BeforeValidator(_source_url)] = Field(
         json_schema_extra={"pattern": "^https?://"},
-        description="http(s) URL without a query; `lastId` and `limit` are added")
+        description="http(s) URL without a query; `lastId` and `limit` are added",
+    )
     page_size: StrictInt = Field(1000, ge=1, le=100_000, description="sent as `limit`")
     min_interval_ms: StrictInt = Field(
-        200, ge=MIN_INTERVAL_FLOOR_MS, le=3_600_000,
-        description=f"spacing between requests to this source; below {MIN_INTERVAL_FLOOR_MS} is rejected")
+        200,
+        ge=MIN_INTERVAL_FLOOR_MS,
+        le=3_600_000,
+        description=f"spacing between requests to this source; below {MIN_INTERVAL_FLOOR_MS} is rejected",
+    )
     timeout_s: StrictFloat = Field(
-        10.0, ge=0.1, le=300, description="whole-request deadline (a body that dribbles forever is cut here)")
+        10.0, ge=0.1, le=300, description="whole-request deadline (a body that dribbles forever is cut here)"
+    )
     max_run_seconds: StrictFloat = Field(
-        120.0, ge=1, le=86_400, description="time budget of one bounded drain (`event-ingest ingest`, the `drain` job)")
+        120.0, ge=1, le=86_400, description="time budget of one bounded drain (`event-ingest ingest`, the `drain` job)"
+    )
     max_attempts: StrictInt = Field(
-        5, ge=1, le=100, description="attempts per page on 5xx, timeouts, resets, malformed bodies")
+        5, ge=1, le=100, description="attempts per page on 5xx, timeouts, resets, malformed bodies"
+    )
     max_response_bytes: StrictInt = Field(
-        32 * 1024 * 1024, ge=1024, le=1 << 31, description="cap on a decoded response body (gzip bombs included)")
+        32 * 1024 * 1024, ge=1024, le=1 << 31, description="cap on a decoded response body (gzip bombs included)"
+    )
     max_payload_bytes: StrictInt = Field(
-        1024 * 1024, ge=16, le=1 << 30, description="an event whose payload is larger is quarantined")
+        1024 * 1024, ge=16, le=1 << 30, description="an event whose payload is larger is quarantined"
+    )
     max_retry_after_s: StrictFloat = Field(
-        300.0, ge=1, le=86_400, description="a larger `Retry-After` is capped to this")
+        300.0, ge=1, le=86_400, description="a larger `Retry-After` is capped to this"
+    )
     idle_poll_ms: StrictInt | None = Field(
-        None, ge=MIN_INTERVAL_FLOOR_MS, le=3_600_000,
+        None,
+        ge=MIN_INTERVAL_FLOOR_MS,
+        le=3_600_000,
         description="when caught up, poll this often (none: every `min_interval_ms`); never faster than "
-                    "`min_interval_ms`")
+        "`min_interval_ms`",
+    )
     max_lag_s: StrictFloat = Field(
-        30.0, ge=1, le=7 * 86_400,
-        description="the freshness check fails when the source was last polled longer ago than this")
+        30.0,
+        ge=1,
+        le=7 * 86_400,
+        description="the freshness check fails when the source was last polled longer ago than this",
+    )
     headers: Headers = Field(
         (),
         json_schema_extra={"default": {}},  # as the file spells "none" (the resolved form is a tuple)
         description="request headers sent with every request; a value is a string or `{env: VARIABLE}`, read "
-                    "from the environment when the file is loaded (a missing variable is one error naming file, "
-                    "source, header and variable). Values are never shown: `***` in logs, errors, "
-                    "`repr`/`to_dict`, CLI output and Dagster metadata, even when the source echoes them back. "
-                    "`Host`, `Content-Length`, `Accept-Encoding` and other transport headers cannot be set")
+        "from the environment when the file is loaded (a missing variable is one error naming file, "
+        "source, header and variable). Values are never shown: `***` in logs, errors, "
+        "`repr`/`to_dict`, CLI output and Dagster metadata, even when the source echoes them back. "
+        "`Host`, `Content-Length`, `Accept-Encoding` and other transport headers cannot be set",
+    )
     ca_file: str | None = Field(
         None,
         description="`https` only: trust this PEM CA bundle (a path relative to the sources file) instead of the "
-                    "system's certificate store (which is used otherwise, not a bundle shipped with a Python "
-                    "package). An untrusted certificate is one non-retried error saying which store refused it")
+        "system's certificate store (which is used otherwise, not a bundle shipped with a Python "
+        "package). An untrusted certificate is one non-retried error saying which store refused it",
+    )
 
     @field_validator("ca_file", mode="before")
     @classmethod
@@ -316,24 +354,35 @@ class RunSettings(_Declared):
     """How long-lived Dagster runs host the sources (the `runs:` section of the sources file)."""
 
     sources_per_run: StrictInt = Field(
-        25, ge=1, le=1000, description="one `ingest` run process hosts up to this many sources, one thread each")
+        25, ge=1, le=1000, description="one `ingest` run process hosts up to this many sources, one thread each"
+    )
     run_seconds: StrictFloat = Field(
-        1800.0, ge=60, le=7 * 86_400, description="a run hands its sources to a successor after this long")
+        1800.0, ge=60, le=7 * 86_400, description="a run hands its sources to a successor after this long"
+    )
     handoff_s: StrictFloat = Field(
-        60.0, ge=5, le=3600,
+        60.0,
+        ge=5,
+        le=3600,
         description="the successor is asked for this long before: it must be up and waiting by then; at most "
-                    "half of `run_seconds`")
+        "half of `run_seconds`",
+    )
     lease_ttl_s: StrictFloat = Field(
-        LEASE_TTL_S, ge=1, le=600,
-        description="a dead run's (or server's) sources are taken over within about this long")
+        LEASE_TTL_S,
+        ge=1,
+        le=600,
+        description="a dead run's (or server's) sources are taken over within about this long",
+    )
     report_every_s: StrictFloat = Field(
-        20.0, ge=1, le=3600, description="progress and checks of each source reach Dagster at most this often")
+        20.0, ge=1, le=3600, description="progress and checks of each source reach Dagster at most this often"
+    )
 
     @model_validator(mode="after")
     def _handoff_fits_in_a_run(self) -> RunSettings:
         if self.handoff_s * 2 > self.run_seconds:
-            raise _FieldProblem(("handoff_s",), f"{self.handoff_s:g} is not valid; expected at most half of "
-                                                f"run_seconds ({self.run_seconds:g})")
+            raise _FieldProblem(
+                ("handoff_s",),
+                f"{self.handoff_s:g} is not valid; expected at most half of run_seconds ({self.run_seconds:g})",
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -351,7 +400,8 @@ class IngestConfig(_Declared):
 
     sources: list[SourceConfig] = Field(min_length=1, description="the event sources; names are unique")
     runs: Annotated[RunSettings, BeforeValidator(_no_runs_means_defaults)] = Field(
-        default_factory=RunSettings, description="how long-lived Dagster runs host the sources")
+        default_factory=RunSettings, description="how long-lived Dagster runs host the sources"
+    )
 
     @model_validator(mode="after")
     def _names_are_unique(self) -> IngestConfig:
@@ -381,9 +431,10 @@ def sources_schema() -> dict[str, Any]:
 
 # ---- pydantic's errors as one line: file, source, field ------------------------------------------
 
+
 def _shown(value: Any, limit: int = 80) -> str:
     text = repr(value)  # repr escapes line breaks: the message stays one line
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _where_in_code(model: type[BaseModel], data: Mapping[str, Any]) -> str | None:
@@ -420,8 +471,14 @@ def _expected(info: FieldInfo, name: str) -> str:
     if base is list:
         return "a non-empty list" if any(getattr(m, "min_length", 0) for m in info.metadata) else "a list"
     words = {int: "an integer", float: "a number", str: "a string"}.get(base, f"a {getattr(base, '__name__', base)}")
-    unit = next((u for suffix, u in (("_ms", "milliseconds"), ("_s", "seconds"), ("_seconds", "seconds"),
-                                     ("_bytes", "bytes")) if name.endswith(suffix)), None)
+    unit = next(
+        (
+            u
+            for suffix, u in (("_ms", "milliseconds"), ("_s", "seconds"), ("_seconds", "seconds"), ("_bytes", "bytes"))
+            if name.endswith(suffix)
+        ),
+        None,
+    )
     if unit:
         words += f" of {unit}"
     low = next((m.ge for m in info.metadata if hasattr(m, "ge")), None)
@@ -463,8 +520,9 @@ def _priority(error: dict) -> int:
     return 0 if error["loc"][-1:] == ("name",) else 1
 
 
-def _one_line(exc: ValidationError, model: type[BaseModel], document: Any, where: str | None,
-              origin: str | None = None) -> str:
+def _one_line(
+    exc: ValidationError, model: type[BaseModel], document: Any, where: str | None, origin: str | None = None
+) -> str:
     errors = sorted(exc.errors(include_url=False), key=_priority)
     first = errors[0]
     loc = tuple(first["loc"])
@@ -481,6 +539,7 @@ def _one_line(exc: ValidationError, model: type[BaseModel], document: Any, where
 
 
 # ---- loading --------------------------------------------------------------------------------------
+
 
 def parse_config(document: Any, origin: str, base_dir: Path | None = None) -> IngestConfig:
     """Validate a parsed sources file; ``origin`` names it in errors, ``base_dir`` anchors relative paths."""
@@ -526,6 +585,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> IngestConfig:
 
 
 # ---- service URLs ---------------------------------------------------------------------------------
+
 
 def require_env(name: str, what: str) -> str:
     value = os.environ.get(name)

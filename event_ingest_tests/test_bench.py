@@ -15,8 +15,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def bench(args, database_url, redis_url, timeout=300):
     env = {**os.environ, "EVENT_INGEST_DATABASE_URL": database_url, "EVENT_INGEST_REDIS_URL": redis_url}
-    done = subprocess.run([sys.executable, "-m", "event_ingest.cli", "bench", *args],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-m", "event_ingest.cli", "bench", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -24,8 +29,11 @@ def bench(args, database_url, redis_url, timeout=300):
 @pytest.mark.slow
 def test_bench_reports_rate_and_spacing_at_the_source(database_url, redis_url, tmp_path):
     # No case named: the drain case, with the options it always had.
-    result = bench(["--seconds", "3", "--page-size", "100", "--target", "0", "--json", "--out", str(tmp_path)],
-                   database_url, redis_url)
+    result = bench(
+        ["--seconds", "3", "--page-size", "100", "--target", "0", "--json", "--out", str(tmp_path)],
+        database_url,
+        redis_url,
+    )
     assert result["requests"] >= 5
     assert result["gaps_under_interval"] == 0
     assert result["min_gap_ms_at_source"] >= 200
@@ -41,8 +49,11 @@ def test_bench_commit_times_the_same_rows_three_ways(database_url, redis_url, tm
     assert (tmp_path / "commit.png").read_bytes().startswith(PNG_MAGIC)
     events = result["events_per_page_size"]
     runs = {(r["page_size"], r["path"]): r for r in result["runs"]}
-    assert set(runs) == {(size, path) for size in (1000, 100)
-                         for path in ("commit_page", "copy_events", "copy_plain", "commit_page_replay")}
+    assert set(runs) == {
+        (size, path)
+        for size in (1000, 100)
+        for path in ("commit_page", "copy_events", "copy_plain", "commit_page_replay")
+    }
     for (size, path), run in runs.items():
         # Rows counted in Postgres after the run, not the bench's own tally.
         assert run["rows_in_postgres"] == events, (size, path)

@@ -20,8 +20,21 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.timeout(240)
 def test_a_minute_of_chaos_loses_nothing_writes_nothing_twice_and_keeps_spacing():
-    cmd = [sys.executable, "-m", "event_ingest.cli", "chaos", "--seconds", "60", "--consumers", "3",
-           "--sources", "2", "--seed", "1", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "event_ingest.cli",
+        "chaos",
+        "--seconds",
+        "60",
+        "--consumers",
+        "3",
+        "--sources",
+        "2",
+        "--seed",
+        "1",
+        "--json",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=220)
     context = f"exit {run.returncode}\nstdout:\n{run.stdout[-6000:]}\nstderr:\n{run.stderr[-6000:]}"
     assert run.stdout.strip(), context

@@ -9,21 +9,30 @@ import sys
 
 
 def cli(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "event_ingest.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "event_ingest.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def environment(tmp_path, database_url, redis_url, sources_text):
     sources = tmp_path / "sources.yaml"
     sources.write_text(sources_text)
-    return {**os.environ, "EVENT_INGEST_SOURCES": str(sources), "EVENT_INGEST_DATABASE_URL": database_url,
-            "EVENT_INGEST_REDIS_URL": redis_url}
+    return {
+        **os.environ,
+        "EVENT_INGEST_SOURCES": str(sources),
+        "EVENT_INGEST_DATABASE_URL": database_url,
+        "EVENT_INGEST_REDIS_URL": redis_url,
+    }
 
 
 def test_ingest_then_status(tmp_path, make_mock, database_url, redis_url, source_name):
     mock = make_mock(backlog=250, error_rate=0.2, random_seed=3)
-    env = environment(tmp_path, database_url, redis_url,
-                      f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    page_size: 100\n    timeout_s: 1\n")
+    env = environment(
+        tmp_path,
+        database_url,
+        redis_url,
+        f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    page_size: 100\n    timeout_s: 1\n",
+    )
     done = cli("ingest", source_name, "--json", env=env)
     assert done.returncode == 0, done.stderr
     stats = json.loads(done.stdout)
@@ -42,8 +51,9 @@ def test_status_counts_every_missing_id(tmp_path, make_mock, database_url, redis
     served = range(1, 276, 2)  # 2, 4, ..., 274 missing: 137 ranges of one id
     mock = make_mock(backlog=0)
     mock.control({"next": [{"kind": "events", "events": [{"id": i, "payload": i} for i in served], "record": True}]})
-    env = environment(tmp_path, database_url, redis_url,
-                      f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 1\n")
+    env = environment(
+        tmp_path, database_url, redis_url, f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 1\n"
+    )
     done = cli("ingest", source_name, "--json", env=env)
     assert done.returncode == 0, done.stderr
     status = cli("status", "--json", env=env)
@@ -53,8 +63,12 @@ def test_status_counts_every_missing_id(tmp_path, make_mock, database_url, redis
 
 
 def test_bad_config_is_one_line_and_exit_2(tmp_path, database_url, redis_url):
-    env = environment(tmp_path, database_url, redis_url,
-                      "sources:\n  - name: s1\n    url: http://127.0.0.1:1/events\n    min_interval_ms: 100\n")
+    env = environment(
+        tmp_path,
+        database_url,
+        redis_url,
+        "sources:\n  - name: s1\n    url: http://127.0.0.1:1/events\n    min_interval_ms: 100\n",
+    )
     done = cli("ingest", "s1", env=env)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -80,12 +94,14 @@ def test_unreachable_redis_and_postgres_are_one_clear_line(tmp_path, database_ur
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def test_a_source_that_keeps_failing_exits_1_with_the_reason(tmp_path, make_mock, database_url, redis_url,
-                                                            source_name):
+def test_a_source_that_keeps_failing_exits_1_with_the_reason(tmp_path, make_mock, database_url, redis_url, source_name):
     mock = make_mock(backlog=5, error_rate=1.0)
-    env = environment(tmp_path, database_url, redis_url,
-                      f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 0.5\n"
-                      "    max_attempts: 2\n")
+    env = environment(
+        tmp_path,
+        database_url,
+        redis_url,
+        f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 0.5\n    max_attempts: 2\n",
+    )
     done = cli("ingest", source_name, env=env)
     assert done.returncode == 1
     assert "source_error" in done.stdout and "2 attempts failed, last: HTTP 500" in done.stdout
@@ -104,11 +120,16 @@ def test_version_from_the_command_and_the_bootstrap():
         assert done.stdout.strip() == f"event-ingest {__version__}", command
 
 
-def test_a_missing_header_variable_is_one_line_naming_file_source_header_and_variable(tmp_path, database_url,
-                                                                                       redis_url):
-    env = environment(tmp_path, database_url, redis_url,
-                      "sources:\n  - name: s1\n    url: https://127.0.0.1:1/e\n"
-                      "    headers:\n      Authorization: {env: EVENT_INGEST_TEST_UNSET_TOKEN}\n")
+def test_a_missing_header_variable_is_one_line_naming_file_source_header_and_variable(
+    tmp_path, database_url, redis_url
+):
+    env = environment(
+        tmp_path,
+        database_url,
+        redis_url,
+        "sources:\n  - name: s1\n    url: https://127.0.0.1:1/e\n"
+        "    headers:\n      Authorization: {env: EVENT_INGEST_TEST_UNSET_TOKEN}\n",
+    )
     env.pop("EVENT_INGEST_TEST_UNSET_TOKEN", None)
     done = cli("ingest", "s1", env=env)
     assert done.returncode == 2
@@ -122,9 +143,13 @@ def test_cli_output_never_shows_a_header_secret(tmp_path, make_mock, database_ur
     secret = "cli-s3cr3t-7d2e9f0a"
     mock = make_mock(backlog=5)
     mock.control({"next": [{"kind": "status", "status": 403, "body": f"token {secret} revoked"}]})
-    env = environment(tmp_path, database_url, redis_url,
-                      f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 1\n"
-                      "    headers: {X-Token: {env: EVENT_INGEST_TEST_TOKEN}}\n")
+    env = environment(
+        tmp_path,
+        database_url,
+        redis_url,
+        f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 1\n"
+        "    headers: {X-Token: {env: EVENT_INGEST_TEST_TOKEN}}\n",
+    )
     env["EVENT_INGEST_TEST_TOKEN"] = secret
     for args in (["ingest", source_name], ["ingest", source_name, "--json"], ["-v", "status"]):
         done = cli(*args, env=env)
@@ -140,8 +165,9 @@ def test_skip_moves_a_stuck_source_and_says_what_it_did(tmp_path, make_mock, dat
     page = {"kind": "body", "body_b64": base64.b64encode(b'{"events": [' + bad + b"]}").decode()}
     mock = make_mock(backlog=4)
     mock.control({"next": [{"kind": "events", "events": [{"id": 1}]}, page, page]})
-    env = environment(tmp_path, database_url, redis_url,
-                      f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 1\n")
+    env = environment(
+        tmp_path, database_url, redis_url, f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 1\n"
+    )
     stuck = cli("ingest", source_name, "--json", env=env)
     assert stuck.returncode == 0 and json.loads(stuck.stdout)["cursor_after"] == 1, stuck.stdout + stuck.stderr
     assert "has no readable id" in stuck.stderr and "`event-ingest skip` moves past it" in stuck.stderr
@@ -150,7 +176,8 @@ def test_skip_moves_a_stuck_source_and_says_what_it_did(tmp_path, make_mock, dat
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
         f"event-ingest: refused: source {source_name!r}: --to-id 1 is not above the cursor 1; nothing done "
-        "(skip only moves forward; the events at or below the cursor are already accounted for)"]
+        "(skip only moves forward; the events at or below the cursor are already accounted for)"
+    ]
 
     done = cli("skip", source_name, "--to-id", "2", env=env)
     assert done.returncode == 0, done.stderr
@@ -163,8 +190,9 @@ def test_skip_moves_a_stuck_source_and_says_what_it_did(tmp_path, make_mock, dat
     assert (row["cursor"], row["events"], row["quarantined"]) == (4, 3, 2)
 
 
-def test_status_reads_only_works_without_redis_and_shows_removed_sources(tmp_path, make_mock, database_url,
-                                                                          redis_url, redis_client, source_name):
+def test_status_reads_only_works_without_redis_and_shows_removed_sources(
+    tmp_path, make_mock, database_url, redis_url, redis_client, source_name
+):
     import uuid
     from urllib.parse import urlsplit, urlunsplit
 
@@ -174,8 +202,10 @@ def test_status_reads_only_works_without_redis_and_shows_removed_sources(tmp_pat
 
     kept, gone = make_mock(backlog=30), make_mock(backlog=5)
     removed = f"{source_name}_gone"
-    both = (f"sources:\n  - name: {source_name}\n    url: {kept.url}\n    timeout_s: 1\n"
-            f"  - name: {removed}\n    url: {gone.url}\n    timeout_s: 1\n")
+    both = (
+        f"sources:\n  - name: {source_name}\n    url: {kept.url}\n    timeout_s: 1\n"
+        f"  - name: {removed}\n    url: {gone.url}\n    timeout_s: 1\n"
+    )
     env = environment(tmp_path, database_url, redis_url, both)
     for name in (source_name, removed):
         assert cli("ingest", name, env=env).returncode == 0
@@ -197,19 +227,39 @@ def test_status_reads_only_works_without_redis_and_shows_removed_sources(tmp_pat
         assert done.returncode == 0, done.stderr
         rows = {r["source"]: r for r in json.loads(done.stdout)}
         row = rows[source_name]
-        assert (row["cursor"], row["events"], row["lease"], row["config"], row["stuck"]) == (30, 30, True,
-                                                                                            "configured", False)
+        assert (row["cursor"], row["events"], row["lease"], row["config"], row["stuck"]) == (
+            30,
+            30,
+            True,
+            "configured",
+            False,
+        )
         assert row["requests"] == kept.stats()["requests"] and row["errors"] == 0 and row["error_rate"] == 0
         assert row["lag_s"] is not None and row["last_commit"] is not None
         assert (rows[removed]["config"], rows[removed]["events"], rows[removed]["lease"]) == ("removed", 5, False)
         assert table.returncode == 0, table.stderr
         lines = table.stdout.splitlines()
-        assert lines[0].split() == ["source", "cursor", "events", "gaps", "lag_s", "last_commit", "error_rate",
-                                    "quarantined", "fenced", "lease", "stuck", "config"]
+        assert lines[0].split() == [
+            "source",
+            "cursor",
+            "events",
+            "gaps",
+            "lag_s",
+            "last_commit",
+            "error_rate",
+            "quarantined",
+            "fenced",
+            "lease",
+            "stuck",
+            "config",
+        ]
         # (The session's database holds other tests' sources too: they show as removed, maybe as renames.)
         assert next(line for line in lines if line.startswith(removed)).split()[9:12] == ["free", "no", "removed"]
         assert next(line for line in lines if line.startswith(f"{source_name} ")).split()[9:12] == [
-            "held", "no", "configured"]
+            "held",
+            "no",
+            "configured",
+        ]
 
         # Redis down or not configured: the lease is unknown, everything else is there.
         for redis_env in ("redis://127.0.0.1:1/0", None):
@@ -246,7 +296,8 @@ def test_status_on_a_database_without_the_tables_changes_nothing(tmp_path, postg
         assert done.stderr.strip().splitlines() == [
             "event-ingest: the database holds no event-ingest tables, this event-ingest reads version 4; nothing "
             "changed (the schema is made and upgraded by ingest runs and by the commands that write, e.g. "
-            "`event-ingest ingest`)"]
+            "`event-ingest ingest`)"
+        ]
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
     finally:
@@ -254,20 +305,28 @@ def test_status_on_a_database_without_the_tables_changes_nothing(tmp_path, postg
             conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
-def test_replay_rewinds_and_the_next_ingest_reads_again_without_storing_twice(tmp_path, make_mock, database_url,
-                                                                              redis_url, source_name):
+def test_replay_rewinds_and_the_next_ingest_reads_again_without_storing_twice(
+    tmp_path, make_mock, database_url, redis_url, source_name
+):
     mock = make_mock(backlog=30)
-    env = environment(tmp_path, database_url, redis_url,
-                      f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    page_size: 10\n")
+    env = environment(
+        tmp_path,
+        database_url,
+        redis_url,
+        f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    page_size: 10\n",
+    )
     assert cli("ingest", source_name, env=env).returncode == 0
     done = cli("replay", source_name, "--from-id", "10", env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"source {source_name}: cursor rewound 30 -> 10 (epoch ")
     again = json.loads(cli("ingest", source_name, "--json", env=env).stdout)
-    assert (again["cursor_before"], again["cursor_after"], again["events_stored"], again["events_already_stored"]) \
-        == (10, 30, 0, 20)
-    deleted = json.loads(cli("replay", source_name, "--from-id", "10", "--delete-from", "21", "--json",
-                             env=env).stdout)
+    assert (again["cursor_before"], again["cursor_after"], again["events_stored"], again["events_already_stored"]) == (
+        10,
+        30,
+        0,
+        20,
+    )
+    deleted = json.loads(cli("replay", source_name, "--from-id", "10", "--delete-from", "21", "--json", env=env).stdout)
     assert (deleted["cursor_after"], deleted["deleted"]) == (10, 10)
     row = next(r for r in json.loads(cli("status", "--json", env=env).stdout) if r["source"] == source_name)
     assert (row["cursor"], row["events"]) == (10, 20)
@@ -293,8 +352,9 @@ def test_quarantine_list_show_requeue_and_discard(tmp_path, make_mock, database_
     page = b'{"events": [{"id": 1, "payload": 1}, ' + bad + b', {"id": 3, "payload": 3}]}'
     mock = make_mock(backlog=4)
     mock.control({"next": [{"kind": "body", "body_b64": base64.b64encode(page).decode()}]})
-    env = environment(tmp_path, database_url, redis_url,
-                      f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 1\n")
+    env = environment(
+        tmp_path, database_url, redis_url, f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 1\n"
+    )
     assert cli("ingest", source_name, env=env).returncode == 0
 
     listed = json.loads(cli("quarantine", "list", source_name, "--json", env=env).stdout)
@@ -302,20 +362,27 @@ def test_quarantine_list_show_requeue_and_discard(tmp_path, make_mock, database_
     assert (item["event_id"], item["state"], item["seen_count"], item["at_cursor"]) == (2, "open", 1, 0)
     assert "event 2 cannot be read: item is not valid UTF-8" in item["reason"]
     table = cli("quarantine", "list", source_name, env=env).stdout.splitlines()
-    assert table[0].split()[:4] == ["id", "source", "event_id", "state"] and table[-1] == "1 of 1 open items, newest first"
+    assert (
+        table[0].split()[:4] == ["id", "source", "event_id", "state"] and table[-1] == "1 of 1 open items, newest first"
+    )
 
     shown = cli("quarantine", "show", str(item["id"]), env=env)
     assert shown.returncode == 0 and '{"id": 2, "payload": "\\xff\\u001b[31mred"}' in shown.stdout
     assert "\x1b" not in shown.stdout  # nothing reaches the terminal unescaped
-    raw = subprocess.run([sys.executable, "-m", "event_ingest.cli", "quarantine", "show", str(item["id"]), "--raw"],
-                         env=env, capture_output=True, timeout=120)
+    raw = subprocess.run(
+        [sys.executable, "-m", "event_ingest.cli", "quarantine", "show", str(item["id"]), "--raw"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert raw.returncode == 0 and raw.stdout == bad
 
     refused = cli("quarantine", "requeue", str(item["id"]), env=env)
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
         f"event-ingest: refused: quarantine item {item['id']} (source {source_name}): still cannot be stored: "
-        "event 2 cannot be read: item is not valid UTF-8 (byte 22); nothing done"]
+        "event 2 cannot be read: item is not valid UTF-8 (byte 22); nothing done"
+    ]
     fixed = tmp_path / "fixed.json"
     fixed.write_text('{"id": 2, "payload": "red, fixed"}')
     done = cli("quarantine", "requeue", str(item["id"]), "--from-file", str(fixed), env=env)
@@ -323,8 +390,10 @@ def test_quarantine_list_show_requeue_and_discard(tmp_path, make_mock, database_
     assert f"stored event 2 from the corrected item in {fixed}" in done.stdout
     row = next(r for r in json.loads(cli("status", "--json", env=env).stdout) if r["source"] == source_name)
     assert (row["cursor"], row["events"], row["gaps"], row["quarantined"]) == (4, 4, 0, 0)
-    assert cli("quarantine", "list", source_name, env=env).stdout.strip() == \
-        f"no open items in quarantine for source {source_name}"
+    assert (
+        cli("quarantine", "list", source_name, env=env).stdout.strip()
+        == f"no open items in quarantine for source {source_name}"
+    )
     again = cli("quarantine", "discard", str(item["id"]), env=env)
     assert again.returncode == 2 and f"quarantine item {item['id']} is requeued already" in again.stderr
     [requeued] = json.loads(cli("quarantine", "list", "--all", source_name, "--json", env=env).stdout)

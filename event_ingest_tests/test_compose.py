@@ -264,13 +264,13 @@ def resolve_in_container(service: dict, container_path: str) -> Path | None:
         if container_path == target:
             return repo_path(source)
         if container_path.startswith(target.rstrip("/") + "/"):
-            return repo_path(source) / container_path[len(target.rstrip("/")) + 1:]
+            return repo_path(source) / container_path[len(target.rstrip("/")) + 1 :]
     mapping = image_paths()
     if container_path in mapping:
         return mapping[container_path]
     for dest, source in mapping.items():
         if dest.endswith("/") and container_path.startswith(dest):
-            return source / container_path[len(dest):]
+            return source / container_path[len(dest) :]
     return None
 
 
@@ -279,8 +279,9 @@ def required_env_names() -> set[str]:
     for path in (ROOT / "event_ingest").rglob("*.py"):
         if any(part in ENV_SCAN_EXCLUDE for part in path.relative_to(ROOT / "event_ingest").parts):
             continue
-        names.update(n for n in ENV_NAME_RE.findall(path.read_text(encoding="utf-8"))
-                     if not n.startswith(TEST_ONLY_ENV_PREFIX))
+        names.update(
+            n for n in ENV_NAME_RE.findall(path.read_text(encoding="utf-8")) if not n.startswith(TEST_ONLY_ENV_PREFIX)
+        )
     instance = (ROOT / "dagster.yaml").read_text(encoding="utf-8")
     names.update(re.findall(r"\benv:\s*([A-Z_][A-Z0-9_]*)", instance))
     names.add("DAGSTER_HOME")
@@ -316,7 +317,7 @@ def test_app_services_build_from_an_existing_dockerfile(services):
 def test_bind_mounts_exist_and_named_volumes_are_declared(compose, services):
     declared = set(compose.get("volumes") or {})
     for name, service in services.items():
-        for kind, source, target in volume_entries(service):
+        for kind, source, _target in volume_entries(service):
             if kind == "bind":
                 assert repo_path(source).exists(), f"{name}: mounts {source} which is not in the repo"
                 assert ROOT in repo_path(source).parents, f"{name}: mounts {source} from outside the repo"
@@ -356,8 +357,12 @@ def test_healthchecks(services):
 
 def test_dagster_services_get_every_env_var_the_code_reads(services):
     required = required_env_names()
-    assert {"EVENT_INGEST_DATABASE_URL", "EVENT_INGEST_REDIS_URL", "EVENT_INGEST_SOURCES",
-            "EVENT_INGEST_DAGSTER_DATABASE_URL"} <= required  # the scan itself works
+    assert {
+        "EVENT_INGEST_DATABASE_URL",
+        "EVENT_INGEST_REDIS_URL",
+        "EVENT_INGEST_SOURCES",
+        "EVENT_INGEST_DAGSTER_DATABASE_URL",
+    } <= required  # the scan itself works
     for name in DAGSTER_SERVICES:
         env = environment(services[name])
         missing = sorted(n for n in required if not env.get(n))
@@ -475,25 +480,31 @@ def assert_no_literal_secrets(node, where: str) -> None:
             )
 
 
-@pytest.mark.parametrize("bad", [
-    {"POSTGRES_PASSWORD": "hunter2"},
-    {"POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:-hunter2}"},
-    ["POSTGRES_PASSWORD=hunter2"],
-    {"url": "postgresql://u:hunter2@db:5432/x"},
-    {"url": "postgresql://${U:-u}:${P:-hunter2}@db:5432/x"},
-    {"url": "redis://:hunter2@redis:6379/0"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"POSTGRES_PASSWORD": "hunter2"},
+        {"POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:-hunter2}"},
+        ["POSTGRES_PASSWORD=hunter2"],
+        {"url": "postgresql://u:hunter2@db:5432/x"},
+        {"url": "postgresql://${U:-u}:${P:-hunter2}@db:5432/x"},
+        {"url": "redis://:hunter2@redis:6379/0"},
+    ],
+)
 def test_secret_check_catches_literals(bad):
     with pytest.raises(AssertionError):
         assert_no_literal_secrets(bad, "sample")
 
 
 def test_secret_check_accepts_substitutions():
-    assert_no_literal_secrets({
-        "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:?set it in .env}",
-        "url": "postgresql://${U:-u}:${P:?set P: the password @ db}@db:5432/x",
-        "plain": "redis://redis:6379/0",
-    }, "sample")
+    assert_no_literal_secrets(
+        {
+            "POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:?set it in .env}",
+            "url": "postgresql://${U:-u}:${P:?set P: the password @ db}@db:5432/x",
+            "plain": "redis://redis:6379/0",
+        },
+        "sample",
+    )
 
 
 def test_no_literal_passwords(compose, deploy_md):
@@ -553,8 +564,21 @@ def test_dockerignore_keeps_local_state_and_secrets_out():
 # ---- DEPLOY.md -------------------------------------------------------------
 
 GLOBAL_VALUE_OPTS = {"-p", "--project-name", "-f", "--file", "--env-file", "--profile", "--project-directory"}
-SUBCOMMAND_VALUE_OPTS = {"--scale", "--tail", "-u", "--user", "-e", "--env", "-w", "--workdir", "-t", "--timeout",
-                         "--index", "--since", "--until"}
+SUBCOMMAND_VALUE_OPTS = {
+    "--scale",
+    "--tail",
+    "-u",
+    "--user",
+    "-e",
+    "--env",
+    "-w",
+    "--workdir",
+    "-t",
+    "--timeout",
+    "--index",
+    "--since",
+    "--until",
+}
 SERVICE_ARG_SUBCOMMANDS = {"up", "logs", "restart", "stop", "start", "ps", "build", "pull", "create", "rm", "kill"}
 FIRST_ARG_SUBCOMMANDS = {"exec", "run"}
 
@@ -574,7 +598,7 @@ def compose_command_services(line: str) -> list[str]:
         i += 2 if tokens[i] in GLOBAL_VALUE_OPTS else 1
     if i >= len(tokens):
         return []
-    subcommand, args = tokens[i], tokens[i + 1:]
+    subcommand, args = tokens[i], tokens[i + 1 :]
     positional, j = [], 0
     while j < len(args):
         if args[j].startswith("-"):
@@ -607,8 +631,9 @@ def test_every_service_deploy_md_names_exists(services, deploy_md):
         named.update(re.findall(r"`([a-z0-9_-]+)`", row.split("|")[1]))
     assert REQUIRED_SERVICES <= named, f"the table misses {sorted(REQUIRED_SERVICES - named)}"
     # Every docker compose command, in code blocks and inline code.
-    commands = [line for lang, body in markdown_fences(deploy_md) if lang in ("bash", "sh", "")
-                for line in body.splitlines()]
+    commands = [
+        line for lang, body in markdown_fences(deploy_md) if lang in ("bash", "sh", "") for line in body.splitlines()
+    ]
     commands += re.findall(r"`(docker compose [^`]+)`", deploy_md)
     mentioned = [s for line in commands for s in compose_command_services(line)]
     assert "code" in mentioned  # the parser found the commands
@@ -677,7 +702,10 @@ def test_docker_compose_config(tmp_path, deploy_md):
     (tmp_path / "compose.other.yaml").write_text(override)
     merged = subprocess.run(
         [*base, "-f", str(tmp_path / "compose.other.yaml"), "-p", "other", "config", "--format", "json"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert merged.returncode == 0, merged.stderr
     code = json.loads(merged.stdout)["services"]["code"]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from event_ingest import config
@@ -32,7 +33,9 @@ def write(tmp_path, text):
 
 
 def test_defaults_and_overrides(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 sources:
   - name: source1
     url: http://127.0.0.1:3001/events
@@ -40,7 +43,8 @@ sources:
     url: http://127.0.0.1:3002/events
     page_size: 500
     min_interval_ms: 250
-""")
+""",
+    )
     one, two = load_sources(path)
     assert (one.page_size, one.min_interval_ms) == (1000, 200)
     assert (two.page_size, two.min_interval_ms) == (500, 250)
@@ -79,12 +83,15 @@ def test_duplicate_names(tmp_path):
         load_sources(path)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "expected a top-level 'sources:' list"),
-    ("sources: []", "non-empty list"),
-    ("sources:\n  - name: [unclosed", "not valid YAML at line"),
-    ("sources: [{name: a, url: 'http://h/e'}]\nextra: 1", "top-level field 'extra'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "expected a top-level 'sources:' list"),
+        ("sources: []", "non-empty list"),
+        ("sources:\n  - name: [unclosed", "not valid YAML at line"),
+        ("sources: [{name: a, url: 'http://h/e'}]\nextra: 1", "top-level field 'extra'"),
+    ],
+)
 def test_bad_files(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_sources(write(tmp_path, text))
@@ -107,17 +114,22 @@ TOKEN = "tok-9b1d0c3a77e2f5"
 
 def test_header_values_from_the_environment_and_never_shown(tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCE1_TOKEN", f"Bearer {TOKEN}")
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 sources:
   - name: source1
     url: https://events.example.com/v1/events
     headers:
       Authorization: {env: SOURCE1_TOKEN}
       X-Api-Key: literal-key-in-file
-""")
+""",
+    )
     [source] = load_sources(path)
-    assert [(n, h.value) for n, h in source.headers] == [("Authorization", f"Bearer {TOKEN}"),
-                                                        ("X-Api-Key", "literal-key-in-file")]
+    assert [(n, h.value) for n, h in source.headers] == [
+        ("Authorization", f"Bearer {TOKEN}"),
+        ("X-Api-Key", "literal-key-in-file"),
+    ]
     assert source.to_dict()["headers"] == {"Authorization": {"env": "SOURCE1_TOKEN"}, "X-Api-Key": "***"}
     for text in (repr(source), str(source), str(source.to_dict())):
         assert TOKEN not in text and "literal-key-in-file" not in text
@@ -127,8 +139,10 @@ sources:
 @pytest.mark.parametrize(
     "headers, message",
     [
-        ("Authorization: {env: SOURCE1_TOKEN}",
-         "source 'a': field 'headers': header 'Authorization': environment variable SOURCE1_TOKEN is not set"),
+        (
+            "Authorization: {env: SOURCE1_TOKEN}",
+            "source 'a': field 'headers': header 'Authorization': environment variable SOURCE1_TOKEN is not set",
+        ),
         ("Authorization: {env: 'bad name'}", "header 'Authorization': expected {env: VARIABLE_NAME}"),
         ("Authorization: {file: /x}", "header 'Authorization': expected {env: VARIABLE_NAME}"),
         ("X-Count: 3", "header 'X-Count': expected a string or {env: VARIABLE_NAME}, got int"),
@@ -136,7 +150,7 @@ sources:
         ("Host: evil.example.com", "header 'Host' is set by the HTTP client"),
         ("Accept-Encoding: br", "header 'Accept-Encoding' is set by the HTTP client"),
         ("{X-A: '1', x-a: '2'}", "header 'x-a' given twice"),
-        ("X-Token: \"line\\r\\nInjected: 1\"", "header 'X-Token': the value holds a control character"),
+        ('X-Token: "line\\r\\nInjected: 1"', "header 'X-Token': the value holds a control character"),
     ],
 )
 def test_bad_headers_fail_with_one_line(tmp_path, monkeypatch, headers, message):
@@ -178,47 +192,73 @@ def test_ca_file(tmp_path, tls_files):
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("entry, line", [
-    # wrong type
-    ("{name: a, url: 'http://h/e', timeout_s: fast}",
-     "source 'a': field 'timeout_s': 'fast' is not valid; expected a number of seconds from 0.1 to 300"),
-    ("{name: a, url: 'http://h/e', max_attempts: 2.5}",
-     "source 'a': field 'max_attempts': 2.5 is not valid; expected an integer from 1 to 100"),
-    ("{name: a, url: 42}", "source 'a': field 'url': expected a string, got int"),
-    # out of range
-    ("{name: a, url: 'http://h/e', page_size: 0}",
-     "source 'a': field 'page_size': 0 is not valid; expected an integer from 1 to 100000"),
-    ("{name: a, url: 'http://h/e', idle_poll_ms: 100}",
-     "source 'a': field 'idle_poll_ms': 100 is not valid; expected an integer of milliseconds from 200 to 3600000 "
-     "(or null)"),
-    # unknown and missing fields
-    ("{name: a, url: 'http://h/e', pagesize: 5}", "source 'a': field 'pagesize' is not known (known fields: name, url, "
-                                                  "page_size, min_interval_ms, timeout_s,"),
-    ("{url: 'http://h/e'}", "sources[0]: field 'name' is missing"),
-    ("{name: a, page_size: 5}", "source 'a': field 'url' is missing"),
-    # headers and ca_file
-    ("{name: a, url: 'http://h/e', headers: [a, b]}",
-     "source 'a': field 'headers': expected a mapping of header name to value"),
-    ("{name: a, url: 'http://h/e', headers: {X-Key: {env: NOT_SET_ANYWHERE_1234}}}",
-     "source 'a': field 'headers': header 'X-Key': environment variable NOT_SET_ANYWHERE_1234 is not set"),
-    ("{name: a, url: 'http://h/e', ca_file: ca.pem}",
-     "source 'a': field 'ca_file': only used for https urls, and the url is not https"),
-    ("{name: a, url: 'https://h/e', ca_file: 7}", "source 'a': field 'ca_file': expected a file path"),
-    # the shape around the sources
-    ("5", "sources[0]: expected a mapping with 'name' and 'url', got int"),
-])
+@pytest.mark.parametrize(
+    "entry, line",
+    [
+        # wrong type
+        (
+            "{name: a, url: 'http://h/e', timeout_s: fast}",
+            "source 'a': field 'timeout_s': 'fast' is not valid; expected a number of seconds from 0.1 to 300",
+        ),
+        (
+            "{name: a, url: 'http://h/e', max_attempts: 2.5}",
+            "source 'a': field 'max_attempts': 2.5 is not valid; expected an integer from 1 to 100",
+        ),
+        ("{name: a, url: 42}", "source 'a': field 'url': expected a string, got int"),
+        # out of range
+        (
+            "{name: a, url: 'http://h/e', page_size: 0}",
+            "source 'a': field 'page_size': 0 is not valid; expected an integer from 1 to 100000",
+        ),
+        (
+            "{name: a, url: 'http://h/e', idle_poll_ms: 100}",
+            "source 'a': field 'idle_poll_ms': 100 is not valid; expected an integer of milliseconds "
+            "from 200 to 3600000 (or null)",
+        ),
+        # unknown and missing fields
+        (
+            "{name: a, url: 'http://h/e', pagesize: 5}",
+            "source 'a': field 'pagesize' is not known (known fields: name, url, "
+            "page_size, min_interval_ms, timeout_s,",
+        ),
+        ("{url: 'http://h/e'}", "sources[0]: field 'name' is missing"),
+        ("{name: a, page_size: 5}", "source 'a': field 'url' is missing"),
+        # headers and ca_file
+        (
+            "{name: a, url: 'http://h/e', headers: [a, b]}",
+            "source 'a': field 'headers': expected a mapping of header name to value",
+        ),
+        (
+            "{name: a, url: 'http://h/e', headers: {X-Key: {env: NOT_SET_ANYWHERE_1234}}}",
+            "source 'a': field 'headers': header 'X-Key': environment variable NOT_SET_ANYWHERE_1234 is not set",
+        ),
+        (
+            "{name: a, url: 'http://h/e', ca_file: ca.pem}",
+            "source 'a': field 'ca_file': only used for https urls, and the url is not https",
+        ),
+        ("{name: a, url: 'https://h/e', ca_file: 7}", "source 'a': field 'ca_file': expected a file path"),
+        # the shape around the sources
+        ("5", "sources[0]: expected a mapping with 'name' and 'url', got int"),
+    ],
+)
 def test_each_kind_of_mistake_is_one_line_naming_file_source_and_field(tmp_path, entry, line):
     path = write(tmp_path, f"sources:\n  - {entry}\n")
     assert refusal(path).startswith(f"{path}: {line}")
 
 
-@pytest.mark.parametrize("runs, line", [
-    ("{sources_per_run: 0}", "runs: field 'sources_per_run': 0 is not valid; expected an integer from 1 to 1000"),
-    ("{lease_ttl: 5}", "runs: field 'lease_ttl' is not known (known fields: sources_per_run, run_seconds, handoff_s, "
-                       "lease_ttl_s, report_every_s)"),
-    ("{run_seconds: 100}", "runs: field 'handoff_s': 60 is not valid; expected at most half of run_seconds (100)"),
-    ("[1]", "runs: expected a mapping, got list"),
-])
+@pytest.mark.parametrize(
+    "runs, line",
+    [
+        ("{sources_per_run: 0}", "runs: field 'sources_per_run': 0 is not valid; expected an integer from 1 to 1000"),
+        (
+            "{lease_ttl: 5}",
+            "runs: field 'lease_ttl' is not known (known fields: sources_per_run, run_seconds, handoff_s, "
+            "lease_ttl_s, report_every_s)",
+        ),
+        ("{run_seconds: 100}", "runs: field 'handoff_s': 60 is not valid; expected at most half of run_seconds (100)"),
+        ("[1]", "runs: expected a mapping, got list"),
+    ],
+)
 def test_runs_mistakes_are_one_line_naming_the_field(tmp_path, runs, line):
     path = write(tmp_path, f"sources: [{{name: a, url: 'http://h/e'}}]\nruns: {runs}\n")
     assert refusal(path) == f"{path}: {line}"
@@ -241,10 +281,12 @@ def test_several_mistakes_report_the_first_and_count_the_rest(tmp_path):
 def test_a_source_built_in_code_is_validated_like_the_file_in_one_line():
     with pytest.raises(ConfigError) as info:
         SourceConfig(name="a", url="http://h/e", min_interval_ms=150)
-    assert str(info.value) == ("source 'a': field 'min_interval_ms': 150 is not valid; expected an integer of "
-                               "milliseconds from 200 to 3600000")
-    with pytest.raises(ConfigError, match=r"^source 'a': field 'headers': header 'X-T': the value holds a control") \
-            as info:
+    assert str(info.value) == (
+        "source 'a': field 'min_interval_ms': 150 is not valid; expected an integer of milliseconds from 200 to 3600000"
+    )
+    with pytest.raises(
+        ConfigError, match=r"^source 'a': field 'headers': header 'X-T': the value holds a control"
+    ) as info:
         SourceConfig(name="a", url="http://h/e", headers={"X-T": f"{TOKEN}\r\nInjected: 1"})
     assert TOKEN not in str(info.value)
     with pytest.raises(ConfigError, match=r"^runs: field 'report_every_s': 0 is not valid"):
@@ -253,13 +295,19 @@ def test_a_source_built_in_code_is_validated_like_the_file_in_one_line():
 
 def test_a_source_is_frozen_hashable_and_keeps_its_public_shape(monkeypatch):
     monkeypatch.setenv("SOURCE1_TOKEN", f"Bearer {TOKEN}")
-    source = SourceConfig(name="a", url="http://h/e", headers={"Authorization": {"env": "SOURCE1_TOKEN"}},
-                          min_interval_ms=250, idle_poll_ms=100_000)
+    source = SourceConfig(
+        name="a",
+        url="http://h/e",
+        headers={"Authorization": {"env": "SOURCE1_TOKEN"}},
+        min_interval_ms=250,
+        idle_poll_ms=100_000,
+    )
     assert (source.min_interval_s, source.idle_poll_s) == (0.25, 100.0)
     assert source.secret_values() == [f"Bearer {TOKEN}", TOKEN]
-    assert hash(source) == hash(SourceConfig(name="a", url="http://h/e", headers=source.headers,
-                                             min_interval_ms=250, idle_poll_ms=100_000))
-    with pytest.raises(Exception):
+    assert hash(source) == hash(
+        SourceConfig(name="a", url="http://h/e", headers=source.headers, min_interval_ms=250, idle_poll_ms=100_000)
+    )
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         source.page_size = 5  # type: ignore[misc]
     assert TOKEN not in json.dumps(source.model_dump()) + source.model_dump_json()
 
@@ -278,7 +326,9 @@ def test_config_schema_command_prints_the_committed_schema():
 
 
 def test_config_check_prints_one_line_per_source_and_hides_header_values(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 sources:
   - name: source1
     url: http://127.0.0.1:3001/events
@@ -288,7 +338,8 @@ sources:
     headers: {X-Api-Key: literal-key-in-file}
 runs:
   sources_per_run: 10
-""")
+""",
+    )
     done = run_cli("config", "check", str(path))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
@@ -303,8 +354,9 @@ def test_config_check_of_a_bad_file_is_one_line_and_exit_2(tmp_path):
     path = write(tmp_path, "sources:\n  - {name: a, url: 'http://h/e', page_size: 0}\n")
     done = run_cli("config", "check", str(path))
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.splitlines() == [f"event-ingest: {path}: source 'a': field 'page_size': 0 is not valid; "
-                                        "expected an integer from 1 to 100000"]
+    assert done.stderr.splitlines() == [
+        f"event-ingest: {path}: source 'a': field 'page_size': 0 is not valid; expected an integer from 1 to 100000"
+    ]
 
 
 def test_the_readme_example_and_the_compose_sources_load(tmp_path, monkeypatch, tls_files):
@@ -316,8 +368,7 @@ def test_the_readme_example_and_the_compose_sources_load(tmp_path, monkeypatch, 
     (tmp_path / "certs" / "partner-ca.pem").write_bytes(tls_files.ca_file.read_bytes())
     loaded = load_config(write(tmp_path, example))
     assert [s.name for s in loaded.sources] == ["source1", "source2", "partner"]
-    assert [s.name for s in load_sources(ROOT / "deploy" / "sources.compose.yaml")] == ["source1", "source2",
-                                                                                       "source3"]
+    assert [s.name for s in load_sources(ROOT / "deploy" / "sources.compose.yaml")] == ["source1", "source2", "source3"]
 
 
 def fields_table(schema: dict, definition: str) -> str:
@@ -340,8 +391,12 @@ def fields_table(schema: dict, definition: str) -> str:
 
 def undocumented(schema: dict) -> list[str]:
     """Fields whose declaration says nothing about them."""
-    return [f"{definition}.{name}" for definition, model in schema["$defs"].items()
-            for name, prop in model["properties"].items() if not prop.get("description", "").strip()]
+    return [
+        f"{definition}.{name}"
+        for definition, model in schema["$defs"].items()
+        for name, prop in model["properties"].items()
+        if not prop.get("description", "").strip()
+    ]
 
 
 def readme_problems(readme: str, schema: dict) -> list[str]:
@@ -363,14 +418,14 @@ def test_the_documentation_check_fails_on_a_field_without_docs_or_a_stale_row():
     class Undocumented(SourceConfig):
         colour: str = "red"  # declared without a description
 
-    schema_with_extra = {**schema, "$defs": {**schema["$defs"],
-                                             "SourceConfig": Undocumented.model_json_schema()}}
+    schema_with_extra = {**schema, "$defs": {**schema["$defs"], "SourceConfig": Undocumented.model_json_schema()}}
     problems = readme_problems(readme, schema_with_extra)
     assert "SourceConfig.colour has no description" in problems
     assert any("lacks the SourceConfig table" in p and "`colour`" in p for p in problems)
     stale = readme.replace("| `page_size` | 1000 |", "| `page_size` | 500 |")
     assert [p.split(";")[0] for p in readme_problems(stale, schema)] == [
-        "README.md lacks the SourceConfig table as declared"]
+        "README.md lacks the SourceConfig table as declared"
+    ]
 
 
 def env_names_in_code() -> dict[str, list[str]]:
@@ -392,8 +447,11 @@ def test_each_environment_variable_is_named_once_and_documented():
     assert {name: files for name, files in found.items() if len(files) > 1} == {}
     # The bootstrap (`python3 -m event_ingest`) runs before the dependencies config.py imports are
     # installed, so its own switch stays in it; every other name lives in config.py.
-    assert {name: files for name, files in found.items()
-            if files != ["event_ingest/config.py"] and name != "EVENT_INGEST_NO_UV"} == {}
+    assert {
+        name: files
+        for name, files in found.items()
+        if files != ["event_ingest/config.py"] and name != "EVENT_INGEST_NO_UV"
+    } == {}
     declared = {value for key, value in vars(config).items() if key.endswith("_ENV") and isinstance(value, str)}
     assert declared == set(found) - {"EVENT_INGEST_NO_UV"}
     environment = (ROOT / "README.md").read_text().split("## Environment\n", 1)[1].split("\n## ", 1)[0]
@@ -413,5 +471,6 @@ def test_the_lease_defaults_come_from_config():
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENT_INGEST_")}
-    return subprocess.run([sys.executable, "-m", "event_ingest.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "event_ingest.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )

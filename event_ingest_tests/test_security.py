@@ -69,12 +69,23 @@ def query(store, sql: str, *params) -> list[tuple]:
 
 
 def assert_tables_intact(store) -> None:
-    kinds = dict(query(store, "SELECT relname, relkind FROM pg_class WHERE relname IN "
-                              "('events', 'source_state', 'quarantine') AND relkind IN ('p', 'r')"))
+    kinds = dict(
+        query(
+            store,
+            "SELECT relname, relkind FROM pg_class WHERE relname IN "
+            "('events', 'source_state', 'quarantine') AND relkind IN ('p', 'r')",
+        )
+    )
     assert kinds == {"events": "p", "source_state": "r", "quarantine": "r"}
     # No partition of events has a name outside the allowed shape.
-    names = [n for (n,) in query(store, "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                                        "WHERE i.inhparent = 'events'::regclass")]
+    names = [
+        n
+        for (n,) in query(
+            store,
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'events'::regclass",
+        )
+    ]
     assert all(n.isascii() and n.replace("_", "").isalnum() and n == n.lower() for n in names), names
 
 
@@ -122,9 +133,7 @@ def test_the_longest_valid_name_gets_a_partition_within_postgres_limits(store):
     assert_tables_intact(store)
 
 
-def test_a_drain_given_a_hostile_name_stops_before_sql_and_leaves_no_redis_keys(
-    store, redis_client, make_mock
-):
+def test_a_drain_given_a_hostile_name_stops_before_sql_and_leaves_no_redis_keys(store, redis_client, make_mock):
     """A SourceConfig cannot even be built with such a name, however it is built (not only by the loader)."""
     mock = make_mock(backlog=3)
     name = "a'; DROP TABLE events;--"
@@ -161,9 +170,10 @@ def test_payloads_that_look_like_sql_are_stored_verbatim(make_mock, store, redis
     mock.control({"next": [{"kind": "events", "events": events, "record": True}]})
     stats = drain(source_config(source_name, mock.url, timeout_s=1), store=store, redis_client=redis_client)
     assert stats.status == CAUGHT_UP, stats.summary()
-    assert dict(query(store, "SELECT event_id, payload FROM events WHERE source = %s", source_name)) == \
-        INJECTION_PAYLOADS
-    (raw, reason), = query(store, "SELECT raw, reason FROM quarantine WHERE source = %s", source_name)
+    assert (
+        dict(query(store, "SELECT event_id, payload FROM events WHERE source = %s", source_name)) == INJECTION_PAYLOADS
+    )
+    ((raw, reason),) = query(store, "SELECT raw, reason FROM quarantine WHERE source = %s", source_name)
     assert json.loads(bytes(raw)) == hostile_item and "not an integer" in reason
     assert_tables_intact(store)
 
@@ -191,10 +201,12 @@ def cli(args: list[str], tmp_path, database_url: str, redis_url: str) -> subproc
     sources = tmp_path / "sources.yaml"
     sources.write_text("sources:\n  - name: s1\n    url: http://127.0.0.1:1/events\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENT_INGEST_")}
-    env.update(EVENT_INGEST_SOURCES=str(sources), EVENT_INGEST_DATABASE_URL=database_url,
-               EVENT_INGEST_REDIS_URL=redis_url)
-    return subprocess.run([sys.executable, "-m", "event_ingest.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+    env.update(
+        EVENT_INGEST_SOURCES=str(sources), EVENT_INGEST_DATABASE_URL=database_url, EVENT_INGEST_REDIS_URL=redis_url
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "event_ingest.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def assert_one_clear_line_without_secrets(done: subprocess.CompletedProcess, expected: str, secrets) -> None:
@@ -224,15 +236,21 @@ def test_cli_unreachable_redis_keeps_both_passwords_out(tmp_path):
     database_url = f"postgresql://ingest:{PG_PASSWORD}@127.0.0.1:{unused_port()}/events"
     done = cli(["ingest", "s1"], tmp_path, database_url, f"redis://default:{REDIS_PASSWORD}@127.0.0.1:{port}/0")
     assert_one_clear_line_without_secrets(
-        done, f"event-ingest: cannot reach Redis at redis://default:***@127.0.0.1:{port}/0: ", SECRETS,
+        done,
+        f"event-ingest: cannot reach Redis at redis://default:***@127.0.0.1:{port}/0: ",
+        SECRETS,
     )
 
 
 def test_status_with_redis_unreachable_keeps_its_password_out(tmp_path, database_url, store):
     # status needs Redis only for the lease column: it answers, and says why that column is unknown.
     port = unused_port()
-    done = cli(["status", "--json"], tmp_path, with_password(database_url, "postgres", PG_PASSWORD),
-               f"redis://default:{REDIS_PASSWORD}@127.0.0.1:{port}/0")
+    done = cli(
+        ["status", "--json"],
+        tmp_path,
+        with_password(database_url, "postgres", PG_PASSWORD),
+        f"redis://default:{REDIS_PASSWORD}@127.0.0.1:{port}/0",
+    )
     assert done.returncode == 0, done.stderr
     for secret in SECRETS:
         assert secret not in done.stdout + done.stderr
@@ -245,14 +263,15 @@ def test_cli_percent_encoded_password_is_kept_out_in_both_spellings(tmp_path, re
     database_url = f"postgresql://ingest:p%40ss%3Aw%2Frd-{PG_PASSWORD}@127.0.0.1:{port}/events"
     done = cli(["status"], tmp_path, database_url, redis_url)
     assert_one_clear_line_without_secrets(
-        done, "cannot connect to Postgres at postgresql://ingest:***@", [PG_PASSWORD, "p@ss:w/rd", "p%40ss%3Aw%2Frd"],
+        done,
+        "cannot connect to Postgres at postgresql://ingest:***@",
+        [PG_PASSWORD, "p@ss:w/rd", "p%40ss%3Aw%2Frd"],
     )
 
 
 def test_cli_password_in_the_query_string_is_kept_out(tmp_path, redis_url):
     port = unused_port()
-    done = cli(["status"], tmp_path, f"postgresql://ingest@127.0.0.1:{port}/events?password={PG_PASSWORD}",
-               redis_url)
+    done = cli(["status"], tmp_path, f"postgresql://ingest@127.0.0.1:{port}/events?password={PG_PASSWORD}", redis_url)
     assert_one_clear_line_without_secrets(done, "cannot connect to Postgres", SECRETS)
 
 
@@ -272,8 +291,13 @@ def test_drain_logs_and_stats_never_hold_the_passwords(make_mock, database_url, 
 
     with Store(with_password(database_url, "postgres", PG_PASSWORD)) as store:
         store.apply_schema([source_name])
-        stats = drain(source, store=store, redis_client=redis_client,
-                      options=DrainOptions(backoff_base_s=0.05), hooks=DrainHooks(after_fetch=kill_connection))
+        stats = drain(
+            source,
+            store=store,
+            redis_client=redis_client,
+            options=DrainOptions(backoff_base_s=0.05),
+            hooks=DrainHooks(after_fetch=kill_connection),
+        )
     redis_client.close()
     assert stats.status == POSTGRES_DOWN and stats.errors == 2, stats.summary()
     text = caplog.text + json.dumps(stats.to_dict(), default=str)

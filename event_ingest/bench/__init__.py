@@ -20,8 +20,15 @@ import argparse
 
 from . import checks, coldstart, commit, continuity, drain, failover, scale
 
-CASES = {"drain": drain, "commit": commit, "checks": checks, "continuity": continuity,
-         "failover": failover, "scale": scale, "coldstart": coldstart}
+CASES = {
+    "drain": drain,
+    "commit": commit,
+    "checks": checks,
+    "continuity": continuity,
+    "failover": failover,
+    "scale": scale,
+    "coldstart": coldstart,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from . import report
@@ -60,14 +60,20 @@ SET_CURSOR_SQL = "UPDATE source_state SET cursor = %s WHERE source = %s"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", default="1000000,10000000,30000000",
-                        help="events in the source at each measurement, ascending (default 1M,10M,30M)")
+    parser.add_argument(
+        "--sizes",
+        default="1000000,10000000,30000000",
+        help="events in the source at each measurement, ascending (default 1M,10M,30M)",
+    )
     parser.add_argument("--repeat", type=int, default=5, help="runs per timed query; the median is kept (default 5)")
     parser.add_argument("--no-baseline", action="store_true", help="skip timing the full-scan queries")
     parser.add_argument("--keep", action="store_true", help="keep the loaded source (default: drop it at the end)")
-    parser.add_argument("--dagster", action="store_true",
-                        help="also time the partition's materialization and the rollup job through Dagster's CLI, "
-                             "empty and at each size")
+    parser.add_argument(
+        "--dagster",
+        action="store_true",
+        help="also time the partition's materialization and the rollup job through Dagster's CLI, "
+        "empty and at each size",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON (last line)")
     report.add_output_arguments(parser, "CI smoke run: 20,000 and 200,000 events, 3 runs each, no target asserted")
 
@@ -90,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             if cli:
                 dagster_rows.append(cli.measure(0, dagster_repeat))
-            loaded, started, load_s = 0, datetime.now(timezone.utc), 0.0
+            loaded, started, load_s = 0, datetime.now(UTC), 0.0
             for size in sizes:
                 t = time.perf_counter()
                 _load(store, source, loaded, size, sizes[-1], started)
@@ -105,36 +111,82 @@ def run(args: argparse.Namespace) -> int:
             if not args.keep:
                 store.forget_source(source)
     for row in rows:
-        row["checks_and_rollup_s"] = round(sum(row[k] for k in ("no_gaps_s", "cursor_check_s", "quarantine_check_s",
-                                                                  "rollup_s")), 4)
-    figures = {"source": source if args.keep else None, "repeat": args.repeat, "target_s": TARGET_S, "sizes": rows,
-               "dagster": dagster_rows}
-    columns = ["events", "no_gaps_s", "no_gaps_one_deleted_s", "cursor_check_s", "quarantine_check_s", "rollup_s",
-               "checks_and_rollup_s", "status_s"]
+        row["checks_and_rollup_s"] = round(
+            sum(row[k] for k in ("no_gaps_s", "cursor_check_s", "quarantine_check_s", "rollup_s")), 4
+        )
+    figures = {
+        "source": source if args.keep else None,
+        "repeat": args.repeat,
+        "target_s": TARGET_S,
+        "sizes": rows,
+        "dagster": dagster_rows,
+    }
+    columns = [
+        "events",
+        "no_gaps_s",
+        "no_gaps_one_deleted_s",
+        "cursor_check_s",
+        "quarantine_check_s",
+        "rollup_s",
+        "checks_and_rollup_s",
+        "status_s",
+    ]
     report.print_table(rows, columns, title="bench checks: seconds per query (median), counters")
     if not args.no_baseline:
-        report.print_table(rows, ["events", "full_gap_scan_s", "count_rows_s", "fetch_ingest_times_s",
-                                  "ingest_times_fetched"],
-                           title="the same questions answered by reading every row (one run each)")
+        report.print_table(
+            rows,
+            ["events", "full_gap_scan_s", "count_rows_s", "fetch_ingest_times_s", "ingest_times_fetched"],
+            title="the same questions answered by reading every row (one run each)",
+        )
     if dagster_rows:
         empty = dagster_rows[0]
         for row in dagster_rows:
             row["materialize_over_empty_s"] = round(row["materialize_s"] - empty["materialize_s"], 2)
             row["rollup_job_over_empty_s"] = round(row["rollup_job_s"] - empty["rollup_job_s"], 2)
-        report.print_table(dagster_rows, ["events", "materialize_s", "materialize_over_empty_s", "rollup_job_s",
-                                          "rollup_job_over_empty_s", "checks_passed"],
-                           title=f"through Dagster's CLI: wall seconds of one process each (target: at most "
-                                 f"{DAGSTER_TARGET_S:g} s over the empty table)")
+        report.print_table(
+            dagster_rows,
+            [
+                "events",
+                "materialize_s",
+                "materialize_over_empty_s",
+                "rollup_job_s",
+                "rollup_job_over_empty_s",
+                "checks_passed",
+            ],
+            title=f"through Dagster's CLI: wall seconds of one process each (target: at most "
+            f"{DAGSTER_TARGET_S:g} s over the empty table)",
+        )
     report.write_json(out / "checks.json", figures)
-    series = {name: ([r["events"] for r in rows], [r[key] for r in rows]) for name, key in (
-        ("no_gaps", "no_gaps_s"), ("no_gaps, one deleted", "no_gaps_one_deleted_s"),
-        ("cursor check", "cursor_check_s"), ("rollup", "rollup_s"), ("checks + rollup", "checks_and_rollup_s"))}
+    series = {
+        name: ([r["events"] for r in rows], [r[key] for r in rows])
+        for name, key in (
+            ("no_gaps", "no_gaps_s"),
+            ("no_gaps, one deleted", "no_gaps_one_deleted_s"),
+            ("cursor check", "cursor_check_s"),
+            ("rollup", "rollup_s"),
+            ("checks + rollup", "checks_and_rollup_s"),
+        )
+    }
     if not args.no_baseline:
-        series.update({name: ([r["events"] for r in rows], [r[key] for r in rows]) for name, key in (
-            ("full gap scan (before)", "full_gap_scan_s"), ("count(*) (before)", "count_rows_s"),
-            ("fetch ingest times (before)", "fetch_ingest_times_s"))})
-    report.save_chart(out / "checks.png", title="Checks and rollup: seconds per query as the source grows",
-                      xlabel="events in the source", ylabel="seconds (log scale)", series=series, logx=True, logy=True)
+        series.update(
+            {
+                name: ([r["events"] for r in rows], [r[key] for r in rows])
+                for name, key in (
+                    ("full gap scan (before)", "full_gap_scan_s"),
+                    ("count(*) (before)", "count_rows_s"),
+                    ("fetch ingest times (before)", "fetch_ingest_times_s"),
+                )
+            }
+        )
+    report.save_chart(
+        out / "checks.png",
+        title="Checks and rollup: seconds per query as the source grows",
+        xlabel="events in the source",
+        ylabel="seconds (log scale)",
+        series=series,
+        logx=True,
+        logy=True,
+    )
     if args.json:
         print(json.dumps(figures))
     return 0
@@ -150,8 +202,10 @@ def _load(store, source: str, first_loaded: int, size: int, largest: int, starte
             for i in range(chunk_start, chunk_end + 1):
                 at = started - SPREAD + timedelta(microseconds=span_us * i / largest)
                 # Generated text holds no tab, newline or backslash: COPY's text format takes it as is.
-                batch.append(f'{source}\t{i}\t{{"created_at":{at.timestamp():.6f},"source":"{source}","seq":{i}}}'
-                             f"\t{at.isoformat()}\n")
+                batch.append(
+                    f'{source}\t{i}\t{{"created_at":{at.timestamp():.6f},"source":"{source}","seq":{i}}}'
+                    f"\t{at.isoformat()}\n"
+                )
                 if len(batch) == 10_000:
                     copy.write("".join(batch))
                     batch.clear()
@@ -181,9 +235,13 @@ def _measure(store, source: str, size: int, repeat: int, baseline: bool) -> dict
     # What the figures stand on, from Postgres: the counters agree with the rows, the check passed.
     row["rows_counted"] = store.conn.execute(COUNT_SQL, (source,)).fetchone()[0]
     store.conn.rollback()
-    row.update(status_events=status.events, gap_check_passed=passing.passed, cursor_check_passed=cursor.passed,
-               rollup_minutes=len(minutes),
-               rollup_events=sum(n for _, n in minutes))
+    row.update(
+        status_events=status.events,
+        gap_check_passed=passing.passed,
+        cursor_check_passed=cursor.passed,
+        rollup_minutes=len(minutes),
+        rollup_events=sum(n for _, n in minutes),
+    )
 
     middle = size // 2
     with store.conn.transaction():
@@ -191,8 +249,9 @@ def _measure(store, source: str, size: int, repeat: int, baseline: bool) -> dict
         store.conn.execute(DELETE_ONE_SQL, (source, middle))
     try:
         row["no_gaps_one_deleted_s"], failing = _median_s(lambda: gap_check(store, source), repeat)
-        row["one_deleted_found"] = (not failing.passed and failing.missing == 1
-                                    and failing.listed == f"{middle}-{middle}")
+        row["one_deleted_found"] = (
+            not failing.passed and failing.missing == 1 and failing.listed == f"{middle}-{middle}"
+        )
     finally:
         with store.conn.transaction():
             store.conn.execute(PUT_BACK_SQL, (source, middle, kept[0], kept[1]))
@@ -221,8 +280,13 @@ class _DagsterCli:
         sources = home / "sources.yaml"
         sources.write_text(f"sources:\n  - name: {source}\n    url: {mock.url}\n")
         self.source = source
-        self.env = {**os.environ, "DAGSTER_HOME": str(home), SOURCES_ENV: str(sources),
-                    DATABASE_URL_ENV: database_url, REDIS_URL_ENV: redis_url}
+        self.env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            SOURCES_ENV: str(sources),
+            DATABASE_URL_ENV: database_url,
+            REDIS_URL_ENV: redis_url,
+        }
         self.dagster = str(Path(sys.executable).with_name("dagster"))
         # Not measured: a fresh Redis has no gate era, so the first drain waits out one request's
         # longest life (the safe answer to lost gate state); and the first run compiles what it imports.
@@ -230,8 +294,13 @@ class _DagsterCli:
 
     def _timed(self, *args: str) -> tuple[float, str]:
         t = time.perf_counter()
-        run = subprocess.run([self.dagster, *args, "-m", "event_ingest.defs.definitions"], env=self.env,
-                             capture_output=True, text=True, timeout=900)
+        run = subprocess.run(
+            [self.dagster, *args, "-m", "event_ingest.defs.definitions"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         elapsed = time.perf_counter() - t
         if run.returncode != 0:
             raise RuntimeError(f"dagster {' '.join(args)} exited {run.returncode}:\n{run.stderr[-3000:]}")
@@ -249,7 +318,14 @@ class _DagsterCli:
             evaluations += len(lines)
             passed += sum(1 for line in lines if "' passed" in line)
         materialize_s, rollup_s = statistics.median(materialize), statistics.median(rollup)
-        print(f"bench checks: through Dagster at {size:,} events: materialize {materialize} s, "
-              f"rollup job {rollup} s", flush=True)
-        return {"events": size, "materialize_s": materialize_s, "rollup_job_s": rollup_s,
-                "materialize_runs_s": materialize, "checks_passed": f"{passed}/{evaluations}"}
+        print(
+            f"bench checks: through Dagster at {size:,} events: materialize {materialize} s, rollup job {rollup} s",
+            flush=True,
+        )
+        return {
+            "events": size,
+            "materialize_s": materialize_s,
+            "rollup_job_s": rollup_s,
+            "materialize_runs_s": materialize,
+            "checks_passed": f"{passed}/{evaluations}",
+        }

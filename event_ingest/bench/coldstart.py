@@ -32,8 +32,12 @@ HELP = "time from a drain's start to its first request at the source: new, idle 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout-s", type=float, default=10.0,
-                        help="the sources' timeout_s; the hold after a loss is this plus the interval (default 10)")
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=10.0,
+        help="the sources' timeout_s; the hold after a loss is this plus the interval (default 10)",
+    )
     report.add_output_arguments(parser, "CI smoke run: timeout_s 2 (a 2.2 s hold after the loss)")
 
 
@@ -69,9 +73,15 @@ def run(args: argparse.Namespace) -> int:
                 offset = stats["clock"]["wall"] - stats["clock"]["monotonic"]
                 first = stats["arrivals"][0] + offset if stats["arrivals"] else math.nan
                 hold = args.timeout_s + source.min_interval_s
-                rows.append({"case": case, "first_request_after_s": round(first - started_wall, 3),
-                             "hold_s": hold, "requests": stats["requests"],
-                             "expected": "at once" if case != "lost" else f"after one hold ({hold:g} s)"})
+                rows.append(
+                    {
+                        "case": case,
+                        "first_request_after_s": round(first - started_wall, 3),
+                        "hold_s": hold,
+                        "requests": stats["requests"],
+                        "expected": "at once" if case != "lost" else f"after one hold ({hold:g} s)",
+                    }
+                )
             store.forget_source(name)
         client.delete(era_key)
         client.close()

@@ -42,7 +42,9 @@ COPY_SQL = "COPY {table} (source, event_id, payload) FROM STDIN"
 COUNT_ROWS_SQL = "SELECT count(*) FROM {table} WHERE source = %s"
 # What a replay will do through the fence: a new epoch and the cursor set back over stored events.
 REWIND_SQL = "UPDATE source_state SET cursor = 0 WHERE source = %s"
-SETTINGS_SQL = "SELECT current_setting('server_version'), current_setting('fsync'), current_setting('synchronous_commit')"
+SETTINGS_SQL = (
+    "SELECT current_setting('server_version'), current_setting('fsync'), current_setting('synchronous_commit')"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,8 +61,9 @@ def pages_like_the_mock(source: str, events: int, page_size: int) -> list:
     pages, now = [], time.time()
     for first in range(1, events + 1, page_size):
         ids = range(first, min(first + page_size, events + 1))
-        body = json.dumps({"events": [{"id": i, "payload": {"created_at": now, "source": source, "seq": i}}
-                                      for i in ids]}).encode()
+        body = json.dumps(
+            {"events": [{"id": i, "payload": {"created_at": now, "source": source, "seq": i}} for i in ids]}
+        ).encode()
         pages.append(parse_page(body, cursor=first - 1, max_payload_bytes=1 << 20).events)
     return pages
 
@@ -95,10 +98,12 @@ def run(args: argparse.Namespace) -> int:
                 store.forget_source(copy_source)
             by_path = {r["path"]: r for r in runs if r["page_size"] == page_size}
             ratios[page_size] = {
-                "commit_vs_copy_events": round(by_path["commit_page"]["events_per_s"]
-                                               / by_path["copy_events"]["events_per_s"], 3),
-                "commit_vs_copy_plain": round(by_path["commit_page"]["events_per_s"]
-                                              / by_path["copy_plain"]["events_per_s"], 3),
+                "commit_vs_copy_events": round(
+                    by_path["commit_page"]["events_per_s"] / by_path["copy_events"]["events_per_s"], 3
+                ),
+                "commit_vs_copy_plain": round(
+                    by_path["commit_page"]["events_per_s"] / by_path["copy_plain"]["events_per_s"], 3
+                ),
             }
     figures = {
         "postgres": {"version": version, "fsync": fsync, "synchronous_commit": synchronous_commit},
@@ -107,18 +112,28 @@ def run(args: argparse.Namespace) -> int:
         "ratios": {str(k): v for k, v in ratios.items()},
         "targets": {"commit_vs_copy_events": 0.5, "commit_events_per_s_pages_of_1000": 100_000},
     }
-    report.print_table(runs, ["page_size", "path", "pages", "rows_in_postgres", "seconds", "events_per_s",
-                              "p50_page_ms", "p99_page_ms"],
-                       title=f"bench commit: Postgres {version}, fsync {fsync}, synchronous_commit {synchronous_commit}")
-    report.print_table([{"page_size": k, **v} for k, v in ratios.items()],
-                       ["page_size", "commit_vs_copy_events", "commit_vs_copy_plain"])
+    report.print_table(
+        runs,
+        ["page_size", "path", "pages", "rows_in_postgres", "seconds", "events_per_s", "p50_page_ms", "p99_page_ms"],
+        title=f"bench commit: Postgres {version}, fsync {fsync}, synchronous_commit {synchronous_commit}",
+    )
+    report.print_table(
+        [{"page_size": k, **v} for k, v in ratios.items()],
+        ["page_size", "commit_vs_copy_events", "commit_vs_copy_plain"],
+    )
     report.write_json(out / "commit.json", figures)
     report.save_chart(
-        out / "commit.png", title="Fenced commit vs plain COPY of the same rows (one run)", ylabel="events/s",
+        out / "commit.png",
+        title="Fenced commit vs plain COPY of the same rows (one run)",
+        ylabel="events/s",
         xlabel="page size",
-        series={path: ([str(r["page_size"]) for r in runs if r["path"] == path],
-                       [r["events_per_s"] for r in runs if r["path"] == path])
-                for path in (*PATHS, "commit_page_replay")},
+        series={
+            path: (
+                [str(r["page_size"]) for r in runs if r["path"] == path],
+                [r["events_per_s"] for r in runs if r["path"] == path],
+            )
+            for path in (*PATHS, "commit_page_replay")
+        },
         kind="bar",
     )
     if args.json:
@@ -153,7 +168,7 @@ def _time_page_size(store, page_size: int, events: int, commit_source: str, copy
     }
     for n, page in enumerate(pages):
         # Rotate who goes first, so no way always meets a cache the previous one warmed.
-        for path in PATHS[n % 3:] + PATHS[:n % 3]:
+        for path in PATHS[n % 3 :] + PATHS[: n % 3]:
             started = time.perf_counter()
             ways[path](page)
             timings[path].append(time.perf_counter() - started)
@@ -170,8 +185,11 @@ def _time_page_size(store, page_size: int, events: int, commit_source: str, copy
         timings["commit_page_replay"].append(time.perf_counter() - started)
 
     rows = {}
-    for path, table, source in (("commit_page", "events", commit_source), ("copy_events", "events", copy_source),
-                                ("copy_plain", plain, copy_source)):
+    for path, table, source in (
+        ("commit_page", "events", commit_source),
+        ("copy_events", "events", copy_source),
+        ("copy_plain", plain, copy_source),
+    ):
         table = sql.Identifier(table) if isinstance(table, str) else table
         rows[path] = conn.execute(sql.SQL(COUNT_ROWS_SQL).format(table=table), (source,)).fetchone()[0]
         conn.rollback()
@@ -180,11 +198,17 @@ def _time_page_size(store, page_size: int, events: int, commit_source: str, copy
     for path, spent in timings.items():
         done = sum(len(p) for p in (replayed if path == "commit_page_replay" else pages))
         ordered = sorted(spent)
-        result.append({
-            "page_size": page_size, "path": path, "pages": len(spent), "events": done,
-            "rows_in_postgres": rows[path], "seconds": round(sum(spent), 4),
-            "events_per_s": round(done / sum(spent), 1),
-            "p50_page_ms": round(ordered[len(ordered) // 2] * 1000, 3),
-            "p99_page_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3),
-        })
+        result.append(
+            {
+                "page_size": page_size,
+                "path": path,
+                "pages": len(spent),
+                "events": done,
+                "rows_in_postgres": rows[path],
+                "seconds": round(sum(spent), 4),
+                "events_per_s": round(done / sum(spent), 1),
+                "p50_page_ms": round(ordered[len(ordered) // 2] * 1000, 3),
+                "p99_page_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3),
+            }
+        )
     return result

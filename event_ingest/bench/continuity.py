@@ -28,8 +28,20 @@ from pathlib import Path
 
 from . import report
 from .live import (
-    Deployment, MockFleet, Sampler, create_database, drop_database, gap_histogram, lag_chart, measure,
-    postgres_connections, postgres_pids, redis_commands, redis_pid, wait_first_requests, write_sources,
+    Deployment,
+    MockFleet,
+    Sampler,
+    create_database,
+    drop_database,
+    gap_histogram,
+    lag_chart,
+    measure,
+    postgres_connections,
+    postgres_pids,
+    redis_commands,
+    redis_pid,
+    wait_first_requests,
+    write_sources,
 )
 from .services import services
 
@@ -59,8 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sources", type=int, default=3, help="live mock sources (default 3)")
     parser.add_argument("--rate", type=float, default=50.0, help="new events per second per source (default 50)")
     parser.add_argument("--minutes", type=float, default=10.0, help="measured window (default 10)")
-    parser.add_argument("--run-seconds", type=float, default=120.0,
-                        help="planned life of an ingest run: a handoff every this long (default 120)")
+    parser.add_argument(
+        "--run-seconds",
+        type=float,
+        default=120.0,
+        help="planned life of an ingest run: a handoff every this long (default 120)",
+    )
     parser.add_argument("--handoff-s", type=float, default=30.0, help="successor asked this long before (default 30)")
     parser.add_argument("--sources-per-run", type=int, default=25, help="sources one run hosts (default 25)")
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
@@ -81,8 +97,9 @@ def run_live(args: argparse.Namespace, *, case: str, deployments: int, targets: 
     result["targets"] = _verdicts(result["per_source"], targets)
     print_result(result, case)
     report.write_json(out / f"{case}.json", result)
-    lag_chart(out / f"{case}-lag.png", figures, t0=t0, marks=marks,
-              title=f"{case}: lag per source, worst event per second")
+    lag_chart(
+        out / f"{case}-lag.png", figures, t0=t0, marks=marks, title=f"{case}: lag per source, worst event per second"
+    )
     gap_histogram(out / f"{case}-gaps.png", figures, title=f"{case}: gaps between requests at the sources")
     correct = all(r["gaps_under_200ms"] == 0 and r["lost"] == 0 for r in result["per_source"])
     print("correct (no gap under 200 ms, nothing lost)" if correct else "WRONG: a gap under 200 ms or a lost event")
@@ -94,8 +111,11 @@ def measure_live(args: argparse.Namespace, *, case: str, deployments: int):
     window_s = args.minutes * 60
     suffix = uuid.uuid4().hex[:6]
     names = [f"b{suffix}_s{i:02d}" for i in range(args.sources)]
-    runs_settings = {"sources_per_run": args.sources_per_run, "run_seconds": args.run_seconds,
-                     "handoff_s": args.handoff_s}
+    runs_settings = {
+        "sources_per_run": args.sources_per_run,
+        "run_seconds": args.run_seconds,
+        "handoff_s": args.handoff_s,
+    }
     with services(fast_postgres=False) as (server_url, redis_url), contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"event-ingest-{case}-")))
         events_url = create_database(server_url, "bench_events")
@@ -108,24 +128,37 @@ def measure_live(args: argparse.Namespace, *, case: str, deployments: int):
         stack.callback(fleet.stop)
         sources_file = work / "sources.yaml"
         write_sources(sources_file, fleet, runs_settings)
-        stacks = [Deployment(chr(97 + i), work, sources_file=sources_file, events_url=events_url,
-                             redis_url=redis_url, dagster_url=url) for i, url in enumerate(dagster_urls)]
+        stacks = [
+            Deployment(
+                chr(97 + i),
+                work,
+                sources_file=sources_file,
+                events_url=events_url,
+                redis_url=redis_url,
+                dagster_url=url,
+            )
+            for i, url in enumerate(dagster_urls)
+        ]
         for deployment in stacks:
             deployment.start()
             stack.callback(deployment.stop)
         for deployment in stacks:
             deployment.wait_ready()
         first_s = wait_first_requests(fleet, timeout=300)
-        print(f"bench {case}: every source asked within {first_s:.1f} s of the UI answering; measuring "
-              f"{window_s:.0f} s", flush=True)
+        print(
+            f"bench {case}: every source asked within {first_s:.1f} s of the UI answering; measuring {window_s:.0f} s",
+            flush=True,
+        )
         time.sleep(5)  # past the first backlog: the window measures steady ingestion
         pg_pids, rd_pids = postgres_pids(events_url), redis_pid(redis_url)
         sampler = Sampler(
-            {"ingest runs": lambda: [p for d in stacks for p in d.run_pids()],
-             "dagster (all, runs included)": lambda: [p for d in stacks for p in d.pids()],
-             "mock sources": lambda: fleet.pids,
-             "postgres": lambda: postgres_pids(events_url) if pg_pids else [],
-             "redis": lambda: rd_pids},
+            {
+                "ingest runs": lambda: [p for d in stacks for p in d.run_pids()],
+                "dagster (all, runs included)": lambda: [p for d in stacks for p in d.pids()],
+                "mock sources": lambda: fleet.pids,
+                "postgres": lambda: postgres_pids(events_url) if pg_pids else [],
+                "redis": lambda: rd_pids,
+            },
             probes={"events db connections": lambda: postgres_connections(events_url)},
         )
         t0 = time.time()
@@ -139,8 +172,11 @@ def measure_live(args: argparse.Namespace, *, case: str, deployments: int):
             # lease that frees up, handoffs included): the failover is then a real one.
             draining = {d.name: d.draining(redis_url) for d in stacks}
             victim = max(stacks, key=lambda d: len(draining[d.name]))
-            print(f"bench {case}: deployment {victim.name} drains {sorted(draining[victim.name])}; killing it "
-                  f"(SIGKILL, {len(victim.pids())} processes)", flush=True)
+            print(
+                f"bench {case}: deployment {victim.name} drains {sorted(draining[victim.name])}; killing it "
+                f"(SIGKILL, {len(victim.pids())} processes)",
+                flush=True,
+            )
             victim.kill()
             killed_at = victim.killed_at
             time.sleep(window_s / 2)
@@ -154,22 +190,34 @@ def measure_live(args: argparse.Namespace, *, case: str, deployments: int):
         runs = {d.name: d.runs() for d in stacks}
     span = t1 - t0
     handoffs = sorted(r["end"] for rs in runs.values() for r in rs if r["end"] and t0 <= r["end"] <= t1)
-    per_deployment = [{
-        "deployment": d.name, "ingest_runs": len(runs[d.name]),
-        "runs_ended_in_window": sum(1 for r in runs[d.name] if r["end"] and t0 <= r["end"] <= t1),
-        "event_log_rows_per_s": round((log_rows[i] - log_rows0[i]) / span, 2) if log_rows[i] else None,
-        "killed": d.killed_at is not None,
-    } for i, d in enumerate(stacks)]
+    per_deployment = [
+        {
+            "deployment": d.name,
+            "ingest_runs": len(runs[d.name]),
+            "runs_ended_in_window": sum(1 for r in runs[d.name] if r["end"] and t0 <= r["end"] <= t1),
+            "event_log_rows_per_s": round((log_rows[i] - log_rows0[i]) / span, 2) if log_rows[i] else None,
+            "killed": d.killed_at is not None,
+        }
+        for i, d in enumerate(stacks)
+    ]
     marks = {"run handoff": handoffs}
     if killed_at:
         marks["deployment killed"] = [killed_at]
     result = {
-        "case": case, "sources": args.sources, "rate_per_source": args.rate, "window_s": round(span, 1),
-        "run_seconds": args.run_seconds, "handoff_s": args.handoff_s, "sources_per_run": args.sources_per_run,
-        "deployments": per_deployment, "killed_at_s": round(killed_at - t0, 1) if killed_at else None,
+        "case": case,
+        "sources": args.sources,
+        "rate_per_source": args.rate,
+        "window_s": round(span, 1),
+        "run_seconds": args.run_seconds,
+        "handoff_s": args.handoff_s,
+        "sources_per_run": args.sources_per_run,
+        "deployments": per_deployment,
+        "killed_at_s": round(killed_at - t0, 1) if killed_at else None,
         "killed": next((d.name for d in stacks if d.killed_at), None),
-        "handoffs_at_s": [round(h - t0, 1) for h in handoffs], "per_source": [f.row() for f in figures],
-        "resources": sampler.summary(), "probes": sampler.probe_summary(),
+        "handoffs_at_s": [round(h - t0, 1) for h in handoffs],
+        "per_source": [f.row() for f in figures],
+        "resources": sampler.summary(),
+        "probes": sampler.probe_summary(),
         "redis_calls_per_s": round(commands[0] / span, 1),
         "redis_commands_per_s": round(commands[1] / span, 1),  # Lua scripts' insides included
         "first_request_within_s": round(first_s, 1),
@@ -179,17 +227,23 @@ def measure_live(args: argparse.Namespace, *, case: str, deployments: int):
 
 def print_result(result: dict, case: str) -> None:
     killed = result["killed_at_s"]
-    report.print_table(result["per_source"], title=(
-        f"bench {case}: {result['sources']} sources x {result['rate_per_source']:g} events/s, "
-        f"{result['window_s']:.0f} s window, {len(result['handoffs_at_s'])} run handoffs"
-        + (f", deployment {result['killed']} killed at {killed:.0f} s" if killed else "")))
+    report.print_table(
+        result["per_source"],
+        title=(
+            f"bench {case}: {result['sources']} sources x {result['rate_per_source']:g} events/s, "
+            f"{result['window_s']:.0f} s window, {len(result['handoffs_at_s'])} run handoffs"
+            + (f", deployment {result['killed']} killed at {killed:.0f} s" if killed else "")
+        ),
+    )
     print()
     report.print_table(result["deployments"])
     print()
     report.print_table([{"group": k, **v} for k, v in result["resources"].items()])
-    print(f"redis calls/s: {result['redis_calls_per_s']} (commands run, scripts' insides included: "
-          f"{result['redis_commands_per_s']}); "
-          + "; ".join(f"{k}: mean {v['mean']}, max {v['max']}" for k, v in result["probes"].items()))
+    print(
+        f"redis calls/s: {result['redis_calls_per_s']} (commands run, scripts' insides included: "
+        f"{result['redis_commands_per_s']}); "
+        + "; ".join(f"{k}: mean {v['mean']}, max {v['max']}" for k, v in result["probes"].items())
+    )
     print()
     report.print_table(result["targets"], title="targets (worst source)")
 

@@ -53,19 +53,31 @@ def run(args: argparse.Namespace) -> int:
     # Deeper than the run can possibly drain, so it never catches up.
     backlog = int(args.page_size * max_rate * args.seconds * 1.5) + args.page_size
     name = f"bench_{uuid.uuid4().hex[:8]}"
-    with services() as (database_url, redis_url), MockSource(
-        MockSourceConfig(name=name, backlog=backlog, latency_ms=args.latency_ms, min_interval_ms=args.interval_ms)
-    ) as mock:
-        source = SourceConfig(name=name, url=mock.url, page_size=args.page_size, min_interval_ms=args.interval_ms,
-                              max_run_seconds=args.seconds)
+    with (
+        services() as (database_url, redis_url),
+        MockSource(
+            MockSourceConfig(name=name, backlog=backlog, latency_ms=args.latency_ms, min_interval_ms=args.interval_ms)
+        ) as mock,
+    ):
+        source = SourceConfig(
+            name=name,
+            url=mock.url,
+            page_size=args.page_size,
+            min_interval_ms=args.interval_ms,
+            max_run_seconds=args.seconds,
+        )
         with Store(database_url) as store:
             store.apply_schema([name])
             # Warm-up: the first grant on a new source waits out one hold (the gate's cold start).
             drain(source, store=store, redis_client=connect_redis(redis_url), options=DrainOptions(max_seconds=1))
             stored_before = _rows(store, name)
             mock.reset_stats()
-            stats = drain(source, store=store, redis_client=connect_redis(redis_url),
-                          options=DrainOptions(max_seconds=args.seconds))
+            stats = drain(
+                source,
+                store=store,
+                redis_client=connect_redis(redis_url),
+                options=DrainOptions(max_seconds=args.seconds),
+            )
             stored = _rows(store, name) - stored_before
         seen = mock.stats()
     span_s = seen["arrival_span_s"] or 0.0
@@ -89,17 +101,21 @@ def run(args: argparse.Namespace) -> int:
     passed = result["fraction_of_max"] >= args.target and result["gaps_under_interval"] == 0
     result["passed"] = passed
     report.write_json(out / "drain.json", result)
-    report.print_table([
-        {"figure": "requests at the source", "value": result["requests"]},
-        {"figure": "first to last arrival, s", "value": result["arrival_span_s"]},
-        {"figure": "requests/s at the source", "value": result["requests_per_s"]},
-        {"figure": f"fraction of {max_rate:g}/s", "value": result["fraction_of_max"]},
-        {"figure": "min gap at the source, ms", "value": result["min_gap_ms_at_source"]},
-        {"figure": "median gap at the source, ms", "value": result["median_gap_ms_at_source"]},
-        {"figure": f"gaps under {args.interval_ms} ms", "value": result["gaps_under_interval"]},
-        {"figure": "events stored (Postgres)", "value": result["events_stored"]},
-        {"figure": "events/s over the span", "value": result["events_per_s"]},
-    ], ["figure", "value"], title=f"bench drain: {args.seconds:g} s, pages of {args.page_size}")
+    report.print_table(
+        [
+            {"figure": "requests at the source", "value": result["requests"]},
+            {"figure": "first to last arrival, s", "value": result["arrival_span_s"]},
+            {"figure": "requests/s at the source", "value": result["requests_per_s"]},
+            {"figure": f"fraction of {max_rate:g}/s", "value": result["fraction_of_max"]},
+            {"figure": "min gap at the source, ms", "value": result["min_gap_ms_at_source"]},
+            {"figure": "median gap at the source, ms", "value": result["median_gap_ms_at_source"]},
+            {"figure": f"gaps under {args.interval_ms} ms", "value": result["gaps_under_interval"]},
+            {"figure": "events stored (Postgres)", "value": result["events_stored"]},
+            {"figure": "events/s over the span", "value": result["events_per_s"]},
+        ],
+        ["figure", "value"],
+        title=f"bench drain: {args.seconds:g} s, pages of {args.page_size}",
+    )
     print("PASS" if passed else f"FAIL (target {args.target} of max rate, no gap under the interval)")
     if args.json:
         print(json.dumps(result))

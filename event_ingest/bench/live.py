@@ -90,9 +90,21 @@ class MockFleet:
         for name in self.names:
             log = open(self.workdir / f"mock-{name}.log", "ab")
             self.procs[name] = spawn(
-                [sys.executable, "-m", "event_ingest.cli", "mock-source", "--name", name, "--port",
-                 str(self.ports[name]), "--rate", str(self.rate)],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "event_ingest.cli",
+                    "mock-source",
+                    "--name",
+                    name,
+                    "--port",
+                    str(self.ports[name]),
+                    "--rate",
+                    str(self.rate),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 60
         for name in self.names:
             while True:
@@ -146,8 +158,9 @@ class Deployment:
     and the runs it launches) with its own DAGSTER_HOME and Dagster database, pointed at the shared
     events Postgres and Redis."""
 
-    def __init__(self, name: str, workdir: Path, *, sources_file: Path, events_url: str, redis_url: str,
-                 dagster_url: str) -> None:
+    def __init__(
+        self, name: str, workdir: Path, *, sources_file: Path, events_url: str, redis_url: str, dagster_url: str
+    ) -> None:
         self.name = name
         self.home = workdir / f"dagster-{name}"
         self.home.mkdir(parents=True, exist_ok=True)
@@ -174,7 +187,11 @@ class Deployment:
         log = open(self.home / "dagster.log", "ab")
         self.proc = spawn(
             [str(dagster), "dev", "-w", str(ROOT / "workspace.yaml"), "-h", HOST, "-p", str(self.port)],
-            cwd=self.home, env=env, stdout=log, stderr=subprocess.STDOUT)
+            cwd=self.home,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_ready(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
@@ -182,8 +199,12 @@ class Deployment:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dagster dev of {self.name} exited; see {self.home / 'dagster.log'}")
             try:
-                if httpx.post(f"http://{HOST}:{self.port}/graphql", json={"query": "{ version }"},
-                              timeout=2).status_code == 200:
+                if (
+                    httpx.post(
+                        f"http://{HOST}:{self.port}/graphql", json={"query": "{ version }"}, timeout=2
+                    ).status_code
+                    == 200
+                ):
                     return
             except httpx.HTTPError:
                 pass
@@ -221,7 +242,8 @@ class Deployment:
         with psycopg.connect(self.dagster_url) as conn:
             rows = conn.execute(
                 "SELECT run_id, status, start_time, end_time FROM runs WHERE pipeline_name = 'ingest' "
-                "ORDER BY create_timestamp").fetchall()
+                "ORDER BY create_timestamp"
+            ).fetchall()
         return [{"run_id": r[0], "status": r[1], "start": r[2], "end": r[3]} for r in rows]
 
     def draining(self, redis_url: str) -> set[str]:
@@ -352,8 +374,9 @@ class Sampler(threading.Thread):
             rss = [s.usage[name].rss_bytes for s in self.samples]
             procs = [s.usage[name].processes for s in self.samples]
             # CPU of processes that ended meanwhile is lost to this sum; sampled often, the error is small.
-            cpu = sum(max(0.0, b.usage[name].cpu_s - a.usage[name].cpu_s)
-                      for a, b in zip(self.samples, self.samples[1:]))
+            cpu = sum(
+                max(0.0, b.usage[name].cpu_s - a.usage[name].cpu_s) for a, b in zip(self.samples, self.samples[1:])
+            )
             out[name] = {
                 "cpu_cores": round(cpu / span, 3) if span else None,
                 "pss_mb_mean": round(statistics.mean(pss) / 2**20, 1),
@@ -388,12 +411,17 @@ class SourceFigures:
 
     def row(self) -> dict:
         return {
-            "source": self.source, "requests": self.requests, "ratio": round(self.ratio, 4),
+            "source": self.source,
+            "requests": self.requests,
+            "ratio": round(self.ratio, 4),
             "longest_pause_s": round(self.longest_pause_s, 3),
             **({"pause_at_kill_s": round(self.pause_at_kill_s, 3)} if self.pause_at_kill_s is not None else {}),
             "lag_p50_s": self.lag_p50_s,
-            "lag_p99_s": self.lag_p99_s, "lag_max_s": self.lag_max_s,
-            "gaps_under_200ms": self.gaps_under_interval, "events": self.events, "lost": self.lost,
+            "lag_p99_s": self.lag_p99_s,
+            "lag_max_s": self.lag_max_s,
+            "gaps_under_200ms": self.gaps_under_interval,
+            "events": self.events,
+            "lost": self.lost,
         }
 
 
@@ -409,8 +437,16 @@ WHERE source = %(source)s AND (payload->>'created_at')::float8 BETWEEN %(t0)s AN
 """
 
 
-def measure(fleet: MockFleet, events_url: str, t0: float, t1: float, *, interval_s: float = 0.2,
-            max_rate: float = 5.0, killed_at: float | None = None) -> list[SourceFigures]:
+def measure(
+    fleet: MockFleet,
+    events_url: str,
+    t0: float,
+    t1: float,
+    *,
+    interval_s: float = 0.2,
+    max_rate: float = 5.0,
+    killed_at: float | None = None,
+) -> list[SourceFigures]:
     """Per source, over the window [t0, t1] (unix seconds): at the source, then in Postgres."""
     figures = []
     with psycopg.connect(events_url) as conn:
@@ -421,8 +457,9 @@ def measure(fleet: MockFleet, events_url: str, t0: float, t1: float, *, interval
             edges = [t0, *arrivals, t1]  # a pause at either end of the window counts too
             pauses = [(b - a, a) for a, b in zip(edges, edges[1:])]
             longest, longest_at = max(pauses)
-            at_kill = next((gap for gap, start in pauses if killed_at is not None and start <= killed_at < start + gap),
-                           None)
+            at_kill = next(
+                (gap for gap, start in pauses if killed_at is not None and start <= killed_at < start + gap), None
+            )
             gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
             rows = conn.execute(LAG_SQL, {"source": name, "t0": t0, "t1": t1 - 3 * interval_s}).fetchall()
             lags = [ing - created for _, created, ing in rows]
@@ -433,17 +470,26 @@ def measure(fleet: MockFleet, events_url: str, t0: float, t1: float, *, interval
             cursor = cursor[0] if cursor else 0
             stored = {r[0] for r in conn.execute("SELECT event_id FROM events WHERE source = %s", (name,))}
             served = [i for i in stats.get("served_ids", []) if i <= cursor]
-            figures.append(SourceFigures(
-                source=name, requests=len(arrivals), ratio=len(arrivals) / (max_rate * (t1 - t0)),
-                longest_pause_s=longest, longest_pause_at=longest_at, pause_at_kill_s=at_kill,
-                gaps_under_interval=sum(1 for g in gaps if g < interval_s),
-                min_gap_ms=round(min(gaps) * 1000, 3) if gaps else None,
-                lag_p50_s=round(statistics.median(lags), 3) if lags else None,
-                lag_p99_s=round(percentile(lags, 0.99), 3) if lags else None,
-                lag_max_s=round(max(lags), 3) if lags else None,
-                events=len(rows), served=len(served), lost=len(set(served) - stored),
-                gaps=gaps, lag_series=[(created, ing - created) for _, created, ing in rows],
-            ))
+            figures.append(
+                SourceFigures(
+                    source=name,
+                    requests=len(arrivals),
+                    ratio=len(arrivals) / (max_rate * (t1 - t0)),
+                    longest_pause_s=longest,
+                    longest_pause_at=longest_at,
+                    pause_at_kill_s=at_kill,
+                    gaps_under_interval=sum(1 for g in gaps if g < interval_s),
+                    min_gap_ms=round(min(gaps) * 1000, 3) if gaps else None,
+                    lag_p50_s=round(statistics.median(lags), 3) if lags else None,
+                    lag_p99_s=round(percentile(lags, 0.99), 3) if lags else None,
+                    lag_max_s=round(max(lags), 3) if lags else None,
+                    events=len(rows),
+                    served=len(served),
+                    lost=len(set(served) - stored),
+                    gaps=gaps,
+                    lag_series=[(created, ing - created) for _, created, ing in rows],
+                )
+            )
     return figures
 
 
@@ -462,8 +508,15 @@ def wait_first_requests(fleet: MockFleet, timeout: float) -> float:
     return time.monotonic() - started
 
 
-def lag_chart(path: Path, figures: list[SourceFigures], *, t0: float, marks: dict[str, list[float]], title: str,
-              max_sources: int = 12) -> Path:
+def lag_chart(
+    path: Path,
+    figures: list[SourceFigures],
+    *,
+    t0: float,
+    marks: dict[str, list[float]],
+    title: str,
+    max_sources: int = 12,
+) -> Path:
     """Lag (event made -> row committed) over time per source, worst per second; vertical lines at
     the moments in ``marks`` (handoffs, a kill)."""
     import matplotlib
@@ -483,8 +536,13 @@ def lag_chart(path: Path, figures: list[SourceFigures], *, t0: float, marks: dic
         styles = ["--", ":", "-."]
         for i, (label, moments) in enumerate(marks.items()):
             for j, moment in enumerate(moments):
-                ax.axvline(moment - t0, color="grey" if i == 0 else "red", linestyle=styles[i % 3], linewidth=0.8,
-                           label=label if j == 0 else None)
+                ax.axvline(
+                    moment - t0,
+                    color="grey" if i == 0 else "red",
+                    linestyle=styles[i % 3],
+                    linewidth=0.8,
+                    label=label if j == 0 else None,
+                )
         ax.set_xlabel("seconds into the window")
         ax.set_ylabel("lag, s (worst event per second)")
         ax.set_yscale("log")

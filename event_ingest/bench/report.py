@@ -13,8 +13,9 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 
 def add_output_arguments(parser: argparse.ArgumentParser, quick_help: str) -> None:
@@ -55,8 +56,9 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(c) for c in cells)])
 
 
-def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
-                title: str | None = None) -> None:
+def print_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, title: str | None = None
+) -> None:
     if title:
         print(title)
     print(format_table(rows, columns), flush=True)
@@ -67,8 +69,17 @@ def write_json(path: Path, obj: Any) -> Path:
     return path
 
 
-def save_chart(path: Path, *, title: str, ylabel: str, series: Mapping[str, tuple[Sequence, Sequence[float]]],
-               kind: str = "line", xlabel: str = "", logx: bool = False, logy: bool = False) -> Path:
+def save_chart(
+    path: Path,
+    *,
+    title: str,
+    ylabel: str,
+    series: Mapping[str, tuple[Sequence, Sequence[float]]],
+    kind: str = "line",
+    xlabel: str = "",
+    logx: bool = False,
+    logy: bool = False,
+) -> Path:
     """One PNG: `series` maps a label to (x values, y values). kind "line" draws points joined by
     lines; "bar" draws grouped bars, one group per x value (x values are category names)."""
     import matplotlib

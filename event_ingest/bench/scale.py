@@ -21,8 +21,15 @@ from .continuity import _verdicts, measure_live, print_result
 from .live import gap_histogram, lag_chart
 
 HELP = "N live sources through the real sensors and runs: ceiling ratio, lag, and what each source costs"
-QUICK = {"sources": 4, "rate": 20.0, "minutes": 1.0, "run_seconds": 60, "handoff_s": 25, "sources_per_run": 2,
-         "curve": None}
+QUICK = {
+    "sources": 4,
+    "rate": 20.0,
+    "minutes": 1.0,
+    "run_seconds": 60,
+    "handoff_s": 25,
+    "sources_per_run": 2,
+    "curve": None,
+}
 TARGETS = {
     "ratio": ("ratio of the 5/s ceiling", ">=", 0.95),
     "longest_pause_s": ("longest pause, s", "<=", 1.0),
@@ -36,8 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=20.0, help="new events per second per source (default 20)")
     parser.add_argument("--minutes", type=float, default=10.0, help="measured window per size (default 10)")
     parser.add_argument("--sources-per-run", type=int, default=25, help="sources one run hosts (default 25)")
-    parser.add_argument("--run-seconds", type=float, default=300.0,
-                        help="planned life of an ingest run: handoffs inside the window (default 300)")
+    parser.add_argument(
+        "--run-seconds",
+        type=float,
+        default=300.0,
+        help="planned life of an ingest run: handoffs inside the window (default 300)",
+    )
     parser.add_argument("--handoff-s", type=float, default=60.0, help="successor asked this long before (default 60)")
     parser.add_argument("--curve", help="comma-separated sizes, one window each (e.g. 1,10,25,50)")
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
@@ -58,17 +69,23 @@ def costs(result: dict) -> dict:
         "pause_max_s": max(r["longest_pause_s"] for r in result["per_source"]),
         "gaps_under_200ms": sum(r["gaps_under_200ms"] for r in result["per_source"]),
     }
-    total_cpu = sum(v.get("cpu_cores") or 0 for k, v in res.items() if k in
-                    ("dagster (all, runs included)", "postgres", "redis"))
+    total_cpu = sum(
+        v.get("cpu_cores") or 0 for k, v in res.items() if k in ("dagster (all, runs included)", "postgres", "redis")
+    )
     return {
-        "sources": n, **worst,
-        "cpu_runs_cores": runs.get("cpu_cores"), "cpu_dagster_all_cores": dagster.get("cpu_cores"),
-        "cpu_postgres_cores": pg.get("cpu_cores"), "cpu_redis_cores": rd.get("cpu_cores"),
+        "sources": n,
+        **worst,
+        "cpu_runs_cores": runs.get("cpu_cores"),
+        "cpu_dagster_all_cores": dagster.get("cpu_cores"),
+        "cpu_postgres_cores": pg.get("cpu_cores"),
+        "cpu_redis_cores": rd.get("cpu_cores"),
         "cpu_all_cores": round(total_cpu, 3),
-        "pss_runs_mb": runs.get("pss_mb_mean"), "pss_dagster_all_mb": dagster.get("pss_mb_mean"),
+        "pss_runs_mb": runs.get("pss_mb_mean"),
+        "pss_dagster_all_mb": dagster.get("pss_mb_mean"),
         "pss_postgres_mb": pg.get("pss_mb_mean"),
         "run_processes": runs.get("processes_max"),
-        "events_db_connections": connections, "redis_calls_per_s": result["redis_calls_per_s"],
+        "events_db_connections": connections,
+        "redis_calls_per_s": result["redis_calls_per_s"],
         "event_log_rows_per_s": log_rows,
         "cpu_runs_per_source": round((runs.get("cpu_cores") or 0) / n, 4),
         "cpu_all_per_source": round(total_cpu / n, 4),
@@ -96,28 +113,61 @@ def run(args: argparse.Namespace) -> int:
         curve.append(result["costs"])
         print_result(result, f"scale ({size} sources)")
         print()
-        lag_chart(out / f"scale-{size}-lag.png", figures, t0=t0, marks=marks,
-                  title=f"scale, {size} sources: lag per source, worst event per second (first 12 sources)")
+        lag_chart(
+            out / f"scale-{size}-lag.png",
+            figures,
+            t0=t0,
+            marks=marks,
+            title=f"scale, {size} sources: lag per source, worst event per second (first 12 sources)",
+        )
         gap_histogram(out / f"scale-{size}-gaps.png", figures, title=f"scale, {size} sources: gaps at the sources")
         correct = correct and all(r["gaps_under_200ms"] == 0 and r["lost"] == 0 for r in result["per_source"])
-    report.print_table(curve, ["sources", "ratio_min", "lag_p99_max_s", "pause_max_s", "cpu_all_cores",
-                               "cpu_runs_cores", "pss_runs_mb", "pss_dagster_all_mb", "run_processes",
-                               "events_db_connections", "redis_calls_per_s", "event_log_rows_per_s"],
-                       title="cost against the number of sources")
+    report.print_table(
+        curve,
+        [
+            "sources",
+            "ratio_min",
+            "lag_p99_max_s",
+            "pause_max_s",
+            "cpu_all_cores",
+            "cpu_runs_cores",
+            "pss_runs_mb",
+            "pss_dagster_all_mb",
+            "run_processes",
+            "events_db_connections",
+            "redis_calls_per_s",
+            "event_log_rows_per_s",
+        ],
+        title="cost against the number of sources",
+    )
     print()
-    report.print_table(curve, ["sources", "cpu_all_per_source", "cpu_runs_per_source", "pss_runs_mb_per_source",
-                               "connections_per_source", "redis_calls_per_s_per_source",
-                               "event_log_rows_per_s_per_source"], title="per source")
+    report.print_table(
+        curve,
+        [
+            "sources",
+            "cpu_all_per_source",
+            "cpu_runs_per_source",
+            "pss_runs_mb_per_source",
+            "connections_per_source",
+            "redis_calls_per_s_per_source",
+            "event_log_rows_per_s_per_source",
+        ],
+        title="per source",
+    )
     report.write_json(out / "scale.json", {"windows": windows, "curve": curve})
     if len(curve) > 1:
         xs = [c["sources"] for c in curve]
-        report.save_chart(out / "scale-cost.png", title="cost against the number of sources", xlabel="sources",
-                          ylabel="cores / GB", series={
-                              "CPU, everything (cores)": (xs, [c["cpu_all_cores"] for c in curve]),
-                              "CPU, ingest runs (cores)": (xs, [c["cpu_runs_cores"] or 0 for c in curve]),
-                              "memory, ingest runs (GB PSS)": (xs, [(c["pss_runs_mb"] or 0) / 1024 for c in curve]),
-                              "memory, Dagster with runs (GB PSS)": (
-                                  xs, [(c["pss_dagster_all_mb"] or 0) / 1024 for c in curve]),
-                          })
+        report.save_chart(
+            out / "scale-cost.png",
+            title="cost against the number of sources",
+            xlabel="sources",
+            ylabel="cores / GB",
+            series={
+                "CPU, everything (cores)": (xs, [c["cpu_all_cores"] for c in curve]),
+                "CPU, ingest runs (cores)": (xs, [c["cpu_runs_cores"] or 0 for c in curve]),
+                "memory, ingest runs (GB PSS)": (xs, [(c["pss_runs_mb"] or 0) / 1024 for c in curve]),
+                "memory, Dagster with runs (GB PSS)": (xs, [(c["pss_dagster_all_mb"] or 0) / 1024 for c in curve]),
+            },
+        )
     print("correct (no gap under 200 ms, nothing lost)" if correct else "WRONG: a gap under 200 ms or a lost event")
     return 0 if correct else 1

@@ -79,16 +79,27 @@ class Checkpoints:
             try:
                 moved = commit(drain, page)
             except BaseException as exc:
-                checkpoints.announce("commit_end", src=drain.source.name, epoch=drain.stats.epoch,
-                                     outcome=str(getattr(exc, "status", type(exc).__name__)))
+                checkpoints.announce(
+                    "commit_end",
+                    src=drain.source.name,
+                    epoch=drain.stats.epoch,
+                    outcome=str(getattr(exc, "status", type(exc).__name__)),
+                )
                 raise
             checkpoints.reach("committed", drain)
             return moved
 
         def _run(drain):
             stats = run(drain)
-            checkpoints.announce("done", src=stats.source, status=str(stats.status), epoch=stats.epoch,
-                                 stored=stats.events_stored, pages=stats.pages, error=stats.error)
+            checkpoints.announce(
+                "done",
+                src=stats.source,
+                status=str(stats.status),
+                epoch=stats.epoch,
+                stored=stats.events_stored,
+                pages=stats.pages,
+                error=stats.error,
+            )
             return stats
 
         Drain._commit, Drain.run = _commit, _run
@@ -116,13 +127,19 @@ def run_consumer(config_path: Path, name: str) -> int:
 
     redis_client = connect_redis(config["redis_url"], timeout_s=1.0, check=False)
     # One long life (no retiring, no handoff): faults end drains, not a run's budget.
-    options = WorkerOptions(run_seconds=1e9, handoff_s=0.0, lease_ttl_s=LEASE_TTL_S, report_every_s=1e9,
-                            poll_s=0.5, idle_exit_s=1e9)
+    options = WorkerOptions(
+        run_seconds=1e9, handoff_s=0.0, lease_ttl_s=LEASE_TTL_S, report_every_s=1e9, poll_s=0.5, idle_exit_s=1e9
+    )
     checkpoints.announce("started", pid=os.getpid())
     while not should_stop():
         try:
-            worker = Worker(f"chaos-{name}", sources, database_url=config["database_url"],
-                            redis_client=redis_client, options=options)
+            worker = Worker(
+                f"chaos-{name}",
+                sources,
+                database_url=config["database_url"],
+                redis_client=redis_client,
+                options=options,
+            )
         except StoreError as exc:  # Postgres is down right now (a restart): try again shortly
             checkpoints.announce("store_down", error=str(exc))
             stop.wait(0.3)

@@ -33,7 +33,7 @@ LEASE_PREFIX = "event-ingest:lease:"
 
 
 class Faults:
-    def __init__(self, harness: "Harness") -> None:
+    def __init__(self, harness: Harness) -> None:
         self.h = harness
         self.injected: Counter[str] = Counter({k: 0 for k in FAULT_KINDS})
         self.fault_log: list[dict] = []
@@ -90,8 +90,9 @@ class Faults:
             return None
         slot, ev = armed
         self.h.consumers.kill(slot)
-        return (f"{slot.name} SIGKILLed holding an uncommitted page of {ev['src']} "
-                f"({ev['n']} events, epoch {ev['epoch']})")
+        return (
+            f"{slot.name} SIGKILLed holding an uncommitted page of {ev['src']} ({ev['n']} events, epoch {ev['epoch']})"
+        )
 
     def _fault_kill_between_commit_and_release(self) -> str | None:
         armed = self._arm("committed")
@@ -103,15 +104,21 @@ class Faults:
 
     def _source_now(self, source: str) -> dict:
         cursor, epoch, fenced = self.h.sql(
-            "SELECT cursor, epoch, fenced_commits FROM source_state WHERE source = %s", (source,))[0]
+            "SELECT cursor, epoch, fenced_commits FROM source_state WHERE source = %s", (source,)
+        )[0]
         rows = self.h.sql("SELECT count(*) FROM events WHERE source = %s", (source,))[0][0]
         client = self.h.redis_client()
         try:
             lease = client.get(LEASE_PREFIX + source)
         finally:
             client.close()
-        return {"cursor": cursor, "epoch": epoch, "rows": rows, "fenced_commits": fenced,
-                "lease": lease.decode() if lease else None}
+        return {
+            "cursor": cursor,
+            "epoch": epoch,
+            "rows": rows,
+            "fenced_commits": fenced,
+            "lease": lease.decode() if lease else None,
+        }
 
     def _fault_stop_past_lease(self) -> str | None:
         consumers = self.h.consumers
@@ -138,24 +145,36 @@ class Faults:
         consumers.release(stale.name, source)
         consumers.signal(stale, signal.SIGCONT)
         done = self.h.bus.wait_for(
-            lambda w, e: w == stale.name and e.get("ev") == "done" and e.get("src") == source, since, 15.0)
+            lambda w, e: w == stale.name and e.get("ev") == "done" and e.get("src") == source, since, 15.0
+        )
         after = self._source_now(source)
         consumers.release(taker.name, source)
         outcome = done[1]["status"] if done else "no answer"
         trial = {
-            "source": source, "stale": stale.name, "stale_epoch": epoch, "taker": taker.name,
-            "taker_epoch": taker_ev["epoch"], "stopped_s": round(stopped_s, 2), "stale_drain_ended": outcome,
-            "before": before, "after": after,
+            "source": source,
+            "stale": stale.name,
+            "stale_epoch": epoch,
+            "taker": taker.name,
+            "taker_epoch": taker_ev["epoch"],
+            "stopped_s": round(stopped_s, 2),
+            "stale_drain_ended": outcome,
+            "before": before,
+            "after": after,
             "commit_refused": done is not None and all(after[k] == before[k] for k in ("cursor", "epoch", "rows")),
             "lease_kept": before["lease"] is not None and after["lease"] == before["lease"],
         }
         self.fence_trials.append(trial)
-        moved = "moved nothing" if trial["commit_refused"] else (
-            f"MOVED cursor {before['cursor']} -> {after['cursor']}, rows {before['rows']} -> {after['rows']}")
-        return (f"{stale.name} SIGSTOPped {stopped_s:.1f}s (lease TTL {LEASE_TTL_S:g}s) holding a page of {source} "
-                f"(epoch {epoch}); {taker.name} took over (epoch {taker_ev['epoch']}) and was held after its fetch; "
-                f"the stale drain, woken, ended {outcome} and {moved}; the taker's lease "
-                f"{'kept' if trial['lease_kept'] else 'GONE'}")
+        moved = (
+            "moved nothing"
+            if trial["commit_refused"]
+            else (f"MOVED cursor {before['cursor']} -> {after['cursor']}, rows {before['rows']} -> {after['rows']}")
+        )
+        return (
+            f"{stale.name} SIGSTOPped {stopped_s:.1f}s (lease TTL {LEASE_TTL_S:g}s) holding a page of {source} "
+            f"(epoch {epoch}); {taker.name} took over (epoch {taker_ev['epoch']}) and was held after its fetch; "
+            f"the stale drain, woken, ended {outcome} and {moved}; the taker's lease "
+            f"{'kept' if trial['lease_kept'] else 'GONE'}"
+        )
 
     # -- service faults -------------------------------------------------------------------------
 
@@ -179,14 +198,17 @@ class Faults:
         during = self.h.requests_at_sources() - before
         self.requests_while_redis_down += during
         _start_again(redis, "redis")
-        return (f"redis down {down_s + 0.3:.1f}s under {len(leases)} running drains, restarted empty; "
-                f"{during} requests reached sources while it was down")
+        return (
+            f"redis down {down_s + 0.3:.1f}s under {len(leases)} running drains, restarted empty; "
+            f"{during} requests reached sources while it was down"
+        )
 
     def _fault_redis_flush_in_flight(self) -> str | None:
         h = self.h
         mock = h.rng.choice(h.mocks)
-        h.http.post(mock.base_url + "/control",
-                    json={"next": [{"kind": "delay_then", "delay_ms": IN_FLIGHT_HOLD_MS}]}).raise_for_status()
+        h.http.post(
+            mock.base_url + "/control", json={"next": [{"kind": "delay_then", "delay_ms": IN_FLIGHT_HOLD_MS}]}
+        ).raise_for_status()
         deadline = time.monotonic() + 10
         while h.http.get(mock.base_url + "/control").json()["queued"]:
             if time.monotonic() > deadline:
@@ -207,13 +229,18 @@ class Faults:
         held_at = max(a for a in arrivals if a <= taken_at)
         during = [a for a in arrivals if held_at < a < held_at + hold_s]
         later = [a for a in arrivals if a > held_at]
-        trial = {"source": mock.name, "flushed_after_ms": round((flushed_at - held_at) * 1000, 1),
-                 "requests_during_hold": len(during),
-                 "next_gap_ms": round((later[0] - held_at) * 1000, 1) if later else None}
+        trial = {
+            "source": mock.name,
+            "flushed_after_ms": round((flushed_at - held_at) * 1000, 1),
+            "requests_during_hold": len(during),
+            "next_gap_ms": round((later[0] - held_at) * 1000, 1) if later else None,
+        }
         self.flush_trials.append(trial)
-        return (f"FLUSHALL ({keys} keys) {trial['flushed_after_ms']:.0f} ms after a request to {mock.name} "
-                f"arrived, its response held {IN_FLIGHT_HOLD_MS} ms; {len(during)} requests arrived meanwhile, "
-                f"the next {trial['next_gap_ms']} ms after it")
+        return (
+            f"FLUSHALL ({keys} keys) {trial['flushed_after_ms']:.0f} ms after a request to {mock.name} "
+            f"arrived, its response held {IN_FLIGHT_HOLD_MS} ms; {len(during)} requests arrived meanwhile, "
+            f"the next {trial['next_gap_ms']} ms after it"
+        )
 
     def _fault_postgres_restart(self) -> str:
         self.h.pg.stop()
@@ -226,7 +253,9 @@ class Faults:
         for _ in range(30):
             rows = self.h.sql(
                 "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name LIKE %s AND pid <> pg_backend_pid()", ("event-ingest%",))
+                "WHERE application_name LIKE %s AND pid <> pg_backend_pid()",
+                ("event-ingest%",),
+            )
             if rows[0][0]:
                 return f"terminated {rows[0][0]} consumer connections"
             time.sleep(0.1)
@@ -318,7 +347,9 @@ class Faults:
         for source, marker in markers:
             rows = self.h.sql(
                 "SELECT count(*) FROM quarantine WHERE source = %s AND position(convert_to(%s, 'UTF8') in raw) > 0 "
-                "AND length(reason) > 0", (source, marker))
+                "AND length(reason) > 0",
+                (source, marker),
+            )
             if not rows[0][0]:
                 missing.append(marker)
         return missing

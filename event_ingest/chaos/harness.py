@@ -21,8 +21,15 @@ from pathlib import Path
 
 from ..devstack.procs import restartable_port
 from .faults import Faults
-from .plan import (CATCH_UP_TIMEOUT_S, FAULT_KINDS, HARNESS_APP_NAME, LEASE_TTL_S, MAX_RETRY_AFTER_S,
-                   SOURCE_TIMEOUT_S, schedule)
+from .plan import (
+    CATCH_UP_TIMEOUT_S,
+    FAULT_KINDS,
+    HARNESS_APP_NAME,
+    LEASE_TTL_S,
+    MAX_RETRY_AFTER_S,
+    SOURCE_TIMEOUT_S,
+    schedule,
+)
 from .processes import Bus, Consumers, HarnessError, MockProc, start_mock, stop_mocks
 from .verify import install_write_audit, verify
 
@@ -80,8 +87,9 @@ class Harness:
         log.info("chaos: seed %s, state in %s", self.args.seed, self.dir)
         self._http = httpx.Client(timeout=10.0)
         try:
-            self.pg = EmbeddedPostgres(self.dir / "postgres", port=restartable_port(), fast=True,
-                                       databases=("event_ingest",))
+            self.pg = EmbeddedPostgres(
+                self.dir / "postgres", port=restartable_port(), fast=True, databases=("event_ingest",)
+            )
             self.db_url = self.pg.start()
             self.redis = EmbeddedRedis(self.dir / "redis", port=restartable_port())
             self.redis_url = self.redis.start()
@@ -89,9 +97,22 @@ class Harness:
             raise HarnessError(str(exc)) from None
         a = self.args
         for i in range(a.sources):
-            self.mocks.append(start_mock(self.dir, f"chaos_s{i + 1}", [
-                "--backlog", str(a.backlog), "--rate", str(a.rate), "--error-rate", str(a.error_rate),
-                "--random-seed", str(a.seed * 100 + i)]))
+            self.mocks.append(
+                start_mock(
+                    self.dir,
+                    f"chaos_s{i + 1}",
+                    [
+                        "--backlog",
+                        str(a.backlog),
+                        "--rate",
+                        str(a.rate),
+                        "--error-rate",
+                        str(a.error_rate),
+                        "--random-seed",
+                        str(a.seed * 100 + i),
+                    ],
+                )
+            )
         try:
             with Store(self.db_url, application_name=HARNESS_APP_NAME) as store:
                 store.apply_schema(m.name for m in self.mocks)
@@ -104,8 +125,13 @@ class Harness:
             "redis_url": self.redis_url,
             "control_dir": str(self.dir / "control"),
             "sources": [
-                {"name": m.name, "url": m.url, "page_size": a.page_size, "timeout_s": SOURCE_TIMEOUT_S,
-                 "max_retry_after_s": MAX_RETRY_AFTER_S}
+                {
+                    "name": m.name,
+                    "url": m.url,
+                    "page_size": a.page_size,
+                    "timeout_s": SOURCE_TIMEOUT_S,
+                    "max_retry_after_s": MAX_RETRY_AFTER_S,
+                }
                 for m in self.mocks
             ],
         }
@@ -165,8 +191,7 @@ class Harness:
     def _catch_up(self) -> tuple[bool, float]:
         """Faults and production off; wait until every cursor reaches what its source has produced."""
         for mock in self.mocks:
-            self.http.post(mock.base_url + "/control",
-                           json={"clear_next": True, "error_rate": 0.0, "producing": False})
+            self.http.post(mock.base_url + "/control", json={"clear_next": True, "error_rate": 0.0, "producing": False})
         for slot in self.consumers.slots:
             self.consumers.signal(slot, signal.SIGCONT)
             self.consumers.release(slot.name)
@@ -194,8 +219,9 @@ class Harness:
     def sql(self, query: str, params: tuple = ()) -> list[tuple]:
         import psycopg
 
-        with psycopg.connect(self.db_url, application_name=HARNESS_APP_NAME, autocommit=True,
-                             connect_timeout=5) as conn:
+        with psycopg.connect(
+            self.db_url, application_name=HARNESS_APP_NAME, autocommit=True, connect_timeout=5
+        ) as conn:
             cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else []
 

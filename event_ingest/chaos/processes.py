@@ -16,9 +16,9 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..devstack.procs import kill_group, signal_group, terminate_group
 
@@ -96,8 +96,9 @@ def start_mock(state_dir: Path, name: str, args: list[str]) -> MockProc:
     out_path = state_dir / "logs" / f"{name}.log"
     cmd = [sys.executable, "-m", "event_ingest.mocksource", "--name", name, "--port", "0", *args]
     with open(out_path, "wb") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + 20
     while True:
         found = re.search(r"listening on (\S+)", out_path.read_text(errors="replace"))
@@ -157,13 +158,18 @@ class Consumers:
         cmd = [sys.executable, "-m", "event_ingest.chaos", "consumer", str(self.dir / "consumers.json"), slot.name]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.dir / "logs" / f"{slot.name}.log", "ab") as err:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True
+            )
         slot.proc = proc
         slot.incarnation += 1
         slot.expect_exit = False
-        threading.Thread(target=self._read_announcements, args=(slot.name, proc), daemon=True,
-                         name=f"chaos-read-{slot.name}-{slot.incarnation}").start()
+        threading.Thread(
+            target=self._read_announcements,
+            args=(slot.name, proc),
+            daemon=True,
+            name=f"chaos-read-{slot.name}-{slot.incarnation}",
+        ).start()
 
     def _read_announcements(self, name: str, proc: subprocess.Popen) -> None:
         for raw in proc.stdout:
@@ -183,8 +189,12 @@ class Consumers:
                         continue
                     if not slot.expect_exit:
                         self.crashes += 1
-                        log.error("chaos: consumer %s exited on its own with code %s; see %s",
-                                  slot.name, slot.proc.returncode, self.dir / "logs" / f"{slot.name}.log")
+                        log.error(
+                            "chaos: consumer %s exited on its own with code %s; see %s",
+                            slot.name,
+                            slot.proc.returncode,
+                            self.dir / "logs" / f"{slot.name}.log",
+                        )
                     self.release(slot.name)
                     slot.restarts += 1
                     self._spawn(slot)

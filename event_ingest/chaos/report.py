@@ -18,8 +18,10 @@ def format_report(report: dict) -> str:
         ("spacing violations", str(t["spacing_violations"])),
         ("min gap at sources (ms)", gap),
         ("requests during a held response", str(t["requests_during_held_response"])),
-        ("fence trials (stale commit moved sth)", f"{len(report['fence_trials'])} "
-                                                  f"({t['stale_commits_that_moved_something']})"),
+        (
+            "fence trials (stale commit moved sth)",
+            f"{len(report['fence_trials'])} ({t['stale_commits_that_moved_something']})",
+        ),
         ("taker leases lost", str(t["taker_leases_lost"])),
         ("fenced commits", str(t["fenced_commits"])),
     ]
@@ -28,6 +30,8 @@ def format_report(report: dict) -> str:
     lines += [f"{name.ljust(width)}  {value}" if name else "" for name, value in rows]
     failed = [name for name, passed in report["checks"].items() if not passed]
     lines.append("")
-    lines.append(f"seed {report['seed']}, {report['seconds']:g}s, {report['consumers']} consumers, "
-                 f"{report['sources']} sources: " + ("PASS" if report["ok"] else "FAIL: " + ", ".join(failed)))
+    lines.append(
+        f"seed {report['seed']}, {report['seconds']:g}s, {report['consumers']} consumers, "
+        f"{report['sources']} sources: " + ("PASS" if report["ok"] else "FAIL: " + ", ".join(failed))
+    )
     return "\n".join(lines)

@@ -67,7 +67,7 @@ def install_write_audit() -> str:
     return AUDIT_SQL
 
 
-def verify(h: "Harness", caught_up: bool, catch_up_s: float) -> dict:
+def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
     f = h.faults
     twice_in_commit = dict(h.sql(WRITTEN_TWICE_IN_A_COMMIT_SQL))
     committed_twice = dict(h.sql(COMMITTED_TWICE_SQL))
@@ -81,27 +81,29 @@ def verify(h: "Harness", caught_up: bool, catch_up_s: float) -> dict:
         max_stored = max(stored, default=0)
         lost = (served - stored) | (set(range(1, max_stored + 1)) - stored)
         markers = [(s, m) for s, m in f.markers if s == mock.name]
-        sources.append({
-            "source": mock.name,
-            "produced_max_id": seen["produced_max_id"],
-            "requests": seen["requests"],
-            "served": len(served),
-            "stored": len(stored),
-            "lost": len(lost),
-            "lost_ids_sample": sorted(lost)[:20],
-            "stored_not_served": len(stored - served),
-            "rows_written_twice_in_a_commit": twice_in_commit.get(mock.name, 0),
-            "ids_committed_twice": committed_twice.get(mock.name, 0),
-            "cursor": cursor,
-            "max_stored_id": max_stored,
-            "quarantined": quarantined,
-            "malformed_injected": len(markers),
-            "malformed_missing": f.missing_markers(markers),
-            "fenced_commits": fenced,
-            "gaps_under_200ms": seen["gaps_under_200ms"],
-            "min_gap_ms": seen["min_gap_ms"],
-            "statuses": seen["statuses"],
-        })
+        sources.append(
+            {
+                "source": mock.name,
+                "produced_max_id": seen["produced_max_id"],
+                "requests": seen["requests"],
+                "served": len(served),
+                "stored": len(stored),
+                "lost": len(lost),
+                "lost_ids_sample": sorted(lost)[:20],
+                "stored_not_served": len(stored - served),
+                "rows_written_twice_in_a_commit": twice_in_commit.get(mock.name, 0),
+                "ids_committed_twice": committed_twice.get(mock.name, 0),
+                "cursor": cursor,
+                "max_stored_id": max_stored,
+                "quarantined": quarantined,
+                "malformed_injected": len(markers),
+                "malformed_missing": f.missing_markers(markers),
+                "fenced_commits": fenced,
+                "gaps_under_200ms": seen["gaps_under_200ms"],
+                "min_gap_ms": seen["min_gap_ms"],
+                "statuses": seen["statuses"],
+            }
+        )
     gaps = [s["min_gap_ms"] for s in sources if s["min_gap_ms"] is not None]
     totals = {
         "events_served": sum(s["served"] for s in sources),

@@ -8,7 +8,21 @@ from .services import RedisUnavailable, connect_redis
 from .store import Fenced, Store, StoreError
 
 __all__ = [
-    "DrainHooks", "DrainOptions", "DrainStats", "drain", "Gate", "GateUnavailable", "Lease", "Event",
-    "MalformedPage", "Page", "Quarantined", "parse_page", "RedisUnavailable", "connect_redis", "Fenced",
-    "Store", "StoreError",
+    "DrainHooks",
+    "DrainOptions",
+    "DrainStats",
+    "drain",
+    "Gate",
+    "GateUnavailable",
+    "Lease",
+    "Event",
+    "MalformedPage",
+    "Page",
+    "Quarantined",
+    "parse_page",
+    "RedisUnavailable",
+    "connect_redis",
+    "Fenced",
+    "Store",
+    "StoreError",
 ]

@@ -54,13 +54,17 @@ class GapCheck:
 
     def summary(self) -> str:
         if self.blocks_overcounted:
-            return (f"id counters disagree with the stored rows in {self.blocks_overcounted} blocks "
-                    "(writes that bypassed the triggers?): run Store.recount() for this source")
+            return (
+                f"id counters disagree with the stored rows in {self.blocks_overcounted} blocks "
+                "(writes that bypassed the triggers?): run Store.recount() for this source"
+            )
         if self.missing == 0:
             return "no gaps" if self.highest is not None else "nothing stored yet"
         if self.ranges_complete and self.missing_located != self.missing:
-            return (f"id counters say {self.missing} ids are missing, the rows show {self.missing_located} "
-                    "(writes that bypassed the triggers?): run Store.recount() for this source")
+            return (
+                f"id counters say {self.missing} ids are missing, the rows show {self.missing_located} "
+                "(writes that bypassed the triggers?): run Store.recount() for this source"
+            )
         return f"{self.missing} ids missing in {self.ranges}{'' if self.ranges_complete else '+'} ranges: {self.listed}"
 
 
@@ -102,17 +106,31 @@ def gap_check(store: Store, source: str, *, listed: int = GAPS_LISTED, scan_bloc
     blocks = store.accounted_blocks(source)
     accounted = sum(n for _, n in blocks)
     windows, overcounted = _incomplete_windows(blocks, lowest, highest)
-    seen = dict(lowest=lowest, highest=highest, accounted=accounted,
-                blocks_incomplete=sum(1 for w in windows if not w.whole))
+    seen = dict(
+        lowest=lowest, highest=highest, accounted=accounted, blocks_incomplete=sum(1 for w in windows if not w.whole)
+    )
     if overcounted:
-        return GapCheck(passed=False, missing=max(highest - lowest + 1 - accounted, 0), ranges_complete=False,
-                        blocks_overcounted=overcounted, **seen)
+        return GapCheck(
+            passed=False,
+            missing=max(highest - lowest + 1 - accounted, 0),
+            ranges_complete=False,
+            blocks_overcounted=overcounted,
+            **seen,
+        )
     missing = highest - lowest + 1 - accounted  # >= 0: no block holds more than its share
     if missing == 0:
         return GapCheck(passed=True, missing=0, **seen)
     gaps, scanned, complete = _locate(store, source, windows, scan_blocks)
-    return GapCheck(passed=False, missing=missing, gaps=gaps[:listed], ranges=len(gaps), ranges_complete=complete,
-                    missing_located=sum(g.size for g in gaps), blocks_scanned=scanned, **seen)
+    return GapCheck(
+        passed=False,
+        missing=missing,
+        gaps=gaps[:listed],
+        ranges=len(gaps),
+        ranges_complete=complete,
+        missing_located=sum(g.size for g in gaps),
+        blocks_scanned=scanned,
+        **seen,
+    )
 
 
 def _incomplete_windows(blocks: list[tuple[int, int]], lowest: int, highest: int) -> tuple[list[_Window], int]:

@@ -29,7 +29,6 @@ from ..config import SourceConfig
 from .gate import Gate, Grant
 from .page import MalformedPage, Page, Quarantined, parse_page
 
-
 REQUEST_STARTS_KEPT = 10_000
 
 
@@ -110,12 +109,17 @@ class SourceClient:
         self._http = httpx.Client(
             # httpx gives connect, write and pool a full timeout each; a third each keeps the moment
             # the request reaches the source within timeout_s of sending, inside the gate's hold.
-            timeout=httpx.Timeout(source.timeout_s, connect=source.timeout_s / 3, write=source.timeout_s / 3,
-                                  pool=source.timeout_s / 3),
+            timeout=httpx.Timeout(
+                source.timeout_s, connect=source.timeout_s / 3, write=source.timeout_s / 3, pool=source.timeout_s / 3
+            ),
             follow_redirects=False,  # a redirect to another host is not followed blindly
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            headers={"User-Agent": f"event-ingest/{__version__}", "Accept": "application/json",
-                     "Accept-Encoding": "gzip, deflate", **{name: h.value for name, h in source.headers}},
+            headers={
+                "User-Agent": f"event-ingest/{__version__}",
+                "Accept": "application/json",
+                "Accept-Encoding": "gzip, deflate",
+                **{name: h.value for name, h in source.headers},
+            },
             verify=self.tls,
             transport=transport,
         )
@@ -180,8 +184,9 @@ class SourceClient:
             # another consumer's slot began. Give the slot back unused (closing only ever moves the
             # next slot later) and let the caller ask again. Sending takes microseconds after this.
             self.gate.close()
-            return Outcome(Kind.RETRY, reason="gate slot went stale before sending (process paused?); not sent",
-                           sent=False)
+            return Outcome(
+                Kind.RETRY, reason="gate slot went stale before sending (process paused?); not sent", sent=False
+            )
         self.request_starts.append(started)
         self.requests += 1
         deadline = started + source.timeout_s
@@ -204,8 +209,11 @@ class SourceClient:
             if untrusted is not None:
                 trusted_by = f"ca_file {source.ca_file}" if source.ca_file else "the system certificate store"
                 hint = "" if source.ca_file else "; if the source uses a private CA, set ca_file in the sources file"
-                return Outcome(Kind.FATAL, reason=f"TLS certificate of {source.url} is not trusted by {trusted_by} "
-                               f"({untrusted}){hint}", elapsed_s=time.monotonic() - started)
+                return Outcome(
+                    Kind.FATAL,
+                    reason=f"TLS certificate of {source.url} is not trusted by {trusted_by} ({untrusted}){hint}",
+                    elapsed_s=time.monotonic() - started,
+                )
             return Outcome(Kind.RETRY, reason=_transport_reason(exc), elapsed_s=time.monotonic() - started)
         elapsed = time.monotonic() - started
 
@@ -214,20 +222,33 @@ class SourceClient:
                 page = parse_page(body, cursor=last_id, max_payload_bytes=source.max_payload_bytes)
             except MalformedPage as exc:
                 return Outcome(
-                    Kind.RETRY, reason=f"malformed page: {exc}", status=status, elapsed_s=elapsed,
-                    bad_body=Quarantined(body, f"malformed page at lastId={last_id}: {exc}"), body=body,
+                    Kind.RETRY,
+                    reason=f"malformed page: {exc}",
+                    status=status,
+                    elapsed_s=elapsed,
+                    bad_body=Quarantined(body, f"malformed page at lastId={last_id}: {exc}"),
+                    body=body,
                 )
             return Outcome(Kind.OK, page=page, status=status, elapsed_s=elapsed, body=body)
         if status in (429, 503):
             told = f"Retry-After {retry_after:g}s" if retry_after is not None else "no Retry-After"
-            return Outcome(Kind.RETRY, reason=f"HTTP {status} ({told})", retry_after_s=retry_after,
-                           status=status, elapsed_s=elapsed)
+            return Outcome(
+                Kind.RETRY,
+                reason=f"HTTP {status} ({told})",
+                retry_after_s=retry_after,
+                status=status,
+                elapsed_s=elapsed,
+            )
         if status >= 500 or status == 408:
             return Outcome(Kind.RETRY, reason=f"HTTP {status}{_error_hint(body)}", status=status, elapsed_s=elapsed)
         if 300 <= status < 400:
             where = response.headers.get("Location", "?")
-            return Outcome(Kind.FATAL, reason=f"HTTP {status} redirect to {where!r} not followed; fix the source url",
-                           status=status, elapsed_s=elapsed)
+            return Outcome(
+                Kind.FATAL,
+                reason=f"HTTP {status} redirect to {where!r} not followed; fix the source url",
+                status=status,
+                elapsed_s=elapsed,
+            )
         return Outcome(Kind.FATAL, reason=f"HTTP {status}{_error_hint(body)}", status=status, elapsed_s=elapsed)
 
 

@@ -25,9 +25,9 @@ import statistics
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Callable
 
 import redis
 
@@ -66,7 +66,11 @@ _OK = {DrainStatus.CAUGHT_UP, DrainStatus.BUDGET_SPENT, DrainStatus.LEASE_BUSY, 
 
 # The names the rest of the project (and its tests) import.
 CAUGHT_UP, BUDGET_SPENT, LEASE_BUSY, STOPPED = (
-    DrainStatus.CAUGHT_UP, DrainStatus.BUDGET_SPENT, DrainStatus.LEASE_BUSY, DrainStatus.STOPPED)
+    DrainStatus.CAUGHT_UP,
+    DrainStatus.BUDGET_SPENT,
+    DrainStatus.LEASE_BUSY,
+    DrainStatus.STOPPED,
+)
 FENCED, LEASE_LOST, SOURCE_ERROR = DrainStatus.FENCED, DrainStatus.LEASE_LOST, DrainStatus.SOURCE_ERROR
 REDIS_DOWN, POSTGRES_DOWN = DrainStatus.REDIS_DOWN, DrainStatus.POSTGRES_DOWN
 OK_STATUSES = frozenset(_OK)
@@ -170,14 +174,17 @@ class _DrainLog(logging.LoggerAdapter):
     """Every line of a drain names the source, the epoch and the cursor: one grep follows a source
     through handoffs and faults."""
 
-    def __init__(self, logger, drain: "Drain") -> None:
+    def __init__(self, logger, drain: Drain) -> None:
         super().__init__(logger, {})
         self.drain = drain
 
     def process(self, msg, kwargs):
         d = self.drain
-        return f"source={d.source.name} epoch={d.stats.epoch if d.stats.epoch is not None else '-'} " \
-               f"cursor={d.cursor if d.cursor is not None else '-'}: {msg}", kwargs
+        return (
+            f"source={d.source.name} epoch={d.stats.epoch if d.stats.epoch is not None else '-'} "
+            f"cursor={d.cursor if d.cursor is not None else '-'}: {msg}",
+            kwargs,
+        )
 
 
 class _End(Exception):
@@ -214,8 +221,11 @@ class Drain:
         self.lease = Lease(redis_client, source.name, ttl_s=options.lease_ttl_s, wait_s=options.lease_wait_s)
         # The reservation outlives the longest request: timeout plus one interval.
         self.gate = Gate(
-            redis_client, source.name, interval_s=source.min_interval_s,
-            hold_s=source.timeout_s + source.min_interval_s, token=self.stats.consumer,
+            redis_client,
+            source.name,
+            interval_s=source.min_interval_s,
+            hold_s=source.timeout_s + source.min_interval_s,
+            token=self.stats.consumer,
         )
         self.client = SourceClient(source, self.gate)
         budget = options.max_seconds if options.max_seconds is not None else source.max_run_seconds
@@ -310,8 +320,13 @@ class Drain:
         try:
             requests = self._uncounted()
             result = self.store.commit_page(
-                self.source.name, epoch=self.stats.epoch, old_cursor=self.cursor, new_cursor=new_cursor,
-                events=page.events, quarantined=page.quarantined, requests=requests,
+                self.source.name,
+                epoch=self.stats.epoch,
+                old_cursor=self.cursor,
+                new_cursor=new_cursor,
+                events=page.events,
+                quarantined=page.quarantined,
+                requests=requests,
             )
         except Fenced as exc:
             raise _End(FENCED, str(exc)) from None
@@ -361,8 +376,11 @@ class Drain:
         if not marked:
             # Taken over while idle (a replay, a skip, another consumer): no commit would tell us, and
             # polling on at the old cursor would never fetch what the new epoch's cursor asks for.
-            raise _End(FENCED, f"source {self.source.name!r}: poll mark refused by the fence (epoch "
-                               f"{self.stats.epoch}): the source was taken over")
+            raise _End(
+                FENCED,
+                f"source {self.source.name!r}: poll mark refused by the fence (epoch "
+                f"{self.stats.epoch}): the source was taken over",
+            )
         self._counted_requests += requests
         self._last_marked = time.monotonic()
 
@@ -373,8 +391,13 @@ class Drain:
         """One write per failed attempt: the counters, the reason, and the body if it was not a page."""
         requests = self._uncounted()
         try:
-            self.store.record_failure(self.source.name, requests=requests, error=outcome.reason,
-                                      bad_body=outcome.bad_body, at_cursor=self.cursor)
+            self.store.record_failure(
+                self.source.name,
+                requests=requests,
+                error=outcome.reason,
+                bad_body=outcome.bad_body,
+                at_cursor=self.cursor,
+            )
         except StoreError as exc:
             if outcome.bad_body is not None:  # bytes received must be kept: no request goes on without that
                 raise _End(POSTGRES_DOWN, str(exc)) from None
@@ -414,9 +437,13 @@ class Drain:
         while True:
             if self.lease.lost:
                 raise _End(LEASE_LOST, f"source {source.name!r}: lease lost; stopped before the next request")
-            max_wait = None if math.isinf(self.deadline) else max(self.deadline - time.monotonic(), 0.0) + source.timeout_s
+            max_wait = (
+                None if math.isinf(self.deadline) else max(self.deadline - time.monotonic(), 0.0) + source.timeout_s
+            )
             try:
-                grant = self.gate.acquire(max_wait_s=max_wait, should_stop=lambda: self.should_stop() or self.lease.lost)
+                grant = self.gate.acquire(
+                    max_wait_s=max_wait, should_stop=lambda: self.should_stop() or self.lease.lost
+                )
             except GateUnavailable as exc:
                 raise _End(REDIS_DOWN, str(exc)) from None
             if grant is None:
@@ -439,16 +466,21 @@ class Drain:
             self._record_failure(outcome)
             if outcome.kind is Kind.FATAL:
                 raise _End(SOURCE_ERROR, f"source {source.name!r} at lastId={self.cursor}: {outcome.reason}")
-            self.log.warning("attempt %d/%d at lastId=%s failed: %s", attempt, source.max_attempts, self.cursor,
-                             outcome.reason)
+            self.log.warning(
+                "attempt %d/%d at lastId=%s failed: %s", attempt, source.max_attempts, self.cursor, outcome.reason
+            )
             if attempt >= source.max_attempts:
-                raise _End(SOURCE_ERROR, f"source {source.name!r} at lastId={self.cursor}: {source.max_attempts} "
-                                         f"attempts failed, last: {outcome.reason}")
+                raise _End(
+                    SOURCE_ERROR,
+                    f"source {source.name!r} at lastId={self.cursor}: {source.max_attempts} "
+                    f"attempts failed, last: {outcome.reason}",
+                )
             if outcome.retry_after_s is not None:
                 stats.retry_after_s += outcome.retry_after_s
                 if time.monotonic() + outcome.retry_after_s > self.deadline:
-                    raise _End(SOURCE_ERROR, f"source {source.name!r} asked to wait {outcome.retry_after_s:g}s "
-                                             "(Retry-After)")
+                    raise _End(
+                        SOURCE_ERROR, f"source {source.name!r} asked to wait {outcome.retry_after_s:g}s (Retry-After)"
+                    )
                 continue  # the gate holds everyone back until then
             delay = min(self.options.backoff_max_s, self.options.backoff_base_s * 2 ** (attempt - 1))
             self._sleep(delay * random.uniform(0.5, 1.0))
@@ -465,5 +497,12 @@ def drain(
     logger: logging.Logger | logging.LoggerAdapter = log,
 ) -> DrainStats:
     """Drain one source until caught up (or, tailing, until stopped) or out of time."""
-    return Drain(source, store=store, redis_client=redis_client, options=options, hooks=hooks,
-                 should_stop=should_stop, logger=logger).run()
+    return Drain(
+        source,
+        store=store,
+        redis_client=redis_client,
+        options=options,
+        hooks=hooks,
+        should_stop=should_stop,
+        logger=logger,
+    ).run()

@@ -162,13 +162,14 @@ class Gate:
             return script(keys=keys or [self.key], args=args)
         except redis.RedisError as exc:
             raise GateUnavailable(
-                f"source {self.source!r}: spacing gate unavailable, not requesting "
-                f"({type(exc).__name__}: {exc})"
+                f"source {self.source!r}: spacing gate unavailable, not requesting ({type(exc).__name__}: {exc})"
             ) from exc
 
     def try_acquire(self) -> tuple[bool, int]:
         """One attempt: (True, grant time in µs on Redis' clock) or (False, µs to wait)."""
-        granted, value = self._call(self._acquire, [self.token, self.hold_us, self.ttl_ms], keys=[self.key, self.era_key])
+        granted, value = self._call(
+            self._acquire, [self.token, self.hold_us, self.ttl_ms], keys=[self.key, self.era_key]
+        )
         return bool(granted), int(value)
 
     def acquire(self, max_wait_s: float | None = None, should_stop=None) -> Grant | None:

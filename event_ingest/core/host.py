@@ -20,8 +20,8 @@ import logging
 import math
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import redis
 
@@ -78,7 +78,7 @@ class SourceHost:
 
     # -- control ------------------------------------------------------------------------------
 
-    def start(self) -> "SourceHost":
+    def start(self) -> SourceHost:
         self._thread.start()
         return self
 
@@ -100,8 +100,9 @@ class SourceHost:
         """Finished drains plus the one running now."""
         with self._totals_lock:
             done, current = self._finished, self._drain
-            total = HostTotals(done.events_stored, done.pages, done.requests, done.errors, done.quarantined,
-                               Counter(done.drain_ends))
+            total = HostTotals(
+                done.events_stored, done.pages, done.requests, done.errors, done.quarantined, Counter(done.drain_ends)
+            )
             if current is not None:
                 s = current.stats
                 total.events_stored += s.events_stored
@@ -146,8 +147,14 @@ class SourceHost:
             self._between = "stopped"
 
     def _one_drain(self, store: Store) -> DrainStats:
-        drain = Drain(self.source, store=store, redis_client=self._redis, options=self._options,
-                      should_stop=self._stop.is_set, logger=self._log)
+        drain = Drain(
+            self.source,
+            store=store,
+            redis_client=self._redis,
+            options=self._options,
+            should_stop=self._stop.is_set,
+            logger=self._log,
+        )
         self._drain = drain
         try:
             stats = drain.run()

@@ -29,7 +29,7 @@ import logging
 import math
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import redis
 from redis.exceptions import LockError
@@ -51,8 +51,13 @@ POLL_S = 0.1
 
 class Lease:
     def __init__(
-        self, client: redis.Redis, source: str, *, ttl_s: float = LEASE_TTL_S, wait_s: float = LEASE_WAIT_S,
-        poll_s: float = POLL_S
+        self,
+        client: redis.Redis,
+        source: str,
+        *,
+        ttl_s: float = LEASE_TTL_S,
+        wait_s: float = LEASE_WAIT_S,
+        poll_s: float = POLL_S,
     ) -> None:
         if not is_valid_source_name(source):
             raise ValueError(f"invalid source name {source!r}: not used as a Redis key")
@@ -132,7 +137,7 @@ class Lease:
         except redis.RedisError as exc:
             log.warning("source %r: lease release failed (it will expire): %s", self.source, exc)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self
 
     def __exit__(self, *exc) -> None:

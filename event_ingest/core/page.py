@@ -167,7 +167,7 @@ def _skip_ws(body: bytes, i: int) -> int:
 
 
 def _expect(body: bytes, i: int, char: bytes) -> int:
-    if body[i:i + 1] != char:
+    if body[i : i + 1] != char:
         raise _NotSplittable
     return i + 1
 
@@ -181,7 +181,7 @@ def _end_of_string(body: bytes, i: int) -> int:
 
 def _end_of_value(body: bytes, i: int) -> int:
     """Index just past the value starting at ``i``, judged by structure alone (iterative: any depth)."""
-    first = body[i:i + 1]
+    first = body[i : i + 1]
     if first == b'"':
         return _end_of_string(body, i)
     if first not in (b"[", b"{"):
@@ -210,7 +210,7 @@ def _end_of_value(body: bytes, i: int) -> int:
 def _members(body: bytes, i: int):
     """(raw key, value start, value end) of each member of the object at ``i``; then the index past it."""
     i = _skip_ws(body, _expect(body, i, b"{"))
-    if body[i:i + 1] == b"}":
+    if body[i : i + 1] == b"}":
         return i + 1
     while True:
         key_end = _end_of_string(body, i)
@@ -219,7 +219,7 @@ def _members(body: bytes, i: int):
         value_end = _end_of_value(body, i)
         yield key, i, value_end
         i = _skip_ws(body, value_end)
-        if body[i:i + 1] == b"}":
+        if body[i : i + 1] == b"}":
             return i + 1
         i = _skip_ws(body, _expect(body, i, b","))
 
@@ -250,13 +250,13 @@ def split_events(body: bytes) -> list[bytes] | None:
 def _array_items(body: bytes, i: int, end: int) -> list[bytes]:
     i = _skip_ws(body, _expect(body, i, b"["))
     items: list[bytes] = []
-    if body[i:i + 1] == b"]":
+    if body[i : i + 1] == b"]":
         return items
     while True:
         item_end = _end_of_value(body, i)
         items.append(body[i:item_end])
         i = _skip_ws(body, item_end)
-        if body[i:i + 1] == b"]":
+        if body[i : i + 1] == b"]":
             if i + 1 != end:
                 raise _NotSplittable
             return items
@@ -309,7 +309,9 @@ def _events_of(document: Any) -> list:
         raise MalformedPage("field 'events' is missing")
     items = document["events"]
     if not isinstance(items, list):
-        raise MalformedPage(f"field 'events' is {type(items).__name__ if items is not None else 'null'}, expected a list")
+        raise MalformedPage(
+            f"field 'events' is {type(items).__name__ if items is not None else 'null'}, expected a list"
+        )
     return items
 
 
@@ -338,7 +340,7 @@ def parse_page(body: bytes, *, cursor: int, max_payload_bytes: int) -> Page:
     unordered = below_cursor = 0
     for position, (item, served) in enumerate(zip(items, raws), start=1):
 
-        def keep(reason: str, event_id: int | None = None) -> None:
+        def keep(reason: str, event_id: int | None = None, item=item, served=served) -> None:
             # The bytes as served when the page was read item by item; else the item re-serialised.
             raw = served if served is not None else _item_raw(item)
             page.quarantined.append(Quarantined(raw, reason, event_id))
@@ -350,7 +352,8 @@ def parse_page(body: bytes, *, cursor: int, max_payload_bytes: int) -> Page:
                 keep(f"event cannot be read: {item.reason}; nor can its id, so the cursor stops before it")
                 page.warnings.append(
                     f"item {position} of {len(items)} cannot be read and has no readable id: the cursor stops "
-                    f"before it ({len(items) - position} later items wait); `event-ingest skip` moves past it")
+                    f"before it ({len(items) - position} later items wait); `event-ingest skip` moves past it"
+                )
                 break
             keep(f"event {item.event_id} cannot be read: {item.reason}", item.event_id)
             seen.add(item.event_id)

@@ -61,9 +61,11 @@ class RequeueResult:
 
     def summary(self) -> str:
         what = f"the corrected item in {self.from_file}" if self.from_file else "its quarantined bytes, read again"
-        return (f"quarantine item {self.item_id}: source {self.source}: stored event "
-                f"{', '.join(map(str, self.event_ids))} from {what} (epoch {self.epoch}, cursor {self.cursor} "
-                "unchanged); the item is marked requeued")
+        return (
+            f"quarantine item {self.item_id}: source {self.source}: stored event "
+            f"{', '.join(map(str, self.event_ids))} from {what} (epoch {self.epoch}, cursor {self.cursor} "
+            "unchanged); the item is marked requeued"
+        )
 
 
 def escape_bytes(raw: bytes) -> str:
@@ -102,9 +104,17 @@ def read_events(raw: bytes, *, max_payload_bytes: int) -> list[Event]:
     return page.events
 
 
-def requeue(store: Store, redis_client: redis.Redis, item_id: int, *, max_payload_bytes: int,
-            fixed: bytes | None = None, from_file: str | None = None, lease_ttl_s: float = 30.0,
-            lease_wait_s: float = 5.0) -> RequeueResult:
+def requeue(
+    store: Store,
+    redis_client: redis.Redis,
+    item_id: int,
+    *,
+    max_payload_bytes: int,
+    fixed: bytes | None = None,
+    from_file: str | None = None,
+    lease_ttl_s: float = 30.0,
+    lease_wait_s: float = 5.0,
+) -> RequeueResult:
     """Store quarantine item ``item_id`` (or ``fixed``, its corrected bytes) through the fence."""
     item = store.quarantine_item(item_id)
     if item is None:
@@ -119,8 +129,10 @@ def requeue(store: Store, redis_client: redis.Redis, item_id: int, *, max_payloa
     lease = Lease(redis_client, item.source, ttl_s=lease_ttl_s, wait_s=lease_wait_s)
     try:
         if not lease.acquire():
-            raise RequeueFailed(f"{where}: a drain holds the source's lease; nothing done (pause the source's "
-                                "sensor first, or try again when the drain ends)")
+            raise RequeueFailed(
+                f"{where}: a drain holds the source's lease; nothing done (pause the source's "
+                "sensor first, or try again when the drain ends)"
+            )
     except LeaseUnavailable as exc:
         raise RequeueFailed(str(exc)) from None
     try:
@@ -130,10 +142,12 @@ def requeue(store: Store, redis_client: redis.Redis, item_id: int, *, max_payloa
             raise QuarantineRefused(
                 f"{where}: event {', '.join(map(str, ahead))} is above the cursor {cursor}: the source has not been "
                 "read past it, and the next drain will fetch it (if the source is stuck on it: `event-ingest skip "
-                f"{item.source} --to-id {max(ahead)}` first, then requeue); nothing done")
+                f"{item.source} --to-id {max(ahead)}` first, then requeue); nothing done"
+            )
         ids = [e.id for e in events]
-        note = (f"requeued by an operator: event {', '.join(map(str, ids))} stored"
-                + (f" from the corrected item in {from_file}" if from_file else " from these bytes"))
+        note = f"requeued by an operator: event {', '.join(map(str, ids))} stored" + (
+            f" from the corrected item in {from_file}" if from_file else " from these bytes"
+        )
         try:
             store.requeue(item.source, epoch=epoch, cursor=cursor, item_id=item_id, events=events, note=note)
         except StateConflict as exc:

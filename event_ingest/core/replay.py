@@ -40,8 +40,10 @@ class ReplayResult:
     deleted: int
 
     def summary(self) -> str:
-        text = (f"source {self.source}: cursor rewound {self.cursor_before} -> {self.cursor_after} (epoch {self.epoch}); "
-                f"the next drain fetches ids above {self.cursor_after}, events already stored are kept")
+        text = (
+            f"source {self.source}: cursor rewound {self.cursor_before} -> {self.cursor_after} (epoch {self.epoch}); "
+            f"the next drain fetches ids above {self.cursor_after}, events already stored are kept"
+        )
         if self.delete_from is not None:
             text += f"; {self.deleted} events with ids >= {self.delete_from} deleted"
         return text
@@ -53,12 +55,16 @@ class ReplayResult:
 def check_request(source: str, from_id: int, delete_from: int | None) -> None:
     """The checks that need no database (the Dagster job and the CLI share them)."""
     if not 0 <= from_id <= MAX_EVENT_ID:
-        raise ReplayRefused(f"source {source!r}: --from-id {from_id} is not a cursor (0 to {MAX_EVENT_ID}; the next "
-                            "request asks for ids above it); nothing done")
+        raise ReplayRefused(
+            f"source {source!r}: --from-id {from_id} is not a cursor (0 to {MAX_EVENT_ID}; the next "
+            "request asks for ids above it); nothing done"
+        )
     if delete_from is not None and not from_id < delete_from <= MAX_EVENT_ID:
-        raise ReplayRefused(f"source {source!r}: --delete-from {delete_from} must be above --from-id {from_id} "
-                            f"(and at most {MAX_EVENT_ID}): events at or below {from_id} would be deleted and never "
-                            "fetched again; nothing done")
+        raise ReplayRefused(
+            f"source {source!r}: --delete-from {delete_from} must be above --from-id {from_id} "
+            f"(and at most {MAX_EVENT_ID}): events at or below {from_id} would be deleted and never "
+            "fetched again; nothing done"
+        )
 
 
 def replay(store: Store, source: str, *, from_id: int, delete_from: int | None = None) -> ReplayResult:

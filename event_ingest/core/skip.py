@@ -55,13 +55,23 @@ class SkipResult:
 
     def summary(self) -> str:
         items = f", {self.page_items} items" if self.page_items is not None else ", not readable as a page"
-        return (f"source {self.source}: cursor moved {self.cursor_before} -> {self.cursor_after} (epoch {self.epoch}); "
-                f"the page served at lastId={self.cursor_before} ({self.page_bytes} bytes{items}) is kept in "
-                f"quarantine with the reason: {self.reason}")
+        return (
+            f"source {self.source}: cursor moved {self.cursor_before} -> {self.cursor_after} (epoch {self.epoch}); "
+            f"the page served at lastId={self.cursor_before} ({self.page_bytes} bytes{items}) is kept in "
+            f"quarantine with the reason: {self.reason}"
+        )
 
 
-def skip_page(source: SourceConfig, *, store: Store, redis_client: redis.Redis, to_id: int,
-              lease_ttl_s: float = 30.0, lease_wait_s: float = LEASE_WAIT_S, gate_wait_s: float = 60.0) -> SkipResult:
+def skip_page(
+    source: SourceConfig,
+    *,
+    store: Store,
+    redis_client: redis.Redis,
+    to_id: int,
+    lease_ttl_s: float = 30.0,
+    lease_wait_s: float = LEASE_WAIT_S,
+    gate_wait_s: float = 60.0,
+) -> SkipResult:
     """Move ``source``'s cursor to ``to_id``, keeping the page served at the current cursor in quarantine."""
     name = source.name
     if not 0 < to_id <= MAX_EVENT_ID:
@@ -70,23 +80,41 @@ def skip_page(source: SourceConfig, *, store: Store, redis_client: redis.Redis, 
     lease = Lease(redis_client, name, ttl_s=lease_ttl_s, wait_s=lease_wait_s)
     try:
         if not lease.acquire():
-            raise SkipFailed(f"source {name!r}: a drain holds the lease; nothing done (try again when it ends, "
-                             "or pause the source's sensor first)")
+            raise SkipFailed(
+                f"source {name!r}: a drain holds the lease; nothing done (try again when it ends, "
+                "or pause the source's sensor first)"
+            )
     except LeaseUnavailable as exc:
         raise SkipFailed(str(exc)) from None
     token = consumer_id()
-    client = SourceClient(source, Gate(redis_client, name, interval_s=source.min_interval_s,
-                                       hold_s=source.timeout_s + source.min_interval_s, token=token))
+    client = SourceClient(
+        source,
+        Gate(
+            redis_client,
+            name,
+            interval_s=source.min_interval_s,
+            hold_s=source.timeout_s + source.min_interval_s,
+            token=token,
+        ),
+    )
     try:
         store.ensure_source(name)
         epoch, cursor = store.begin_epoch(name)  # from here on, any other holder's commit is refused
         _refuse_unless_ahead(name, to_id, cursor)
         body, items = _fetch(client, cursor, gate_wait_s)
-        reason = (f"skipped by an operator: `event-ingest skip {name} --to-id {to_id}` moved the cursor "
-                  f"{cursor} -> {to_id} past this page, served at lastId={cursor}")
+        reason = (
+            f"skipped by an operator: `event-ingest skip {name} --to-id {to_id}` moved the cursor "
+            f"{cursor} -> {to_id} past this page, served at lastId={cursor}"
+        )
         try:
-            store.commit_page(name, epoch=epoch, old_cursor=cursor, new_cursor=to_id, events=[],
-                              quarantined=[Quarantined(body, reason)])
+            store.commit_page(
+                name,
+                epoch=epoch,
+                old_cursor=cursor,
+                new_cursor=to_id,
+                events=[],
+                quarantined=[Quarantined(body, reason)],
+            )
         except Fenced as exc:
             raise SkipFailed(f"{exc}; nothing moved") from None
         return SkipResult(name, epoch, cursor, to_id, len(body), items, reason)
@@ -102,8 +130,10 @@ def _known_cursor(store: Store, name: str) -> int:
 
 def _refuse_unless_ahead(name: str, to_id: int, cursor: int) -> None:
     if to_id <= cursor:
-        raise SkipRefused(f"source {name!r}: --to-id {to_id} is not above the cursor {cursor}; nothing done "
-                          "(skip only moves forward; the events at or below the cursor are already accounted for)")
+        raise SkipRefused(
+            f"source {name!r}: --to-id {to_id} is not above the cursor {cursor}; nothing done "
+            "(skip only moves forward; the events at or below the cursor are already accounted for)"
+        )
 
 
 def _fetch(client: SourceClient, cursor: int, gate_wait_s: float) -> tuple[bytes, int | None]:
@@ -121,6 +151,7 @@ def _fetch(client: SourceClient, cursor: int, gate_wait_s: float) -> tuple[bytes
             continue
         if outcome.status == 200 and outcome.body is not None:
             return outcome.body, outcome.page.item_count if outcome.page is not None else None
-        raise SkipFailed(f"source {name!r}: the page at lastId={cursor} could not be fetched ({outcome.reason}); "
-                         "nothing moved")
+        raise SkipFailed(
+            f"source {name!r}: the page at lastId={cursor} could not be fetched ({outcome.reason}); nothing moved"
+        )
     raise SkipFailed(f"source {name!r}: no request could be sent (the process kept pausing); nothing moved")

@@ -39,10 +39,12 @@ class StuckCheck:
         if self.stuck is None:
             return "not stuck: nothing unreadable holds the cursor"
         s = self.stuck
-        return (f"stuck at cursor {s.at_cursor}: quarantine item {s.quarantine_id} (seen {s.seen_count} times, last "
-                f"{s.last_seen_at:%Y-%m-%d %H:%M:%S %Z}) holds it: {s.reason}. Look at it with `event-ingest quarantine "
-                "show "
-                f"{s.quarantine_id}`, then move the source past it with `event-ingest skip {self.source} --to-id N`")
+        return (
+            f"stuck at cursor {s.at_cursor}: quarantine item {s.quarantine_id} (seen {s.seen_count} times, last "
+            f"{s.last_seen_at:%Y-%m-%d %H:%M:%S %Z}) holds it: {s.reason}. Look at it with `event-ingest quarantine "
+            "show "
+            f"{s.quarantine_id}`, then move the source past it with `event-ingest skip {self.source} --to-id N`"
+        )
 
 
 def stuck_check(store: Store, source: str) -> StuckCheck:
@@ -59,15 +61,21 @@ class Rename:
     new_created_at: datetime | None  # None: no state yet (it starts from zero at its first drain)
 
     def summary(self) -> str:
-        started = ("has no state yet: its first drain starts from zero" if self.new_created_at is None else
-                   f"started from zero at {self.new_created_at:%Y-%m-%d %H:%M:%S %Z}")
-        return (f"possible rename: {self.old!r} (state kept, last active {self.old_last_active_at:%Y-%m-%d %H:%M:%S %Z}) "
-                f"is not in the sources file, and {self.new!r} {started}. Names are the key of the cursor, the "
-                f"events and the lease: to continue where {self.old!r} stopped, put the old name back")
+        started = (
+            "has no state yet: its first drain starts from zero"
+            if self.new_created_at is None
+            else f"started from zero at {self.new_created_at:%Y-%m-%d %H:%M:%S %Z}"
+        )
+        return (
+            f"possible rename: {self.old!r} (state kept, last active {self.old_last_active_at:%Y-%m-%d %H:%M:%S %Z}) "
+            f"is not in the sources file, and {self.new!r} {started}. Names are the key of the cursor, the "
+            f"events and the lease: to continue where {self.old!r} stopped, put the old name back"
+        )
 
 
-def suspected_renames(configured: list[str], activity: list[SourceActivity], *,
-                      without_state_only: bool = False) -> list[Rename]:
+def suspected_renames(
+    configured: list[str], activity: list[SourceActivity], *, without_state_only: bool = False
+) -> list[Rename]:
     """Pairs (removed source with state, configured source that started from zero) that may be one source
     renamed. ``without_state_only``: only configured sources that have no state yet (before their first run)."""
     known = {a.source: a for a in activity}
@@ -128,8 +136,12 @@ def leases_held(client: redis.Redis, names: list[str]) -> dict[str, bool]:
     return {name: value is not None for name, value in zip(names, found)}
 
 
-def read_status(store: Store, configured: list[str] | None, redis_client: redis.Redis | None = None,
-                redis_problem: str | None = None) -> StatusReport:
+def read_status(
+    store: Store,
+    configured: list[str] | None,
+    redis_client: redis.Redis | None = None,
+    redis_problem: str | None = None,
+) -> StatusReport:
     """Every source with state, plus configured ones without; ``configured`` None: the sources file was not
     read (removed/renamed unknown)."""
     notes: list[str] = []
@@ -138,15 +150,24 @@ def read_status(store: Store, configured: list[str] | None, redis_client: redis.
         config = "?" if configured is None else ("configured" if s.source in configured else "removed")
         stuck = stuck_check(store, s.source)
         rows[s.source] = SourceRow(
-            source=s.source, config=config, cursor=s.cursor, events=s.events,
+            source=s.source,
+            config=config,
+            cursor=s.cursor,
+            events=s.events,
             # Every missing id counted from the counters, none read.
             gaps=gap_check(store, s.source, scan_blocks=0).missing,
             lag_s=round(s.poll_age_s, 1) if s.poll_age_s is not None else None,
             last_commit=_iso(s.last_ingest_at),
             error_rate=round(s.recent_error_rate, 4) if s.recent_error_rate is not None else None,
-            requests=s.requests, errors=s.errors, last_error=s.last_error, last_error_at=_iso(s.last_error_at),
-            quarantined=s.quarantined, fenced=s.fenced_commits, epoch=s.epoch,
-            stuck=not stuck.passed, stuck_reason=None if stuck.passed else stuck.summary(),
+            requests=s.requests,
+            errors=s.errors,
+            last_error=s.last_error,
+            last_error_at=_iso(s.last_error_at),
+            quarantined=s.quarantined,
+            fenced=s.fenced_commits,
+            epoch=s.epoch,
+            stuck=not stuck.passed,
+            stuck_reason=None if stuck.passed else stuck.summary(),
         )
     for name in configured or ():
         rows.setdefault(name, SourceRow(source=name, config="not started"))

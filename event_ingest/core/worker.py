@@ -33,10 +33,9 @@ import json
 import logging
 import math
 import statistics
-import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
 
 import redis
 
@@ -64,9 +63,13 @@ class WorkerOptions:
     overstay: float = 2.0  # with no successor, keep the sources until overstay x run_seconds
 
     @classmethod
-    def from_settings(cls, runs: RunSettings, **overrides) -> "WorkerOptions":
-        values = dict(run_seconds=runs.run_seconds, handoff_s=runs.handoff_s, lease_ttl_s=runs.lease_ttl_s,
-                      report_every_s=runs.report_every_s)
+    def from_settings(cls, runs: RunSettings, **overrides) -> WorkerOptions:
+        values = dict(
+            run_seconds=runs.run_seconds,
+            handoff_s=runs.handoff_s,
+            lease_ttl_s=runs.lease_ttl_s,
+            report_every_s=runs.report_every_s,
+        )
         values.update(overrides)
         return cls(**values)
 
@@ -86,10 +89,10 @@ class Heartbeat:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "Heartbeat":
+    def from_json(cls, text: str | bytes) -> Heartbeat:
         return cls(**json.loads(text))
 
-    def newer_than(self, other: "Heartbeat") -> bool:
+    def newer_than(self, other: Heartbeat) -> bool:
         return (self.started, self.worker) > (other.started, other.worker)
 
 
@@ -104,15 +107,21 @@ def read_heartbeats(client: redis.Redis, workers: Iterable[str]) -> dict[str, He
 
 def slot_members(names: list[str], per_run: int, slot: int) -> list[str]:
     """The sources of one slot: the sources file's order, ``per_run`` at a time."""
-    return names[slot * per_run:(slot + 1) * per_run] if slot >= 0 else []
+    return names[slot * per_run : (slot + 1) * per_run] if slot >= 0 else []
 
 
 def slot_of(names: list[str], per_run: int, name: str) -> int:
     return names.index(name) // per_run
 
 
-def sources_to_host(members: Iterable[str], *, paused: set[str], configured: set[str] | None,
-                    me: Heartbeat | None, peers: Iterable[Heartbeat]) -> set[str]:
+def sources_to_host(
+    members: Iterable[str],
+    *,
+    paused: set[str],
+    configured: set[str] | None,
+    me: Heartbeat | None,
+    peers: Iterable[Heartbeat],
+) -> set[str]:
     """The policy of one worker, in one place: its slot's sources, minus the paused ones, minus any the
     sources file no longer lists (``configured``; None = unknown, keep all), minus those a newer live
     worker of the same deployment already hosts (it stands by on their leases: let go, it takes over)."""
@@ -176,8 +185,11 @@ class Worker:
         self._log = logger
         # One small pool for all hosts: a page's commit holds a connection for milliseconds, so a few
         # connections serve many sources (one each would be 1,000 connections for 1,000 sources).
-        self._store = Store(database_url, application_name="event-ingest-worker",
-                            pool_size=min(MAX_POOL, max(2, math.ceil(len(sources) / SOURCES_PER_CONNECTION))))
+        self._store = Store(
+            database_url,
+            application_name="event-ingest-worker",
+            pool_size=min(MAX_POOL, max(2, math.ceil(len(sources) / SOURCES_PER_CONNECTION))),
+        )
         self.hosts: dict[str, SourceHost] = {}
         self._stopping: dict[str, SourceHost] = {}
         self._last_totals: dict[str, HostTotals] = {}
@@ -188,10 +200,16 @@ class Worker:
 
     @property
     def heartbeat(self) -> Heartbeat:
-        return Heartbeat(self.id, self.started, self.retiring, sorted(self.hosts), sorted(self.sources),
-                         sorted(n for n, h in self.hosts.items() if h.state == "draining"))
+        return Heartbeat(
+            self.id,
+            self.started,
+            self.retiring,
+            sorted(self.hosts),
+            sorted(self.sources),
+            sorted(n for n, h in self.hosts.items() if h.state == "draining"),
+        )
 
-    def run(self, wanted: Callable[["Worker"], set[str]], should_stop: Callable[[], bool] = lambda: False) -> str:
+    def run(self, wanted: Callable[[Worker], set[str]], should_stop: Callable[[], bool] = lambda: False) -> str:
         """Host what ``wanted(self)`` names, re-asked every poll, until retired and handed over, stopped,
         idle, or out of time. Returns why it ended."""
         opts = self.options
@@ -213,8 +231,12 @@ class Worker:
                 try:
                     want = wanted(self)
                 except Exception as exc:  # keep hosting what we host; say why the plan could not be read
-                    self._log.warning("worker %s: could not work out what to host (%s); keeping %d sources",
-                                      self.id, exc, len(self.hosts))
+                    self._log.warning(
+                        "worker %s: could not work out what to host (%s); keeping %d sources",
+                        self.id,
+                        exc,
+                        len(self.hosts),
+                    )
                     want = set(self.hosts)
                 self._reconcile(want)
                 self._beat()
@@ -256,15 +278,19 @@ class Worker:
                 continue  # unknown here, or still letting go: next poll
             source = self.sources[name]
             self.hosts[name] = SourceHost(
-                source, store=self._store, redis_client=self._redis,
-                lease_ttl_s=self.options.lease_ttl_s, logger=self._log,
+                source,
+                store=self._store,
+                redis_client=self._redis,
+                lease_ttl_s=self.options.lease_ttl_s,
+                logger=self._log,
             ).start()
             self._last_totals.setdefault(name, HostTotals())
 
     def _beat(self) -> None:
         try:
-            self._redis.set(HEARTBEAT_PREFIX + self.id, self.heartbeat.to_json(),
-                            px=int(self.options.heartbeat_ttl_s * 1000))
+            self._redis.set(
+                HEARTBEAT_PREFIX + self.id, self.heartbeat.to_json(), px=int(self.options.heartbeat_ttl_s * 1000)
+            )
         except redis.RedisError as exc:
             self._log.warning("worker %s: heartbeat not written (%s)", self.id, exc)
 
@@ -274,7 +300,7 @@ class Worker:
         since_wall = now_wall - window
         self._last_report = now_mono
         reports = []
-        for name, host in list(self.hosts.items()) + list(self._stopping.items()):
+        for host in list(self.hosts.values()) + list(self._stopping.values()):
             reports.append(self._report_for(host, window, since_wall))
         try:
             self._report(reports)
@@ -290,16 +316,22 @@ class Worker:
         lags = [lag for at, lag in list(stats.lag_samples) if at > since_wall] if stats else []
         ends = {k: v - last.drain_ends.get(k, 0) for k, v in total.drain_ends.items() if v - last.drain_ends.get(k, 0)}
         return SourceReport(
-            source=host.name, window_s=round(window, 1), state=host.state,
-            events=total.events_stored - last.events_stored, pages=total.pages - last.pages,
-            requests=total.requests - last.requests, errors=total.errors - last.errors,
+            source=host.name,
+            window_s=round(window, 1),
+            state=host.state,
+            events=total.events_stored - last.events_stored,
+            pages=total.pages - last.pages,
+            requests=total.requests - last.requests,
+            errors=total.errors - last.errors,
             quarantined=total.quarantined - last.quarantined,
-            epoch=stats.epoch if stats else None, cursor=drain.cursor if drain else None,
+            epoch=stats.epoch if stats else None,
+            cursor=drain.cursor if drain else None,
             caught_up=bool(stats and stats.caught_up),
             lag_p50_s=round(statistics.median(lags), 3) if lags else None,
             lag_p99_s=round(_percentile(lags, 0.99), 3) if lags else None,
             lag_max_s=round(max(lags), 3) if lags else None,
-            drain_ends=ends, last_error=host.last_error,
+            drain_ends=ends,
+            last_error=host.last_error,
         )
 
     def _nap(self, seconds: float, should_stop: Callable[[], bool]) -> None:

@@ -28,8 +28,9 @@ from .retention import build_retention
 from .sensors import build_source_sensor
 
 
-def build_definitions(config: IngestConfig | list[SourceConfig], ingest: IngestResource | None = None,
-                      sources_file: Path | None = None) -> dg.Definitions:
+def build_definitions(
+    config: IngestConfig | list[SourceConfig], ingest: IngestResource | None = None, sources_file: Path | None = None
+) -> dg.Definitions:
     if not isinstance(config, IngestConfig):
         config = IngestConfig(sources=list(config))
     sources = config.sources
@@ -42,15 +43,19 @@ def build_definitions(config: IngestConfig | list[SourceConfig], ingest: IngestR
         "drain",
         selection=dg.AssetSelection.assets(events),  # its checks come along
         description="One bounded drain of one source (a partition): to its head or its max_run_seconds, then its "
-                    "checks. Continuous ingestion is the `ingest` job's.",
+        "checks. Continuous ingestion is the `ingest` job's.",
         # One process per run, not one per step: each extra process would import Dagster again.
         executor_def=dg.in_process_executor,
     )
-    rollup_job = dg.define_asset_job("rollup", selection=dg.AssetSelection.assets(rollup),
-                                     executor_def=dg.in_process_executor)
+    rollup_job = dg.define_asset_job(
+        "rollup", selection=dg.AssetSelection.assets(rollup), executor_def=dg.in_process_executor
+    )
     rollup_schedule = dg.ScheduleDefinition(
-        name="events_per_minute_every_10_minutes", job=rollup_job, cron_schedule="*/10 * * * *",
-        default_status=dg.DefaultScheduleStatus.RUNNING)
+        name="events_per_minute_every_10_minutes",
+        job=rollup_job,
+        cron_schedule="*/10 * * * *",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+    )
     ingest_defs = dg.Definitions(
         assets=[events, rollup],
         asset_checks=checks,

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Callable, Iterable
+from datetime import UTC, datetime
 
 import dagster as dg
 import httpx
@@ -57,7 +57,7 @@ class AlertState:
     outbox: list[dict] = field(default_factory=list)  # messages to deliver, oldest first
 
     @classmethod
-    def load(cls, cursor: str | None) -> "AlertState":
+    def load(cls, cursor: str | None) -> AlertState:
         return cls(**json.loads(cursor)) if cursor else cls()
 
     def dump(self) -> str:
@@ -67,17 +67,30 @@ class AlertState:
 def build_alerts(sources: Iterable[SourceConfig]) -> dg.Definitions:
     """The two alert sensors; ``sources`` only to know which header values must never be sent."""
     secrets = sorted({s for source in sources for s in source.secret_values()}, key=len, reverse=True)
-    return dg.Definitions(sensors=[
-        _alert_sensor("alert_on_run_failure", f"Posts to {ALERT_WEBHOOK_URL_ENV} when runs of a job and "
-                      "partition start failing, and when they succeed again.", _run_changes, secrets),
-        _alert_sensor("alert_on_check_failure", f"Posts to {ALERT_WEBHOOK_URL_ENV} when an asset check of a "
-                      "partition starts failing, and when it passes again.", _check_changes, secrets),
-    ])
+    return dg.Definitions(
+        sensors=[
+            _alert_sensor(
+                "alert_on_run_failure",
+                f"Posts to {ALERT_WEBHOOK_URL_ENV} when runs of a job and "
+                "partition start failing, and when they succeed again.",
+                _run_changes,
+                secrets,
+            ),
+            _alert_sensor(
+                "alert_on_check_failure",
+                f"Posts to {ALERT_WEBHOOK_URL_ENV} when an asset check of a "
+                "partition starts failing, and when it passes again.",
+                _check_changes,
+                secrets,
+            ),
+        ]
+    )
 
 
 def _alert_sensor(name: str, description: str, read_changes: Callable, secrets: list[str]) -> dg.SensorDefinition:
-    @dg.sensor(name=name, description=description, minimum_interval_seconds=30,
-               default_status=dg.DefaultSensorStatus.RUNNING)
+    @dg.sensor(
+        name=name, description=description, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING
+    )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         url = os.environ.get(ALERT_WEBHOOK_URL_ENV)
         if not url:
@@ -97,7 +110,7 @@ def _alert_sensor(name: str, description: str, read_changes: Callable, secrets: 
         sent = _deliver(state, url, context.log)
         return dg.SensorResult(
             skip_reason=f"{len(changes)} results read, {sent} messages sent, {len(state.outbox)} waiting, "
-                        f"{len(state.open)} incidents open",
+            f"{len(state.open)} incidents open",
             cursor=state.dump(),
         )
 
@@ -115,7 +128,7 @@ def _apply(state: AlertState, change: Change, redact: Callable[[str], str]) -> N
         state.open[change.key] = {"run_id": change.fields.get("run_id"), "storage_id": change.storage_id}
     message = {key: redact(value) if isinstance(value, str) else value for key, value in change.fields.items()}
     message["state"] = "resolved" if change.ok else "opened"
-    message["at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    message["at"] = datetime.now(UTC).isoformat(timespec="seconds")
     ui = os.environ.get(DAGSTER_UI_URL_ENV)
     if ui and message.get("run_id"):
         message["run_url"] = f"{ui.rstrip('/')}/runs/{message['run_id']}"
@@ -124,8 +137,11 @@ def _apply(state: AlertState, change: Change, redact: Callable[[str], str]) -> N
 
 
 def _text(message: dict) -> str:
-    what = (f"run of job {message['job']}" if message["kind"] == "run_failure"
-            else f"check {message['check']} on {message['asset']}")
+    what = (
+        f"run of job {message['job']}"
+        if message["kind"] == "run_failure"
+        else f"check {message['check']} on {message['asset']}"
+    )
     where = f" for source {message['source']}" if message.get("source") else ""
     if message["state"] == "resolved":
         return f"event-ingest: resolved: {what}{where} succeeds again (run {message['run_id']})"
@@ -146,8 +162,10 @@ def _deliver(state: AlertState, url: str, log) -> int:
             except httpx.HTTPError as exc:
                 delivered, why = False, f"{type(exc).__name__}: {exc}"
             if not delivered:
-                log.warning(f"alert webhook did not take the message ({_redact(why, [], url)}); "
-                            f"{len(state.outbox)} waiting for the next tick")
+                log.warning(
+                    f"alert webhook did not take the message ({_redact(why, [], url)}); "
+                    f"{len(state.outbox)} waiting for the next tick"
+                )
                 break
             state.outbox.pop(0)
             sent += 1
@@ -164,7 +182,7 @@ def _clip(text: str | None) -> str | None:
     if not text:
         return text
     line = " ".join(text.split())
-    return line if len(line) <= TEXT_LIMIT else line[:TEXT_LIMIT - 3] + "..."
+    return line if len(line) <= TEXT_LIMIT else line[: TEXT_LIMIT - 3] + "..."
 
 
 # ---- reading Dagster's event log ----------------------------------------------------------------
@@ -175,7 +193,9 @@ def _run_changes(instance: dg.DagsterInstance, after: int) -> list[Change]:
     found, bound = [], None
     for event_type in (DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS):
         records = instance.fetch_run_status_changes(
-            RunStatusChangeRecordsFilter(event_type, after_storage_id=after), limit=EVENTS_PER_TICK, ascending=True,
+            RunStatusChangeRecordsFilter(event_type, after_storage_id=after),
+            limit=EVENTS_PER_TICK,
+            ascending=True,
         ).records
         if len(records) == EVENTS_PER_TICK:
             # The two lists are read separately: take neither past the end of a truncated one.
@@ -193,11 +213,21 @@ def _run_changes(instance: dg.DagsterInstance, after: int) -> list[Change]:
         slot = run.tags.get("event_ingest/slot")
         scope = partition or (f"slot {slot}" if slot is not None else "-")
         ok = record.event_log_entry.dagster_event.event_type == DagsterEventType.RUN_SUCCESS
-        changes.append(Change(record.storage_id, f"run:{run.job_name}/{scope}", ok, {
-            "kind": "run_failure", "job": run.job_name, "partition": partition,
-            "source": run.tags.get("event_ingest/sources") or partition, "run_id": run.run_id,
-            "error": None if ok else _clip(_run_error(instance, record)),
-        }))
+        changes.append(
+            Change(
+                record.storage_id,
+                f"run:{run.job_name}/{scope}",
+                ok,
+                {
+                    "kind": "run_failure",
+                    "job": run.job_name,
+                    "partition": partition,
+                    "source": run.tags.get("event_ingest/sources") or partition,
+                    "run_id": run.run_id,
+                    "error": None if ok else _clip(_run_error(instance, record)),
+                },
+            )
+        )
     return changes
 
 
@@ -223,7 +253,8 @@ def _check_changes(instance: dg.DagsterInstance, after: int) -> list[Change]:
     """Asset check results after ``after``, in event-log order."""
     records = instance.event_log_storage.get_event_records(
         EventRecordsFilter(DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after),
-        limit=EVENTS_PER_TICK, ascending=True,
+        limit=EVENTS_PER_TICK,
+        ascending=True,
     )
     changes = []
     for record in records:
@@ -231,10 +262,21 @@ def _check_changes(instance: dg.DagsterInstance, after: int) -> list[Change]:
         asset = evaluation.asset_key.to_user_string()
         partition = evaluation.partition
         metadata = {key: str(value.value) for key, value in evaluation.metadata.items()}
-        changes.append(Change(record.storage_id, f"check:{asset}/{evaluation.check_name}/{partition or '-'}",
-                              evaluation.passed, {
-            "kind": "check_failure", "asset": asset, "check": evaluation.check_name, "partition": partition,
-            "source": partition, "severity": evaluation.severity.value, "run_id": record.event_log_entry.run_id,
-            "description": _clip(evaluation.description or ", ".join(f"{k}: {v}" for k, v in metadata.items())),
-        }))
+        changes.append(
+            Change(
+                record.storage_id,
+                f"check:{asset}/{evaluation.check_name}/{partition or '-'}",
+                evaluation.passed,
+                {
+                    "kind": "check_failure",
+                    "asset": asset,
+                    "check": evaluation.check_name,
+                    "partition": partition,
+                    "source": partition,
+                    "severity": evaluation.severity.value,
+                    "run_id": record.event_log_entry.run_id,
+                    "description": _clip(evaluation.description or ", ".join(f"{k}: {v}" for k, v in metadata.items())),
+                },
+            )
+        )
     return changes

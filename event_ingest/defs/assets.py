@@ -14,6 +14,7 @@ from ..config import SourceConfig
 from ..core.drain import DrainStats
 from .resources import IngestResource
 
+
 def drain_metadata(stats: DrainStats) -> dict:
     """What the UI plots for each materialization of a partition."""
     metadata = {
@@ -85,16 +86,21 @@ def build_rollup_asset(sources: list[SourceConfig]) -> dg.AssetsDefinition:
             # At most 61 rows per source, whatever the table holds: the counts are kept as rows land.
             rows = [(name, minute, n) for name in names for minute, n in store.recent_minutes(name, hours=1)]
         frame = pd.DataFrame(rows, columns=["source", "minute", "events"])
-        per_source = (frame.groupby("source")["events"].agg(["sum", "max"]).reindex(names, fill_value=0)
-                      if len(frame) else pd.DataFrame({"sum": 0, "max": 0}, index=names))
+        per_source = (
+            frame.groupby("source")["events"].agg(["sum", "max"]).reindex(names, fill_value=0)
+            if len(frame)
+            else pd.DataFrame({"sum": 0, "max": 0}, index=names)
+        )
         table = "| source | events, last hour | peak minute |\n|---|---:|---:|\n" + "\n".join(
-            f"| {name} | {int(row['sum'])} | {int(row['max'])} |" for name, row in per_source.iterrows())
+            f"| {name} | {int(row['sum'])} | {int(row['max'])} |" for name, row in per_source.iterrows()
+        )
         return dg.MaterializeResult(
             metadata={
                 "sources": dg.MetadataValue.int(len(names)),
                 "events_last_hour": dg.MetadataValue.int(int(per_source["sum"].sum())),
-                "peak_per_minute": dg.MetadataValue.int(int(frame.groupby("minute")["events"].sum().max())
-                                                        if len(frame) else 0),
+                "peak_per_minute": dg.MetadataValue.int(
+                    int(frame.groupby("minute")["events"].sum().max()) if len(frame) else 0
+                ),
                 "per_source": dg.MetadataValue.md(table),
             }
         )

@@ -7,9 +7,8 @@ publish them for each source they host whenever a result changes - so the checks
 while a run ingests for hours.
 """
 
-
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -55,8 +54,7 @@ def quarantine_empty(store: Store, source: SourceConfig) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=result.passed,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={"quarantined": dg.MetadataValue.int(result.quarantined),
-                  "last_reason": result.last_reason or "none"},
+        metadata={"quarantined": dg.MetadataValue.int(result.quarantined), "last_reason": result.last_reason or "none"},
     )
 
 
@@ -68,8 +66,9 @@ def fresh(store: Store, source: SourceConfig) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=age <= source.max_lag_s,
         metadata={**metadata, "last_poll_age_s": dg.MetadataValue.float(round(age, 1))},
-        description=None if age <= source.max_lag_s else
-        f"last successful poll {age:.0f} s ago (limit {source.max_lag_s:g} s): failing, paused or not hosted",
+        description=None
+        if age <= source.max_lag_s
+        else f"last successful poll {age:.0f} s ago (limit {source.max_lag_s:g} s): failing, paused or not hosted",
     )
 
 
@@ -81,23 +80,33 @@ def not_stuck(store: Store, source: SourceConfig) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         passed=False,
         description=result.summary(),
-        metadata={"cursor": dg.MetadataValue.int(stuck.at_cursor),
-                  "quarantine_id": dg.MetadataValue.int(stuck.quarantine_id),
-                  "seen_count": dg.MetadataValue.int(stuck.seen_count),
-                  "reason": stuck.reason[:1000]},
+        metadata={
+            "cursor": dg.MetadataValue.int(stuck.at_cursor),
+            "quarantine_id": dg.MetadataValue.int(stuck.quarantine_id),
+            "seen_count": dg.MetadataValue.int(stuck.seen_count),
+            "reason": stuck.reason[:1000],
+        },
     )
 
 
 CHECKS: dict[str, tuple[Callable[[Store, SourceConfig], dg.AssetCheckResult], str]] = {
     "no_gaps": (no_gaps, "No ids missing between the lowest and highest stored (or quarantined) id of the source."),
-    "cursor_matches_max_id": (cursor_matches_max_id,
-                              "The cursor equals the highest id accounted for (stored or quarantined)."),
+    "cursor_matches_max_id": (
+        cursor_matches_max_id,
+        "The cursor equals the highest id accounted for (stored or quarantined).",
+    ),
     "quarantine_empty": (quarantine_empty, "Nothing was quarantined (warning: see `event-ingest quarantine list`)."),
-    "fresh": (fresh, "The source was polled successfully within its max_lag_s (sources file): not failing, "
-                     "not paused, hosted by a live run."),
-    "not_stuck": (not_stuck, "Nothing unreadable holds the cursor: no item without a readable id the page stops "
-                             "before, no body that is not a page served again and again at the cursor. A stuck "
-                             "source is moved on with `event-ingest skip SOURCE --to-id N` (see the README)."),
+    "fresh": (
+        fresh,
+        "The source was polled successfully within its max_lag_s (sources file): not failing, "
+        "not paused, hosted by a live run.",
+    ),
+    "not_stuck": (
+        not_stuck,
+        "Nothing unreadable holds the cursor: no item without a readable id the page stops "
+        "before, no body that is not a page served again and again at the cursor. A stuck "
+        "source is moved on with `event-ingest skip SOURCE --to-id N` (see the README).",
+    ),
 }
 
 

@@ -13,7 +13,6 @@ Drain-level log lines go to the run's stderr (its compute log in the UI), not to
 log: 50 sources x 5 pages/s must not become 250 event-log rows a second.
 """
 
-
 import logging
 import os
 import sys
@@ -23,8 +22,8 @@ from pathlib import Path
 import dagster as dg
 
 from ..config import ConfigError, IngestConfig, load_config, sources_path
-from ..core.worker import SourceReport, Worker, WorkerOptions, read_heartbeats, slot_members, sources_to_host
 from ..core import StoreError
+from ..core.worker import SourceReport, Worker, WorkerOptions, read_heartbeats, slot_members, sources_to_host
 from .checks import evaluate_checks
 from .resources import IngestResource
 
@@ -104,8 +103,9 @@ class _Plan:
             self._configured = self._configured_sources()
             self._cached_at = now
         peers = read_heartbeats(self.redis, self._peer_ids).values() if self._peer_ids else ()
-        return sources_to_host(self.members, paused=self.paused, configured=self._configured,
-                               me=worker.heartbeat, peers=peers)
+        return sources_to_host(
+            self.members, paused=self.paused, configured=self._configured, me=worker.heartbeat, peers=peers
+        )
 
     def _paused_sources(self) -> set[str]:
         from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType
@@ -116,12 +116,13 @@ class _Plan:
                 continue
             if self.location is not None and state.origin.location_name != self.location:
                 continue
-            paused.add(state.name[len(SENSOR_PREFIX):])
+            paused.add(state.name[len(SENSOR_PREFIX) :])
         return paused
 
     def _peer_runs(self) -> list[str]:
         records = self.context.instance.get_run_records(
-            filters=dg.RunsFilter(job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.STARTED]))
+            filters=dg.RunsFilter(job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.STARTED])
+        )
         return [r.dagster_run.run_id for r in records if r.dagster_run.run_id != self.context.run_id]
 
     def _configured_sources(self) -> set[str] | None:
@@ -158,9 +159,14 @@ class _Publisher:
             counts = store.row_counts([r.source for r in reports if r.events])
             for r in reports:
                 if r.events:
-                    self.context.log_event(dg.AssetMaterialization(
-                        asset_key="events", partition=r.source, metadata=report_metadata(r, counts.get(r.source)),
-                        description=f"{r.events} events in {r.window_s:g} s"))
+                    self.context.log_event(
+                        dg.AssetMaterialization(
+                            asset_key="events",
+                            partition=r.source,
+                            metadata=report_metadata(r, counts.get(r.source)),
+                            description=f"{r.events} events in {r.window_s:g} s",
+                        )
+                    )
                 self._checks(store, r)
         states: dict[str, int] = {}
         for r in reports:
@@ -169,13 +175,21 @@ class _Publisher:
         self.context.log.info(
             f"{sum(r.events for r in reports)} events from {len(reports)} sources in {reports[0].window_s:g} s "
             f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))})"
-            + (f"; trouble: {'; '.join(troubled[:5])}" if troubled else "") if reports else "hosting nothing")
+            + (f"; trouble: {'; '.join(troubled[:5])}" if troubled else "")
+            if reports
+            else "hosting nothing"
+        )
 
     def _checks(self, store, report: SourceReport) -> None:
         source = self.sources[report.source]
         if report.state == "stopped" and report.source in self.plan.paused:
-            results = {"fresh": dg.AssetCheckResult(passed=False, description="paused: its sensor is stopped",
-                                                    metadata={"note": "paused by an operator"})}
+            results = {
+                "fresh": dg.AssetCheckResult(
+                    passed=False,
+                    description="paused: its sensor is stopped",
+                    metadata={"note": "paused by an operator"},
+                )
+            }
         elif report.state == "stopped":
             return  # handed over: the next host publishes
         else:
@@ -189,9 +203,17 @@ class _Publisher:
             last = self.published.get((source.name, name))
             if last is not None and last[0] == result.passed and now - last[1] < CHECK_REPUBLISH_S:
                 continue
-            self.context.log_event(dg.AssetCheckEvaluation(
-                asset_key=dg.AssetKey("events"), check_name=name, passed=result.passed, partition=source.name,
-                metadata=result.metadata, severity=result.severity, description=result.description))
+            self.context.log_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=dg.AssetKey("events"),
+                    check_name=name,
+                    passed=result.passed,
+                    partition=source.name,
+                    metadata=result.metadata,
+                    severity=result.severity,
+                    description=result.description,
+                )
+            )
             self.published[(source.name, name)] = (result.passed, now)
 
 
@@ -217,8 +239,9 @@ def build_ingest_job(config: IngestConfig, sources_file: Path | None = None) -> 
     def host_sources(context: dg.OpExecutionContext, config: IngestRunConfig, ingest: IngestResource) -> None:
         members = slot_members(names, per_run, config.slot)
         if not members:
-            raise dg.Failure(description=f"slot {config.slot} holds no source ({len(names)} sources, "
-                                         f"{per_run} per run)")
+            raise dg.Failure(
+                description=f"slot {config.slot} holds no source ({len(names)} sources, {per_run} per run)"
+            )
         ingest.prepare(members)
         redis_client = ingest.redis()
         log = _stderr_logger(context.run_id)
@@ -226,8 +249,13 @@ def build_ingest_job(config: IngestConfig, sources_file: Path | None = None) -> 
 
         publisher = _Publisher(context, ingest, by_name, plan)
         worker = Worker(
-            context.run_id, [by_name[m] for m in members], database_url=ingest.database_url,
-            redis_client=redis_client, options=WorkerOptions.from_settings(config_runs), report=publisher, logger=log,
+            context.run_id,
+            [by_name[m] for m in members],
+            database_url=ingest.database_url,
+            redis_client=redis_client,
+            options=WorkerOptions.from_settings(config_runs),
+            report=publisher,
+            logger=log,
         )
         context.log.info(f"hosting slot {config.slot}: {', '.join(members)} (pid {os.getpid()})")
         try:
@@ -239,7 +267,7 @@ def build_ingest_job(config: IngestConfig, sources_file: Path | None = None) -> 
     @dg.job(
         name=JOB_NAME,
         description="Long-lived ingest: one run hosts one slot of sources, tails them, and hands them to its "
-                    "successor without a pause. Started by the sources' sensors.",
+        "successor without a pause. Started by the sources' sensors.",
         executor_def=dg.in_process_executor,
     )
     def ingest():

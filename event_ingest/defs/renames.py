@@ -40,8 +40,9 @@ def rename_warnings(sources: list[SourceConfig], ingest: IngestResource | None =
     if url is None:
         return []
     try:
-        with Store(url, application_name="event-ingest-definitions", connect_timeout_s=CONNECT_TIMEOUT_S,
-                   read_only=True) as store:
+        with Store(
+            url, application_name="event-ingest-definitions", connect_timeout_s=CONNECT_TIMEOUT_S, read_only=True
+        ) as store:
             exists, _ = store.schema_found()
             activity = store.source_activity() if exists else []
     except StoreError as exc:

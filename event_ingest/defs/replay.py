@@ -24,12 +24,17 @@ class ReplayConfig(dg.Config):
 def build_replay(sources: list[SourceConfig]) -> dg.Definitions:
     names = [s.name for s in sources]
 
-    @dg.op(name="rewind_cursor", description="Rewind one source's cursor through the fence (and delete ids >= "
-           "delete_from, if given), in one transaction.")
+    @dg.op(
+        name="rewind_cursor",
+        description="Rewind one source's cursor through the fence (and delete ids >= "
+        "delete_from, if given), in one transaction.",
+    )
     def rewind_cursor(context: dg.OpExecutionContext, config: ReplayConfig, ingest: IngestResource) -> dg.Output:
         if config.source not in names:
-            raise dg.Failure(description=f"source {config.source!r} is not configured (configured: "
-                                         f"{', '.join(names) or 'none'}); nothing done")
+            raise dg.Failure(
+                description=f"source {config.source!r} is not configured (configured: "
+                f"{', '.join(names) or 'none'}); nothing done"
+            )
         with ingest.store(application_name="event-ingest-replay") as store:
             try:
                 result = replay(store, config.source, from_id=config.from_id, delete_from=config.delete_from)
@@ -47,10 +52,13 @@ def build_replay(sources: list[SourceConfig]) -> dg.Definitions:
             metadata["delete_from"] = dg.MetadataValue.int(result.delete_from)
         return dg.Output(None, metadata=metadata)
 
-    @dg.job(name="replay", executor_def=dg.in_process_executor,
-            description="Read one source again from an id: set source and from_id (and delete_from, only to delete "
-                        "stored events at or above it) in the run config. Goes through the fence; stored events are "
-                        "kept and not stored twice.")
+    @dg.job(
+        name="replay",
+        executor_def=dg.in_process_executor,
+        description="Read one source again from an id: set source and from_id (and delete_from, only to delete "
+        "stored events at or above it) in the run config. Goes through the fence; stored events are "
+        "kept and not stored twice.",
+    )
     def replay_job() -> None:
         rewind_cursor()
 

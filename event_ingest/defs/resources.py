@@ -1,6 +1,5 @@
 """Dagster resources: where Postgres and Redis are. URLs come from the environment."""
 
-
 import logging
 import threading
 
@@ -9,7 +8,6 @@ from redis import Redis
 
 from ..config import DATABASE_URL_ENV, REDIS_URL_ENV, SourceConfig
 from ..core import DrainOptions, DrainStats, RedisUnavailable, Store, StoreError, connect_redis, drain
-
 
 # Sensors tick every few seconds, one per source, in one long-lived code server: they share one client
 # (and its connection pool) per URL rather than connecting on every tick.
@@ -54,8 +52,12 @@ class IngestResource(dg.ConfigurableResource):
             except StoreError as exc:
                 raise dg.Failure(description=str(exc)) from None
 
-    def drain(self, source: SourceConfig, logger: logging.Logger | logging.LoggerAdapter,
-              options: DrainOptions = DrainOptions()) -> DrainStats:
+    def drain(
+        self,
+        source: SourceConfig,
+        logger: logging.Logger | logging.LoggerAdapter,
+        options: DrainOptions = DrainOptions(),
+    ) -> DrainStats:
         """One bounded drain (to the head of the source, or its budget): a manual or backfill materialization."""
         self.prepare([source.name])
         redis_client = self.redis()

@@ -15,7 +15,7 @@ runs recorded go with them; the events themselves live in the events table and a
 
 # No `from __future__ import annotations`: Dagster reads the op's config annotation at definition time.
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -60,11 +60,14 @@ def _limit_days(configured: float | None, env: str, default: float, what: str) -
 def retention_limits(config: RunRetentionConfig) -> tuple[float, float]:
     """(days to keep finished runs, days to keep failed runs), with one clear error if they make no sense."""
     keep = _limit_days(config.keep_days, RUN_RETENTION_DAYS_ENV, DEFAULT_RUN_RETENTION_DAYS, "keep_days")
-    keep_failed = _limit_days(config.keep_failed_days, FAILED_RUN_RETENTION_DAYS_ENV,
-                              DEFAULT_FAILED_RUN_RETENTION_DAYS, "keep_failed_days")
+    keep_failed = _limit_days(
+        config.keep_failed_days, FAILED_RUN_RETENTION_DAYS_ENV, DEFAULT_FAILED_RUN_RETENTION_DAYS, "keep_failed_days"
+    )
     if keep_failed < keep:
-        raise dg.Failure(description=f"failed runs would be kept {keep_failed:g} days, less than the {keep:g} days "
-                         "of the others: set keep_failed_days at least as long as keep_days")
+        raise dg.Failure(
+            description=f"failed runs would be kept {keep_failed:g} days, less than the {keep:g} days "
+            "of the others: set keep_failed_days at least as long as keep_days"
+        )
     return keep, keep_failed
 
 
@@ -72,36 +75,53 @@ def build_retention() -> dg.Definitions:
     @dg.op(description="Delete finished runs (and their event logs) older than the retention limits.")
     def delete_runs_past_retention(context: dg.OpExecutionContext, config: RunRetentionConfig) -> dg.Output:
         keep, keep_failed = retention_limits(config)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         budget = config.max_runs
         deleted: dict[str, int] = {}
-        for label, statuses, days in (("succeeded_or_canceled", DONE_STATUSES, keep),
-                                      ("failed", FAILED_STATUSES, keep_failed)):
-            records = context.instance.get_run_records(
-                filters=dg.RunsFilter(statuses=statuses, created_before=now - timedelta(days=days)),
-                limit=budget, order_by="create_timestamp", ascending=True,
-            ) if budget > 0 else []
+        for label, statuses, days in (
+            ("succeeded_or_canceled", DONE_STATUSES, keep),
+            ("failed", FAILED_STATUSES, keep_failed),
+        ):
+            records = (
+                context.instance.get_run_records(
+                    filters=dg.RunsFilter(statuses=statuses, created_before=now - timedelta(days=days)),
+                    limit=budget,
+                    order_by="create_timestamp",
+                    ascending=True,
+                )
+                if budget > 0
+                else []
+            )
             for record in records:
                 context.instance.delete_run(record.dagster_run.run_id)
             deleted[label] = len(records)
             budget -= len(records)
-            context.log.info(f"deleted {len(records)} {label.replace('_', ' ')} runs created more than {days:g} "
-                             "days ago")
-        return dg.Output(None, metadata={
-            "deleted_succeeded_or_canceled": dg.MetadataValue.int(deleted["succeeded_or_canceled"]),
-            "deleted_failed": dg.MetadataValue.int(deleted["failed"]),
-            "keep_days": dg.MetadataValue.float(keep),
-            "keep_failed_days": dg.MetadataValue.float(keep_failed),
-            "more_left": dg.MetadataValue.bool(budget <= 0),
-        })
+            context.log.info(
+                f"deleted {len(records)} {label.replace('_', ' ')} runs created more than {days:g} days ago"
+            )
+        return dg.Output(
+            None,
+            metadata={
+                "deleted_succeeded_or_canceled": dg.MetadataValue.int(deleted["succeeded_or_canceled"]),
+                "deleted_failed": dg.MetadataValue.int(deleted["failed"]),
+                "keep_days": dg.MetadataValue.float(keep),
+                "keep_failed_days": dg.MetadataValue.float(keep_failed),
+                "more_left": dg.MetadataValue.bool(budget <= 0),
+            },
+        )
 
-    @dg.job(name="delete_old_runs", executor_def=dg.in_process_executor,
-            description="Retention of Dagster's run storage: finished runs older than the limits are deleted.")
+    @dg.job(
+        name="delete_old_runs",
+        executor_def=dg.in_process_executor,
+        description="Retention of Dagster's run storage: finished runs older than the limits are deleted.",
+    )
     def cleanup_job() -> None:
         delete_runs_past_retention()
 
     schedule = dg.ScheduleDefinition(
-        name="delete_old_runs_hourly", job=cleanup_job, cron_schedule="17 * * * *",
+        name="delete_old_runs_hourly",
+        job=cleanup_job,
+        cron_schedule="17 * * * *",
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Hourly, so each cleanup is small and a backlog is worked off in steps.",
     )

@@ -10,7 +10,6 @@ A tick reads Dagster's run records and Redis heartbeats, nothing else: it cannot
 by a big events table, and publishes nothing (the runs publish progress and checks).
 """
 
-
 import time
 from dataclasses import dataclass
 
@@ -37,8 +36,9 @@ class RunView:
     started_age_s: float | None  # seconds since it started; None before
 
 
-def decide(source: str, slot: int, runs: list[RunView], beats: dict[str, Heartbeat],
-           startup_grace_s: float = STARTUP_GRACE_S) -> tuple[bool, str]:
+def decide(
+    source: str, slot: int, runs: list[RunView], beats: dict[str, Heartbeat], startup_grace_s: float = STARTUP_GRACE_S
+) -> tuple[bool, str]:
     """(ask for a run?, why). Pure: tested without Dagster's daemon."""
     live = [(run, beats[run.run_id]) for run in runs if run.run_id in beats]
     for run, beat in live:
@@ -66,10 +66,14 @@ def _run_views(instance: dg.DagsterInstance) -> list[RunView]:
     for record in instance.get_run_records(filters=dg.RunsFilter(job_name="ingest", statuses=ACTIVE_STATUSES)):
         run = record.dagster_run
         slot = run.tags.get(SLOT_TAG)
-        views.append(RunView(
-            run_id=run.run_id, slot=int(slot) if slot is not None and slot.isdigit() else None, status=run.status,
-            started_age_s=(now - record.start_time) if record.start_time else None,
-        ))
+        views.append(
+            RunView(
+                run_id=run.run_id,
+                slot=int(slot) if slot is not None and slot.isdigit() else None,
+                status=run.status,
+                started_age_s=(now - record.start_time) if record.start_time else None,
+            )
+        )
     return views
 
 
@@ -87,15 +91,16 @@ def build_source_sensor(source: SourceConfig, config: IngestConfig, job) -> dg.S
         minimum_interval_seconds=SENSOR_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Keeps source {source.name!r} hosted by a live `ingest` run (slot {slot}). Stop it to pause "
-                    "the source: the run hosting it lets go within seconds.",
+        "the source: the run hosting it lets go within seconds.",
     )
     def _sensor(context: dg.SensorEvaluationContext, ingest: IngestResource):
         runs = _run_views(context.instance)
         try:
             beats = read_heartbeats(ingest.shared_redis(), [r.run_id for r in runs])
         except redis.RedisError as exc:
-            raise RuntimeError(f"cannot read the runs' heartbeats in Redis at {redact_url(ingest.redis_url)}: "
-                               f"{exc}") from None
+            raise RuntimeError(
+                f"cannot read the runs' heartbeats in Redis at {redact_url(ingest.redis_url)}: {exc}"
+            ) from None
         ask, why = decide(source.name, slot, runs, beats)
         if not ask:
             return dg.SkipReason(why)
@@ -106,4 +111,3 @@ def build_source_sensor(source: SourceConfig, config: IngestConfig, job) -> dg.S
         )
 
     return _sensor
-

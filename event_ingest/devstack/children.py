@@ -10,9 +10,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import DAGSTER_DATABASE_URL_ENV
 from .errors import DevError
@@ -42,8 +43,14 @@ class Child:
         return self.proc.pid
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "pid": self.pid, "start_time": self.start_time, "url": self.url,
-                "log": str(self.log_path), **self.extra}
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "start_time": self.start_time,
+            "url": self.url,
+            "log": str(self.log_path),
+            **self.extra,
+        }
 
 
 def _log_tail(path: Path, n: int = 5) -> str:
@@ -75,12 +82,32 @@ class _Children:
         for i, (name, batch, seed) in enumerate(MOCK_SOURCES):
             port = self.args.sources_port_base + i
             log_path = self.logs_dir / f"mock-{name}.log"
-            cmd = [sys.executable, "-m", "event_ingest.cli", "mock-source", "--name", name, "--port", str(port),
-                   "--seed-batch", str(batch), "--error-rate", str(MOCK_ERROR_RATE), "--random-seed", str(seed)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "event_ingest.cli",
+                "mock-source",
+                "--name",
+                name,
+                "--port",
+                str(port),
+                "--seed-batch",
+                str(batch),
+                "--error-rate",
+                str(MOCK_ERROR_RATE),
+                "--random-seed",
+                str(seed),
+            ]
             with open(log_path, "ab") as logf:
                 proc = self._spawn(f"mock source {name}", cmd, stdout=logf, stderr=subprocess.STDOUT)
-            child = Child(name, proc, log_path, start_time(proc.pid), self.source_urls[name],
-                          {"events_per_response": batch, "error_rate": MOCK_ERROR_RATE})
+            child = Child(
+                name,
+                proc,
+                log_path,
+                start_time(proc.pid),
+                self.source_urls[name],
+                {"events_per_response": batch, "error_rate": MOCK_ERROR_RATE},
+            )
             self.sources.append(child)
         for child in self.sources:
             self._wait_source_ready(child)
@@ -96,18 +123,24 @@ class _Children:
                 tail = _log_tail(child.log_path)
                 if "address already in use" in tail.lower():
                     port = child.url.rsplit(":", 1)[1].split("/")[0]
-                    raise DevError(f"event-ingest dev: port {port} on {HOST} is already in use (needed for mock "
-                                   f"source {child.name}); free it or choose another with --sources-port-base")
-                raise DevError(f"event-ingest dev: mock source {child.name} exited with code {rc} at start; "
-                               f"log: {child.log_path}: {tail}")
+                    raise DevError(
+                        f"event-ingest dev: port {port} on {HOST} is already in use (needed for mock "
+                        f"source {child.name}); free it or choose another with --sources-port-base"
+                    )
+                raise DevError(
+                    f"event-ingest dev: mock source {child.name} exited with code {rc} at start; "
+                    f"log: {child.log_path}: {tail}"
+                )
             try:
                 if httpx.get(health, timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise DevError(f"event-ingest dev: mock source {child.name} did not answer on {health} within 20s; "
-                               f"log: {child.log_path}")
+                raise DevError(
+                    f"event-ingest dev: mock source {child.name} did not answer on {health} within 20s; "
+                    f"log: {child.log_path}"
+                )
             self.check_interrupted()
             time.sleep(0.1)
 
@@ -127,8 +160,7 @@ class _Children:
         self.say(f"starting Dagster ({' '.join(cmd[-6:])}); it takes 10-30 s, the summary follows when the UI answers")
         # cwd = DAGSTER_HOME: dagster dev warns about a dagster.yaml in its cwd (the project's) that
         # is not DAGSTER_HOME's.
-        proc = self._spawn("dagster dev", cmd, cwd=str(home), env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = self._spawn("dagster dev", cmd, cwd=str(home), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.dagster = Child("dagster", proc, log_path, start_time(proc.pid), self.ui_url, {"home": str(home)})
         self.tee = threading.Thread(target=self._tee, args=(proc, log_path), name="dagster-output", daemon=True)
         self.tee.start()
@@ -184,8 +216,9 @@ class _Children:
         killed = sweep(tree, pgid, wait_s=0)
         proc.wait()
         if killed:
-            self.say(f"killed {len(killed)} Dagster process(es) that did not stop: "
-                     f"{', '.join(map(str, sorted(killed)))}")
+            self.say(
+                f"killed {len(killed)} Dagster process(es) that did not stop: {', '.join(map(str, sorted(killed)))}"
+            )
         return clean
 
     def _stop_child(self, child: Child, sig: int, timeout: float) -> bool:

@@ -73,5 +73,7 @@ class _DagsterUI:
             self.say(f"WARNING: could not check for runs left over by an earlier session: {exc}")
             return
         if stale:
-            self.say(f"marked {len(stale)} run(s) an earlier session left running as canceled: "
-                     f"{', '.join(r['runId'][:8] for r in stale)}")
+            self.say(
+                f"marked {len(stale)} run(s) an earlier session left running as canceled: "
+                f"{', '.join(r['runId'][:8] for r in stale)}"
+            )

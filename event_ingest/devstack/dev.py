@@ -48,19 +48,35 @@ from .statedir import DEFAULT_STATE_DIR, STACK_FILE, _StateDir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help=f"state dir: server data, DAGSTER_HOME, logs (default ./{DEFAULT_STATE_DIR})")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help=f"state dir: server data, DAGSTER_HOME, logs (default ./{DEFAULT_STATE_DIR})",
+    )
     parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (default 3000)")
-    parser.add_argument("--sources", default=None, metavar="FILE",
-                        help=f"sources file; no mock sources are started (default: ${SOURCES_ENV}, "
-                             "else three mock sources and a generated file)")
-    parser.add_argument("--sources-port-base", type=int, default=3001, metavar="PORT",
-                        help="the mock sources listen on PORT, PORT+1, PORT+2 (default 3001)")
-    parser.add_argument("--no-dagster", action="store_true",
-                        help="start Postgres, Redis and the sources only (no Dagster)")
-    parser.add_argument("--no-mock-sources", action="store_true",
-                        help="start no mock sources (the generated sources file still lists them, "
-                             "for you to serve)")
+    parser.add_argument(
+        "--sources",
+        default=None,
+        metavar="FILE",
+        help=f"sources file; no mock sources are started (default: ${SOURCES_ENV}, "
+        "else three mock sources and a generated file)",
+    )
+    parser.add_argument(
+        "--sources-port-base",
+        type=int,
+        default=3001,
+        metavar="PORT",
+        help="the mock sources listen on PORT, PORT+1, PORT+2 (default 3001)",
+    )
+    parser.add_argument(
+        "--no-dagster", action="store_true", help="start Postgres, Redis and the sources only (no Dagster)"
+    )
+    parser.add_argument(
+        "--no-mock-sources",
+        action="store_true",
+        help="start no mock sources (the generated sources file still lists them, for you to serve)",
+    )
 
 
 class DevStack(_StateDir, _Services, _Children, _DagsterUI, _Report):
@@ -201,8 +217,10 @@ class DevStack(_StateDir, _Services, _Children, _DagsterUI, _Report):
                     self.print_summary()
                 elif time.monotonic() - self.t0 > UI_READY_TIMEOUT_S:
                     self.ui_ready = True  # stop polling; say where to look
-                    self.say(f"WARNING: the Dagster UI did not answer within {UI_READY_TIMEOUT_S:.0f}s; "
-                             f"see {self.dagster.log_path}")
+                    self.say(
+                        f"WARNING: the Dagster UI did not answer within {UI_READY_TIMEOUT_S:.0f}s; "
+                        f"see {self.dagster.log_path}"
+                    )
                     self.print_summary()
                 next_poll = time.monotonic() + 1.0
             self.sleep(0.5)
@@ -265,8 +283,10 @@ def run_dev(args: argparse.Namespace) -> int:
         finally:
             started = stack.started_anything
             if stack.interrupts and started:
-                stack.say("stopping" + (" (Ctrl-C again to stop Dagster without waiting)..."
-                                        if stack.dagster is not None else "..."))
+                stack.say(
+                    "stopping"
+                    + (" (Ctrl-C again to stop Dagster without waiting)..." if stack.dagster is not None else "...")
+                )
             if not stack.stop():
                 stack.say("WARNING: some processes had to be killed; see the messages above")
             elif started:

@@ -1,6 +1,5 @@
 """How `event-ingest dev` fails: one line for stderr, and an exit code."""
 
-
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +27,28 @@ class _Report:
         data = {
             "pid": os.getpid(),
             "state_dir": str(self.state_dir),
-            "started_at": datetime.fromtimestamp(self.started_at, timezone.utc).isoformat(timespec="seconds"),
+            "started_at": datetime.fromtimestamp(self.started_at, UTC).isoformat(timespec="seconds"),
             "ready": self.dagster is None or self.ui_ready,
             "env": self.env(),
-            "postgres": {"url": self.database_url, "dagster_url": self.dagster_database_url,
-                         "embedded": self.pg is not None, "pid": self.pg.pid if self.pg else None,
-                         "log": str(self.pg.log_path) if self.pg else None},
-            "redis": {"url": self.redis_url, "embedded": self.redis is not None,
-                      "pid": self.redis.pid if self.redis else None,
-                      "log": str(self.redis.log_path) if self.redis else None},
-            "sources": {"file": str(self.sources_file), "mock": self.mock, "urls": self.source_urls,
-                        "children": [c.describe() for c in self.sources]},
+            "postgres": {
+                "url": self.database_url,
+                "dagster_url": self.dagster_database_url,
+                "embedded": self.pg is not None,
+                "pid": self.pg.pid if self.pg else None,
+                "log": str(self.pg.log_path) if self.pg else None,
+            },
+            "redis": {
+                "url": self.redis_url,
+                "embedded": self.redis is not None,
+                "pid": self.redis.pid if self.redis else None,
+                "log": str(self.redis.log_path) if self.redis else None,
+            },
+            "sources": {
+                "file": str(self.sources_file),
+                "mock": self.mock,
+                "urls": self.source_urls,
+                "children": [c.describe() for c in self.sources],
+            },
             "dagster": self.dagster.describe() if self.dagster else None,
             "timings": self.timings,
         }
@@ -47,7 +58,9 @@ class _Report:
         pg_note = "embedded; Dagster storage in database 'dagster'" if self.pg else f"from ${DATABASE_URL_ENV}"
         rows = []
         if self.dagster is not None:
-            rows.append(("Dagster UI", self.ui_url + ("" if self.timings.get("ui_ready_s") else "  (not answering yet)")))
+            rows.append(
+                ("Dagster UI", self.ui_url + ("" if self.timings.get("ui_ready_s") else "  (not answering yet)"))
+            )
         rows += [
             ("Postgres", f"{redact_url(self.database_url)}  ({pg_note})"),
             ("Redis", f"{redact_url(self.redis_url)}  ({'embedded' if self.redis else f'from ${REDIS_URL_ENV}'})"),
@@ -56,8 +69,14 @@ class _Report:
         by_name = {c.name: c for c in self.sources}
         for name, url in self.source_urls.items():
             child = by_name.get(name)
-            note = (f"  (mock, {child.extra['events_per_response']} events per response, "
-                    f"{child.extra['error_rate']:.0%} errors)") if child else ""
+            note = (
+                (
+                    f"  (mock, {child.extra['events_per_response']} events per response, "
+                    f"{child.extra['error_rate']:.0%} errors)"
+                )
+                if child
+                else ""
+            )
             if child is None and self.generated_sources:
                 note = "  (not started: --no-mock-sources)"
             rows.append((f"  {name}", url + note))
@@ -70,8 +89,14 @@ class _Report:
         lines = ["", f"event-ingest dev is running ({ready})", ""]
         lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
         lines += ["", "Look at the ingest from another terminal:"]
-        lines += [f"  export {k}={shlex.quote(v)}" if k not in self.from_env else f"  # {k}: as set in your environment"
-                  for k, v in self.env().items()]
-        lines += ["  event-ingest status", "",
-                  "Stop everything with Ctrl-C. The data is kept: the next `event-ingest dev` resumes.", ""]
+        lines += [
+            f"  export {k}={shlex.quote(v)}" if k not in self.from_env else f"  # {k}: as set in your environment"
+            for k, v in self.env().items()
+        ]
+        lines += [
+            "  event-ingest status",
+            "",
+            "Stop everything with Ctrl-C. The data is kept: the next `event-ingest dev` resumes.",
+            "",
+        ]
         self.say("\n".join(lines), prefix=False)

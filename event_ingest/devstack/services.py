@@ -39,8 +39,12 @@ class _Services:
         self.say("starting Postgres (embedded)...")
         # on_orphan="stop": we hold the state dir's lock, so a server still running on this
         # data dir is a leftover of a run that was killed hard, not someone else's.
-        self.pg = EmbeddedPostgres(self.state_dir / "postgres", databases=("event_ingest", "dagster"),
-                                   on_orphan="stop", log_file=self.logs_dir / "postgres.log")
+        self.pg = EmbeddedPostgres(
+            self.state_dir / "postgres",
+            databases=("event_ingest", "dagster"),
+            on_orphan="stop",
+            log_file=self.logs_dir / "postgres.log",
+        )
         try:
             self.pg.start(timeout=60)
         except EmbeddedServerError as exc:
@@ -58,12 +62,15 @@ class _Services:
             try:
                 connect_redis(external).close()
             except RedisUnavailable as exc:
-                raise DevError(f"event-ingest dev: {exc} ({REDIS_URL_ENV} is set, so no Redis of our own "
-                               f"is started; unset it to use an embedded one)") from None
+                raise DevError(
+                    f"event-ingest dev: {exc} ({REDIS_URL_ENV} is set, so no Redis of our own "
+                    f"is started; unset it to use an embedded one)"
+                ) from None
             return
         self.say("starting Redis (embedded valkey)...")
-        self.redis = EmbeddedRedis(self.state_dir / "redis", persistent=True, on_orphan="stop",
-                                   log_file=self.logs_dir / "redis.log")
+        self.redis = EmbeddedRedis(
+            self.state_dir / "redis", persistent=True, on_orphan="stop", log_file=self.logs_dir / "redis.log"
+        )
         try:
             self.redis.start()
         except EmbeddedServerError as exc:
@@ -78,6 +85,9 @@ class _Services:
             with Store(self.database_url, application_name="event-ingest-dev") as store:
                 store.apply_schema(list(self.source_urls))
         except StoreError as exc:
-            hint = (f" ({DATABASE_URL_ENV} is set, so no Postgres of our own is started; unset it to use "
-                    f"an embedded one)") if self.pg is None else ""
+            hint = (
+                (f" ({DATABASE_URL_ENV} is set, so no Postgres of our own is started; unset it to use an embedded one)")
+                if self.pg is None
+                else ""
+            )
             raise DevError(f"event-ingest dev: {exc}{hint}") from None

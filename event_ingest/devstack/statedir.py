@@ -36,8 +36,10 @@ class _StateDir:
         if not self.args.no_dagster:
             for f in (dagster_yaml, workspace):
                 if not f.is_file():
-                    raise DevError(f"event-ingest dev: {f} not found; it ships beside the event_ingest "
-                                   f"package (run from a checkout, or pass --no-dagster)")
+                    raise DevError(
+                        f"event-ingest dev: {f} not found; it ships beside the event_ingest "
+                        f"package (run from a checkout, or pass --no-dagster)"
+                    )
         return dagster_yaml, workspace
 
     def _lock_state_dir(self) -> None:
@@ -52,8 +54,10 @@ class _StateDir:
                 raise
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise DevError(f"event-ingest dev: another dev stack (pid {holder}) is running on "
-                           f"{self.state_dir}; stop it first (Ctrl-C there) or use another --data-dir") from None
+            raise DevError(
+                f"event-ingest dev: another dev stack (pid {holder}) is running on "
+                f"{self.state_dir}; stop it first (Ctrl-C there) or use another --data-dir"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.lock_fd = fd
@@ -107,5 +111,7 @@ class _StateDir:
                 wanted.append((self.args.sources_port_base + i, f"mock source {name}", "--sources-port-base"))
         for port, what, option in wanted:
             if not port_is_free(port):
-                raise DevError(f"event-ingest dev: port {port} on {HOST} is already in use (needed for {what}); "
-                               f"free it or choose another with {option}")
+                raise DevError(
+                    f"event-ingest dev: port {port} on {HOST} is already in use (needed for {what}); "
+                    f"free it or choose another with {option}"
+                )

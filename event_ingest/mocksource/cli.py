@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from event_ingest.mocksource.config import MockSourceConfig
 from event_ingest.mocksource.source import serve_forever
@@ -15,30 +15,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="source name (in payloads and /health)")
     parser.add_argument("--port", type=int, required=True, help="TCP port, 0 = pick a free one")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--backlog", type=int, default=0, metavar="N",
-                        help="ids 1..N exist at start")
-    parser.add_argument("--rate", type=float, default=0.0, metavar="R",
-                        help="live producer: R new events per second")
-    parser.add_argument("--seed-batch", type=int, default=None, metavar="K",
-                        help="seed mode: every response is exactly K new events after lastId")
-    parser.add_argument("--error-rate", type=float, default=0.0, metavar="F",
-                        help="fraction of /events answered 500")
-    parser.add_argument("--latency-ms", type=float, default=0.0, metavar="MS",
-                        help="delay added before every /events answer")
-    parser.add_argument("--rate-limit-rate", type=float, default=0.0, metavar="F",
-                        help="fraction of /events answered 429")
-    parser.add_argument("--retry-after", dest="retry_after_s", type=int, default=1, metavar="S",
-                        help="Retry-After seconds on 429s (default 1)")
-    parser.add_argument("--malformed-rate", type=float, default=0.0, metavar="F",
-                        help="fraction of /events answered 200 with truncated JSON")
-    parser.add_argument("--random-seed", type=int, default=None, metavar="N",
-                        help="seed for fault decisions (reproducible runs)")
-    parser.add_argument("--min-interval-ms", type=float, default=200.0, metavar="MS",
-                        help="recorder threshold for too-close requests (default 200)")
-    parser.add_argument("--tls-cert", dest="tls_cert_file", default=None, metavar="PEM",
-                        help="serve HTTPS with this certificate (chain)")
-    parser.add_argument("--tls-key", dest="tls_key_file", default=None, metavar="PEM",
-                        help="the certificate's private key")
+    parser.add_argument("--backlog", type=int, default=0, metavar="N", help="ids 1..N exist at start")
+    parser.add_argument("--rate", type=float, default=0.0, metavar="R", help="live producer: R new events per second")
+    parser.add_argument(
+        "--seed-batch",
+        type=int,
+        default=None,
+        metavar="K",
+        help="seed mode: every response is exactly K new events after lastId",
+    )
+    parser.add_argument("--error-rate", type=float, default=0.0, metavar="F", help="fraction of /events answered 500")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, metavar="MS", help="delay added before every /events answer"
+    )
+    parser.add_argument(
+        "--rate-limit-rate", type=float, default=0.0, metavar="F", help="fraction of /events answered 429"
+    )
+    parser.add_argument(
+        "--retry-after",
+        dest="retry_after_s",
+        type=int,
+        default=1,
+        metavar="S",
+        help="Retry-After seconds on 429s (default 1)",
+    )
+    parser.add_argument(
+        "--malformed-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of /events answered 200 with truncated JSON",
+    )
+    parser.add_argument(
+        "--random-seed", type=int, default=None, metavar="N", help="seed for fault decisions (reproducible runs)"
+    )
+    parser.add_argument(
+        "--min-interval-ms",
+        type=float,
+        default=200.0,
+        metavar="MS",
+        help="recorder threshold for too-close requests (default 200)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        dest="tls_cert_file",
+        default=None,
+        metavar="PEM",
+        help="serve HTTPS with this certificate (chain)",
+    )
+    parser.add_argument(
+        "--tls-key", dest="tls_key_file", default=None, metavar="PEM", help="the certificate's private key"
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> MockSourceConfig:

@@ -6,8 +6,9 @@ Each runtime field has one validator, used for the config and for /control alike
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 # Ids are stored as BIGINT downstream; refusing larger cursors keeps seed mode
 # from ever emitting ids no consumer could store.
@@ -136,6 +137,4 @@ class _RuntimeSettings:
         # are exact only if they fit in [0, 1] together.
         total = self.error_rate + self.rate_limit_rate + self.malformed_rate
         if total > 1.0 + 1e-9:
-            raise ValueError(
-                f"error_rate + rate_limit_rate + malformed_rate must be <= 1, got {total:g}"
-            )
+            raise ValueError(f"error_rate + rate_limit_rate + malformed_rate must be <= 1, got {total:g}")

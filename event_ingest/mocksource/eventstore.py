@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from array import array
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from event_ingest.mocksource.config import _MAX_ID
 
@@ -22,8 +23,14 @@ class _EventStore:
     and a fleet of mocks costs nothing while nobody asks.
     """
 
-    def __init__(self, name: str, backlog: int, seed_batch: int | None, rate: float = 0.0,
-                 producing: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        name: str,
+        backlog: int,
+        seed_batch: int | None,
+        rate: float = 0.0,
+        producing: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._name = name
         self._backlog = backlog
         self._seed_batch = seed_batch

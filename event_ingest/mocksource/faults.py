@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 import threading
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import asdict, replace
-from typing import Any, Mapping
+from typing import Any
 
 from event_ingest.mocksource.config import (
     _RUNTIME_FIELDS,

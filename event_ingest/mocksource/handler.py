@@ -11,8 +11,9 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Sequence, cast
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from event_ingest.mocksource.config import _MAX_ID
@@ -134,9 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)
-        framed_by_caller = _has_header(headers, "content-length") or _has_header(
-            headers, "transfer-encoding"
-        )
+        framed_by_caller = _has_header(headers, "content-length") or _has_header(headers, "transfer-encoding")
         if not framed_by_caller and not omit_content_length:
             self.send_header("Content-Length", str(len(body)))
         else:
@@ -252,9 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "rate_limit":
             state.recorder.fault("rate_limit")
-            self._send_json(
-                429, {"error": "rate limited"}, [("Retry-After", str(settings.retry_after_s))]
-            )
+            self._send_json(429, {"error": "rate limited"}, [("Retry-After", str(settings.retry_after_s))])
             return
 
         events = state.store.query(last_id, limit)

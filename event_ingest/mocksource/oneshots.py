@@ -12,8 +12,9 @@ import socket
 import struct
 import time
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from event_ingest.mocksource.spec import _JSON, _has_header, _SpecReader
 
@@ -47,8 +48,7 @@ def _parse_status(spec: Mapping[str, Any]) -> dict[str, Any]:
 def _parse_body(spec: Mapping[str, Any]) -> dict[str, Any]:
     r = _SpecReader(
         spec,
-        {"status", "headers", "body", "body_b64", "content_type", "content_encoding",
-         "omit_content_length"},
+        {"status", "headers", "body", "body_b64", "content_type", "content_encoding", "omit_content_length"},
     )
     body = r.get_body()
     if body is None:
@@ -218,7 +218,7 @@ ONESHOT_KINDS: tuple[str, ...] = tuple(_ONESHOTS)
 
 def _parse_oneshots(raw: Any) -> list[_OneShot]:
     if not isinstance(raw, list):
-        raise ValueError("next must be a list of {\"kind\": ...} objects")
+        raise ValueError('next must be a list of {"kind": ...} objects')
     shots = []
     for i, spec in enumerate(raw):
         if not isinstance(spec, dict) or spec.get("kind") not in _ONESHOTS:

@@ -6,7 +6,8 @@ import statistics
 import threading
 import time
 from collections import Counter
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class _Recorder:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from types import FrameType
-from typing import Any, Mapping, TextIO
+from typing import Any, TextIO
 
 from event_ingest.mocksource.config import MockSourceConfig
 from event_ingest.mocksource.handler import _Server

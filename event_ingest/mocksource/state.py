@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from event_ingest.mocksource.config import MockSourceConfig
 from event_ingest.mocksource.eventstore import _EventStore
@@ -16,8 +17,9 @@ class _SourceState:
 
     def __init__(self, config: MockSourceConfig) -> None:
         self.config = config
-        self.store = _EventStore(config.name, config.backlog, config.seed_batch, config.rate,
-                                 lambda: self.faults.settings.producing)
+        self.store = _EventStore(
+            config.name, config.backlog, config.seed_batch, config.rate, lambda: self.faults.settings.producing
+        )
         self.faults = _Faults(config)
         self.recorder = _Recorder()
         # Set on stop: wakes handlers sleeping in latency/delay/slowloris.

@@ -17,12 +17,13 @@ def store_ids(store, source, ids, page=10_000, quarantined=()):
     epoch, cursor = store.begin_epoch(source)
     ids = list(ids)
     for n in range(0, len(ids), page):
-        chunk = ids[n:n + page]
+        chunk = ids[n : n + page]
         last = n + page >= len(ids)
         extra = list(quarantined) if last else []
         new_cursor = max([cursor, *chunk, *(q.event_id for q in extra if q.event_id is not None)])
-        store.commit_page(source, epoch=epoch, old_cursor=cursor, new_cursor=new_cursor, events=events(chunk),
-                          quarantined=extra)
+        store.commit_page(
+            source, epoch=epoch, old_cursor=cursor, new_cursor=new_cursor, events=events(chunk), quarantined=extra
+        )
         cursor = new_cursor
     return cursor
 
@@ -59,8 +60,12 @@ def test_a_gap_over_blocks_with_nothing_stored_is_one_range(store, source_name):
 
 def test_quarantined_ids_fill_gaps_and_count_once(store, source_name):
     # 3 is stored and quarantined too (a duplicate within a page): counted twice, it would hide 4.
-    store_ids(store, source_name, [1, 2, 3, 5, 6],
-              quarantined=[Quarantined(b'{"id": 3}', "duplicate id 3 within one page", 3)])
+    store_ids(
+        store,
+        source_name,
+        [1, 2, 3, 5, 6],
+        quarantined=[Quarantined(b'{"id": 3}', "duplicate id 3 within one page", 3)],
+    )
     found = gap_check(store, source_name)
     assert (found.passed, found.missing, ranges(found)) == (False, 1, [(4, 4)])
     store.quarantine(source_name, [Quarantined(b'{"id": 4, "payload": "..."}', "payload is over the cap", 4)])

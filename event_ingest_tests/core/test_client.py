@@ -44,8 +44,10 @@ def test_an_untrusted_certificate_is_one_clear_error_and_not_retried(
     [source] = sources_file(tmp_path, source_name, https_mock.url)
     stats = drain(source, store=store, redis_client=redis_client)
     assert stats.status == SOURCE_ERROR and stats.errors == 1, stats.summary()  # retrying cannot fix it
-    assert (f"TLS certificate of {https_mock.url} is not trusted by the system certificate store" in stats.error
-            and "set ca_file" in stats.error), stats.error
+    assert (
+        f"TLS certificate of {https_mock.url} is not trusted by the system certificate store" in stats.error
+        and "set ca_file" in stats.error
+    ), stats.error
     assert https_mock.stats()["requests"] == 0  # refused in the handshake: no request reached the source
     assert events_in(store, source_name) == []
     lines = [r.getMessage() for r in caplog.records if source_name in r.getMessage()]
@@ -64,9 +66,12 @@ def test_ca_file_is_trusted_and_headers_arrive_at_the_source(
     monkeypatch.setenv(TOKEN_ENV, f"Bearer {SECRET}")
     # A relative ca_file is read from beside the sources file.
     (tmp_path / "ca.pem").write_bytes(tls_files.ca_file.read_bytes())
-    [source] = sources_file(tmp_path, source_name, https_mock.url,
-                            f"    ca_file: ca.pem\n    headers:\n      Authorization: {{env: {TOKEN_ENV}}}\n"
-                            "      X-Api-Version: '3'\n")
+    [source] = sources_file(
+        tmp_path,
+        source_name,
+        https_mock.url,
+        f"    ca_file: ca.pem\n    headers:\n      Authorization: {{env: {TOKEN_ENV}}}\n      X-Api-Version: '3'\n",
+    )
     stats = drain(source, store=store, redis_client=redis_client)
     assert stats.status == CAUGHT_UP, stats.summary()
     assert events_in(store, source_name) == list(range(1, 31))
@@ -74,8 +79,9 @@ def test_ca_file_is_trusted_and_headers_arrive_at_the_source(
     assert seen["Authorization"] == f"Bearer {SECRET}" and seen["X-Api-Version"] == "3", seen
 
 
-def test_https_trusts_the_system_store_not_a_bundled_one(tmp_path, https_mock, tls_files, store, redis_client,
-                                                        source_name, monkeypatch):
+def test_https_trusts_the_system_store_not_a_bundled_one(
+    tmp_path, https_mock, tls_files, store, redis_client, source_name, monkeypatch
+):
     """Without ca_file the client trusts what OpenSSL's default locations hold (the system store, which
     SSL_CERT_FILE points elsewhere), the same set as ssl.create_default_context()."""
     [source] = sources_file(tmp_path, source_name, https_mock.url)
@@ -94,12 +100,20 @@ def test_a_secret_never_shows(tmp_path, make_mock, store, redis_client, source_n
     caplog.set_level(logging.DEBUG)  # every logger, every level
     monkeypatch.setenv(TOKEN_ENV, f"Bearer {SECRET}")
     mock = make_mock(backlog=5)
-    mock.control({"next": [
-        {"kind": "status", "status": 500, "body": f"upstream refused Authorization: Bearer {SECRET}"},
-        {"kind": "status", "status": 401, "body": f"invalid token {SECRET}"},
-    ]})
-    [source] = sources_file(tmp_path, source_name, mock.url,
-                            f"    headers:\n      Authorization: {{env: {TOKEN_ENV}}}\n      X-Key: {SECRET}x\n")
+    mock.control(
+        {
+            "next": [
+                {"kind": "status", "status": 500, "body": f"upstream refused Authorization: Bearer {SECRET}"},
+                {"kind": "status", "status": 401, "body": f"invalid token {SECRET}"},
+            ]
+        }
+    )
+    [source] = sources_file(
+        tmp_path,
+        source_name,
+        mock.url,
+        f"    headers:\n      Authorization: {{env: {TOKEN_ENV}}}\n      X-Key: {SECRET}x\n",
+    )
     stats = drain(source, store=store, redis_client=redis_client)
     assert stats.status == SOURCE_ERROR and stats.errors == 2, stats.summary()
     assert stats.error.endswith("HTTP 401: invalid token ***"), stats.error

@@ -33,8 +33,9 @@ def served_ids(mock) -> list[int]:
     return mock.stats(include_ids=True)["served_ids"]
 
 
-def test_a_tailing_drain_keeps_polling_after_the_head_until_stopped(make_mock, database_url, redis_url, store,
-                                                                    source_name):
+def test_a_tailing_drain_keeps_polling_after_the_head_until_stopped(
+    make_mock, database_url, redis_url, store, source_name
+):
     mock = make_mock(backlog=50, rate=40)
     source = source_config(source_name, mock.url, page_size=20)
     store.apply_schema([source_name])
@@ -43,15 +44,22 @@ def test_a_tailing_drain_keeps_polling_after_the_head_until_stopped(make_mock, d
 
     def run():
         with Store(database_url) as s:
-            result["stats"] = drain(source, store=s, redis_client=connect_redis(redis_url), should_stop=stop.is_set,
-                                    options=DrainOptions(tail=True, max_seconds=math.inf))
+            result["stats"] = drain(
+                source,
+                store=s,
+                redis_client=connect_redis(redis_url),
+                should_stop=stop.is_set,
+                options=DrainOptions(tail=True, max_seconds=math.inf),
+            )
 
     thread = threading.Thread(target=run)
     thread.start()
     # Past the backlog and well into the live stream: a drain that ended on its first empty page
     # would never get here.
-    wait_until(lambda: (store.source_status(source_name) or None) and store.source_status(source_name).cursor > 200,
-               what="the drain to follow the live producer")
+    wait_until(
+        lambda: (store.source_status(source_name) or None) and store.source_status(source_name).cursor > 200,
+        what="the drain to follow the live producer",
+    )
     stop.set()
     thread.join(WAIT_S)
     assert result["stats"].status == STOPPED
@@ -68,8 +76,13 @@ def test_a_quiet_source_is_polled_at_its_idle_pace(make_mock, database_url, redi
 
     def run():
         with Store(database_url) as s:
-            drain(source, store=s, redis_client=connect_redis(redis_url), should_stop=stop.is_set,
-                  options=DrainOptions(tail=True, max_seconds=math.inf))
+            drain(
+                source,
+                store=s,
+                redis_client=connect_redis(redis_url),
+                should_stop=stop.is_set,
+                options=DrainOptions(tail=True, max_seconds=math.inf),
+            )
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -85,8 +98,9 @@ def test_a_quiet_source_is_polled_at_its_idle_pace(make_mock, database_url, redi
     assert store.poll_age_s(source_name) is not None  # freshness sees an idle source as polled
 
 
-def test_a_standby_takes_the_source_over_when_the_holder_lets_go(make_mock, database_url, redis_url, store,
-                                                                 source_name):
+def test_a_standby_takes_the_source_over_when_the_holder_lets_go(
+    make_mock, database_url, redis_url, store, source_name
+):
     """Two tailing drains of one source: one holds the lease, the other stands by. Stopping the holder
     hands the source over; nothing is lost or stored twice, and no gap at the source is short."""
     mock = make_mock(backlog=100, rate=50)
@@ -97,13 +111,20 @@ def test_a_standby_takes_the_source_over_when_the_holder_lets_go(make_mock, data
 
     def run(i):
         with Store(database_url) as s:
-            results[i] = drain(source, store=s, redis_client=connect_redis(redis_url), should_stop=stops[i].is_set,
-                               options=DrainOptions(tail=True, max_seconds=math.inf, lease_wait_s=math.inf))
+            results[i] = drain(
+                source,
+                store=s,
+                redis_client=connect_redis(redis_url),
+                should_stop=stops[i].is_set,
+                options=DrainOptions(tail=True, max_seconds=math.inf, lease_wait_s=math.inf),
+            )
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     threads[0].start()
-    wait_until(lambda: (store.source_status(source_name) or None) and store.source_status(source_name).cursor > 0,
-               what="the first drain to commit")
+    wait_until(
+        lambda: (store.source_status(source_name) or None) and store.source_status(source_name).cursor > 0,
+        what="the first drain to commit",
+    )
     threads[1].start()
     time.sleep(1.0)  # let the standby stand by for a while (it must send nothing meanwhile)
     before = mock.stats()["requests"]
@@ -134,8 +155,9 @@ def test_worker_policy_hosts_its_slot_minus_paused_removed_and_handed_over():
 
 
 @pytest.mark.slow
-def test_a_retiring_worker_hands_its_sources_to_a_newer_one_without_losing_an_event(make_mock, database_url,
-                                                                                   redis_url, store):
+def test_a_retiring_worker_hands_its_sources_to_a_newer_one_without_losing_an_event(
+    make_mock, database_url, redis_url, store
+):
     suffix = f"{int(time.time() * 1000) % 10**8}"
     mocks = [make_mock(backlog=200, rate=30, name=f"w{i}") for i in range(3)]
     sources = [source_config(f"wk{i}_{suffix}", m.url, page_size=50) for i, m in enumerate(mocks)]
@@ -151,12 +173,19 @@ def test_a_retiring_worker_hands_its_sources_to_a_newer_one_without_losing_an_ev
         return sources_to_host(names, paused=set(), configured=None, me=worker.heartbeat, peers=peers)
 
     def start(worker_id: str, options: WorkerOptions) -> tuple[Worker, threading.Thread, list]:
-        worker = Worker(worker_id, sources, database_url=database_url, redis_client=redis_client, options=options,
-                        report=reports.append)
+        worker = Worker(
+            worker_id,
+            sources,
+            database_url=database_url,
+            redis_client=redis_client,
+            options=options,
+            report=reports.append,
+        )
         workers.append(worker)
         ended: list[str] = []
-        thread = threading.Thread(target=lambda: ended.append(worker.run(policy, should_stop=stop_all.is_set)),
-                                  daemon=True)
+        thread = threading.Thread(
+            target=lambda: ended.append(worker.run(policy, should_stop=stop_all.is_set)), daemon=True
+        )
         thread.start()
         return worker, thread, ended
 
@@ -165,18 +194,23 @@ def test_a_retiring_worker_hands_its_sources_to_a_newer_one_without_losing_an_ev
         # The first worker retires at once (planned life 60 s, handoff 60 s) and keeps draining until a
         # newer worker stands by for its sources.
         first, first_thread, first_end = start(f"first-{suffix}", WorkerOptions(run_seconds=60, **common))
-        wait_until(lambda: all((store.source_status(n) or None) and store.source_status(n).cursor >= 200
-                               for n in names), what="the first worker to drain every backlog")
+        wait_until(
+            lambda: all((store.source_status(n) or None) and store.source_status(n).cursor >= 200 for n in names),
+            what="the first worker to drain every backlog",
+        )
         assert first.retiring and first_thread.is_alive()
         time.sleep(0.01)  # the second worker must be strictly newer
         second, second_thread, second_end = start(f"second-{suffix}", WorkerOptions(run_seconds=3600, **common))
         first_thread.join(WAIT_S)  # it hands everything over, then ends by itself
         assert first_end == ["handed over to a successor"]
-        wait_until(lambda: len(second.hosts) == 3 and all(h.state == "draining" for h in second.hosts.values()),
-                   what="the second worker to drain every source")
+        wait_until(
+            lambda: len(second.hosts) == 3 and all(h.state == "draining" for h in second.hosts.values()),
+            what="the second worker to drain every source",
+        )
         epochs = {n: store.source_status(n).epoch for n in names}
-        wait_until(lambda: all(store.source_status(n).cursor > 400 for n in names),
-                   what="more events after the handoff")
+        wait_until(
+            lambda: all(store.source_status(n).cursor > 400 for n in names), what="more events after the handoff"
+        )
     finally:
         stop_all.set()
     second_thread.join(WAIT_S)

@@ -58,8 +58,7 @@ def test_the_time_budget_ends_a_drain_of_an_endless_source(make_mock, database_u
     assert [i for i in mock.stats(include_ids=True)["served_ids"] if i <= cursor] == stored
 
 
-def test_a_busy_lease_ends_the_drain_cleanly(make_mock, database_url, redis_url, redis_client, source_name,
-                                             store):
+def test_a_busy_lease_ends_the_drain_cleanly(make_mock, database_url, redis_url, redis_client, source_name, store):
     from event_ingest.core import Lease
 
     mock = make_mock(backlog=10)
@@ -101,15 +100,18 @@ def _consumer(database_url: str, redis_url: str, sources: list, seconds: float, 
         stop_at = time.monotonic() + seconds
         while time.monotonic() < stop_at:
             for source in sources:
-                stats = drain(source, store=store, redis_client=redis_client,
-                              options=DrainOptions(max_seconds=1.5, lease_wait_s=0.2, lease_ttl_s=5))
+                stats = drain(
+                    source,
+                    store=store,
+                    redis_client=redis_client,
+                    options=DrainOptions(max_seconds=1.5, lease_wait_s=0.2, lease_ttl_s=5),
+                )
                 ends[stats.status] = ends.get(stats.status, 0) + 1
     out.put(ends)
 
 
 @pytest.mark.slow
-def test_three_processes_three_sources_nothing_lost_duplicated_or_too_early(make_mock, database_url, redis_url,
-                                                                           store):
+def test_three_processes_three_sources_nothing_lost_duplicated_or_too_early(make_mock, database_url, redis_url, store):
     mocks = [make_mock(backlog=2000, rate=40, error_rate=0.1, random_seed=i) for i in range(3)]
     sources = [
         source_config(f"c{i}_{os.getpid()}_{int(time.time())}", m.url, page_size=100, max_run_seconds=2)
@@ -139,18 +141,26 @@ def test_three_processes_three_sources_nothing_lost_duplicated_or_too_early(make
 
 
 @pytest.mark.slow
-def test_a_process_paused_past_its_lease_is_fenced_and_loses_nothing(make_mock, database_url, redis_url, store,
-                                                                    redis_client, source_name, tmp_path):
+def test_a_process_paused_past_its_lease_is_fenced_and_loses_nothing(
+    make_mock, database_url, redis_url, store, redis_client, source_name, tmp_path
+):
     mock = make_mock(backlog=3000, latency_ms=100)
     sources_file = tmp_path / "sources.yaml"
     sources_file.write_text(
         f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    page_size: 50\n    timeout_s: 2\n"
     )
-    env = {**os.environ, "EVENT_INGEST_SOURCES": str(sources_file), "EVENT_INGEST_DATABASE_URL": database_url,
-           "EVENT_INGEST_REDIS_URL": redis_url}
+    env = {
+        **os.environ,
+        "EVENT_INGEST_SOURCES": str(sources_file),
+        "EVENT_INGEST_DATABASE_URL": database_url,
+        "EVENT_INGEST_REDIS_URL": redis_url,
+    }
     stale = subprocess.Popen(
         [sys.executable, "-m", "event_ingest.cli", "ingest", source_name, "--lease-ttl", "1", "--json"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -190,8 +200,18 @@ def test_a_gzip_page_is_decoded_and_stored(make_mock, database_url, redis_url, s
 
     mock = make_mock(backlog=0)
     page = {"events": [{"id": i, "payload": {"n": i}} for i in range(1, 4)]}
-    mock.control({"next": [{"kind": "body", "content_encoding": "gzip", "content_type": "application/json",
-                            "body_b64": base64.b64encode(gzip.compress(json.dumps(page).encode())).decode()}]})
+    mock.control(
+        {
+            "next": [
+                {
+                    "kind": "body",
+                    "content_encoding": "gzip",
+                    "content_type": "application/json",
+                    "body_b64": base64.b64encode(gzip.compress(json.dumps(page).encode())).decode(),
+                }
+            ]
+        }
+    )
     stats = run_drain(source_config(source_name, mock.url), database_url, redis_url)
     assert stats.status == CAUGHT_UP, stats.summary()
     assert store.event_ids(source_name) == [1, 2, 3]

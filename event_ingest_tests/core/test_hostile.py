@@ -65,16 +65,25 @@ def malformed(raw: bytes | str, reason: str, **spec) -> Case:
     """A 200 whose body is not a page: quarantined whole, retried, then the good page is stored."""
     raw_bytes = raw.encode() if isinstance(raw, str) else raw
     return Case(
-        shots=[body(raw, **spec)], status=CAUGHT_UP, stored=[1, 2, 3, 4, 5], log=reason, errors=1,
-        quarantined=[(f"malformed page at lastId=0: {reason}", None, None)], raw_body=raw_bytes,
+        shots=[body(raw, **spec)],
+        status=CAUGHT_UP,
+        stored=[1, 2, 3, 4, 5],
+        log=reason,
+        errors=1,
+        quarantined=[(f"malformed page at lastId=0: {reason}", None, None)],
+        raw_body=raw_bytes,
     )
 
 
 def bad_item(item, reason: str) -> Case:
     """One bad item between two good ones: the good ones are stored, the bad one quarantined."""
     return Case(
-        shots=[page({"id": 1, "payload": "a"}, item, {"id": 2, "payload": "b"})], status=CAUGHT_UP,
-        stored=[1, 2, 3, 4, 5], log=reason, quarantined=[(reason, None, item)], payloads={1: "a", 2: "b"},
+        shots=[page({"id": 1, "payload": "a"}, item, {"id": 2, "payload": "b"})],
+        status=CAUGHT_UP,
+        stored=[1, 2, 3, 4, 5],
+        log=reason,
+        quarantined=[(reason, None, item)],
+        payloads={1: "a", 2: "b"},
     )
 
 
@@ -83,10 +92,24 @@ def unreadable(item: bytes, event_id: int | None, reason: str) -> Case:
     With its id readable from the bytes the cursor passes it; without, the page stops before it."""
     raw = b'{"events": [{"id": 1, "payload": "a"}, ' + item + b', {"id": 3, "payload": "c"}]}'
     if event_id is None:
-        return Case(shots=[body(raw)], status=CAUGHT_UP, stored=[1, 2, 3, 4, 5], log="has no readable id",
-                    raw_body=item, payloads={1: "a"}, quarantined=[(reason, None, None)])
-    return Case(shots=[body(raw)], status=CAUGHT_UP, stored=[1, 3, 4, 5], log=f"event {event_id} cannot be read",
-                raw_body=item, payloads={1: "a", 3: "c"}, quarantined=[(reason, event_id, None)])
+        return Case(
+            shots=[body(raw)],
+            status=CAUGHT_UP,
+            stored=[1, 2, 3, 4, 5],
+            log="has no readable id",
+            raw_body=item,
+            payloads={1: "a"},
+            quarantined=[(reason, None, None)],
+        )
+    return Case(
+        shots=[body(raw)],
+        status=CAUGHT_UP,
+        stored=[1, 3, 4, 5],
+        log=f"event {event_id} cannot be read",
+        raw_body=item,
+        payloads={1: "a", 3: "c"},
+        quarantined=[(reason, event_id, None)],
+    )
 
 
 def retried(shot: dict, reason: str, **overrides) -> Case:
@@ -106,7 +129,8 @@ CASES = {
     # -- bodies that are not a page --------------------------------------------------------
     "non_json_body": malformed("this is not json", "body is not JSON"),
     "html_error_page_with_200": malformed(
-        "<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>", "body is not JSON",
+        "<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>",
+        "body is not JSON",
         content_type="text/html",
     ),
     "truncated_json": malformed('{"events": [{"id": 1, "payload"', "body is not JSON"),
@@ -116,25 +140,37 @@ CASES = {
     "events_an_object": malformed('{"events": {"id": 1, "payload": "x"}}', "field 'events' is dict"),
     "events_a_string": malformed('{"events": "1,2,3"}', "field 'events' is str"),
     "top_level_array": malformed('[{"id": 1}]', "top level is list"),
-    "invalid_utf8_outside_the_events": malformed(b'{"ev\xe9nts": [{"id": 1, "payload": "a"}]}',
-                                                 "body is not valid UTF-8"),
+    "invalid_utf8_outside_the_events": malformed(
+        b'{"ev\xe9nts": [{"id": 1, "payload": "a"}]}', "body is not valid UTF-8"
+    ),
     # Too deep and never closed: no split can be trusted, so the body is refused whole.
     "deeply_nested_and_unbalanced": malformed(
-        '{"events": [{"id": 1, "payload": "a"}], "meta": ' + DEEP[:-1] + "}", "JSON nested too deeply"),
+        '{"events": [{"id": 1, "payload": "a"}], "meta": ' + DEEP[:-1] + "}", "JSON nested too deeply"
+    ),
     # What the parser refuses lies outside the events: every event is still read.
     "nan_outside_the_events": Case(
         shots=[body('{"events": [{"id": 1, "payload": "a"}, {"id": 2, "payload": "b"}], "next": NaN}')],
-        status=CAUGHT_UP, stored=[1, 2, 3, 4, 5], log="page not readable whole", payloads={1: "a", 2: "b"},
+        status=CAUGHT_UP,
+        stored=[1, 2, 3, 4, 5],
+        log="page not readable whole",
+        payloads={1: "a", 2: "b"},
     ),
     "malformed_every_time": Case(
-        shots=[body("<html>down</html>"), body("<html>down</html>")], status=SOURCE_ERROR, stored=[],
-        log="2 attempts failed", errors=2,
-        quarantined=[("malformed page at lastId=0: body is not JSON", None, None)], raw_body=b"<html>down</html>",
+        shots=[body("<html>down</html>"), body("<html>down</html>")],
+        status=SOURCE_ERROR,
+        stored=[],
+        log="2 attempts failed",
+        errors=2,
+        quarantined=[("malformed page at lastId=0: body is not JSON", None, None)],
+        raw_body=b"<html>down</html>",
     ),
     # -- items that are not events ----------------------------------------------------------
     "event_not_an_object": Case(
-        shots=[page({"id": 1}, "just a string", 42, None, [3, 4], {"id": 2})], status=CAUGHT_UP,
-        stored=[1, 2, 3, 4, 5], log="event is str, not an object", payloads={1: None, 2: None},
+        shots=[page({"id": 1}, "just a string", 42, None, [3, 4], {"id": 2})],
+        status=CAUGHT_UP,
+        stored=[1, 2, 3, 4, 5],
+        log="event is str, not an object",
+        payloads={1: None, 2: None},
         quarantined=[
             ("event is str, not an object", None, "just a string"),
             ("event is int, not an object", None, 42),
@@ -154,85 +190,127 @@ CASES = {
     # -- ids that are integers but out of order -----------------------------------------------
     "duplicate_ids_in_a_page": Case(
         shots=[page({"id": 1, "payload": "first"}, {"id": 1, "payload": "second"}, {"id": 2, "payload": "b"})],
-        status=CAUGHT_UP, stored=[1, 2, 3, 4, 5], log="duplicate id 1 within one page",
+        status=CAUGHT_UP,
+        stored=[1, 2, 3, 4, 5],
+        log="duplicate id 1 within one page",
         quarantined=[("duplicate id 1 within one page", 1, {"id": 1, "payload": "second"})],
         payloads={1: "first", 2: "b"},
     ),
     "ids_not_ascending": Case(
         shots=[page({"id": 3, "payload": "c"}, {"id": 1, "payload": "a"}, {"id": 2, "payload": "b"})],
-        status=CAUGHT_UP, stored=[1, 2, 3, 4, 5], log="ids not ascending", payloads={1: "a", 2: "b", 3: "c"},
+        status=CAUGHT_UP,
+        stored=[1, 2, 3, 4, 5],
+        log="ids not ascending",
+        payloads={1: "a", 2: "b", 3: "c"},
     ),
     "ids_at_or_below_the_cursor": Case(
         shots=[
             page({"id": 1, "payload": "a"}, {"id": 2, "payload": "b"}, {"id": 3, "payload": "c"}),
             page({"id": 2, "payload": "CHANGED"}, {"id": 3, "payload": "CHANGED"}, {"id": 4, "payload": "d"}),
         ],
-        status=CAUGHT_UP, stored=[1, 2, 3, 4, 5], log="at or below the cursor 3",
+        status=CAUGHT_UP,
+        stored=[1, 2, 3, 4, 5],
+        log="at or below the cursor 3",
         payloads={1: "a", 2: "b", 3: "c", 4: "d"},  # the first copy stays; a re-sent one changes nothing
     ),
     "stale_page_entirely_below_the_cursor": Case(
-        shots=[page({"id": 1, "payload": "a"}, {"id": 2, "payload": "b"}, {"id": 3, "payload": "c"}),
-               page({"id": 1, "payload": "OLD"}, {"id": 2, "payload": "OLD"})],
+        shots=[
+            page({"id": 1, "payload": "a"}, {"id": 2, "payload": "b"}, {"id": 3, "payload": "c"}),
+            page({"id": 1, "payload": "OLD"}, {"id": 2, "payload": "OLD"}),
+        ],
         # Nothing above the cursor: nothing new, so the drain ends (asking again would get the same page
         # until the budget ran out); 4 and 5 come with the next drain.
-        status=CAUGHT_UP, stored=[1, 2, 3], log="2 ids at or below the cursor 3",
+        status=CAUGHT_UP,
+        stored=[1, 2, 3],
+        log="2 ids at or below the cursor 3",
         payloads={1: "a", 2: "b", 3: "c"},  # and the cursor did not move back
     ),
     # -- payloads ---------------------------------------------------------------------------
     "payload_missing": Case(
-        shots=[page({"id": 1}, {"id": 2, "payload": None})], status=CAUGHT_UP, stored=[1, 2, 3, 4, 5],
-        log="", payloads={1: None, 2: None},  # stored as JSON null, not dropped
+        shots=[page({"id": 1}, {"id": 2, "payload": None})],
+        status=CAUGHT_UP,
+        stored=[1, 2, 3, 4, 5],
+        log="",
+        payloads={1: None, 2: None},  # stored as JSON null, not dropped
     ),
     "payload_over_the_cap": Case(
-        shots=[page({"id": 1, "payload": "x" * 5000}, {"id": 2, "payload": "ok"})], status=CAUGHT_UP,
-        stored=[2, 3, 4, 5], log="over the 1024-byte cap", payloads={2: "ok"},
+        shots=[page({"id": 1, "payload": "x" * 5000}, {"id": 2, "payload": "ok"})],
+        status=CAUGHT_UP,
+        stored=[2, 3, 4, 5],
+        log="over the 1024-byte cap",
+        payloads={2: "ok"},
         quarantined=[("payload is 5002 bytes, over the 1024-byte cap", 1, {"id": 1, "payload": "x" * 5000})],
         config={"max_payload_bytes": 1024},
     ),
     # -- one item the JSON parser refuses: the page is read item by item (salvage) ---------------
     # 1e400 is valid JSON but reads as float('inf'), which jsonb refuses: it must not sink the page.
-    "payload_number_out_of_float_range": unreadable(b'{"id": 2, "payload": {"n": 1e400}}', 2,
-                                                    "item is not JSON (number 1e400 is out of range)"),
-    "item_nested_too_deeply": unreadable(b'{"id": 2, "payload": ' + DEEP.encode() + b"}", 2,
-                                         "JSON nested too deeply"),
+    "payload_number_out_of_float_range": unreadable(
+        b'{"id": 2, "payload": {"n": 1e400}}', 2, "item is not JSON (number 1e400 is out of range)"
+    ),
+    "item_nested_too_deeply": unreadable(b'{"id": 2, "payload": ' + DEEP.encode() + b"}", 2, "JSON nested too deeply"),
     "item_not_utf8": unreadable(b'{"id": 2, "payload": "caf\xe9"}', 2, "item is not valid UTF-8 (byte 25)"),
     "item_with_nan_literal": unreadable(b'{"payload": NaN, "id": 2}', 2, "item is not JSON (NaN is not valid JSON)"),
-    "item_with_an_invalid_escape": unreadable(b'{"id": 2, "payload": "C:\\dir\\x\\q \\"\\x"}', 2,
-                                              "item is not JSON (Invalid \\escape"),
-    "item_with_a_5000_digit_integer": unreadable(b'{"id": 2, "payload": {"n": ' + b"9" * 5000 + b"}}", 2,
-                                                 "item is not JSON (an integer has more than 4300 digits)"),
+    "item_with_an_invalid_escape": unreadable(
+        b'{"id": 2, "payload": "C:\\dir\\x\\q \\"\\x"}', 2, "item is not JSON (Invalid \\escape"
+    ),
+    "item_with_a_5000_digit_integer": unreadable(
+        b'{"id": 2, "payload": {"n": ' + b"9" * 5000 + b"}}",
+        2,
+        "item is not JSON (an integer has more than 4300 digits)",
+    ),
     # The id itself cannot be read: the cursor stops before the item, so nothing after it is skipped
     # unseen (event 2 is fetched again and comes with the mock's own payload, not "b").
     "id_1e400": unreadable(b'{"id": 1e400, "payload": "x"}', None, "number 1e400 is out of range"),
-    "id_of_5000_digits": unreadable(b'{"id": 1' + b"0" * 5000 + b', "payload": "x"}', None,
-                                    "an integer has more than 4300 digits"),
+    "id_of_5000_digits": unreadable(
+        b'{"id": 1' + b"0" * 5000 + b', "payload": "x"}', None, "an integer has more than 4300 digits"
+    ),
     "id_only_inside_the_payload": unreadable(b'{"payload": {"id": 2}, "v": NaN}', None, "NaN is not valid JSON"),
     # Stuck: the first item of the page at the cursor cannot be read, nor its id. Nothing moves and nothing
     # after it is taken; the drain ends (asking again would get the same page) and says how to move on.
     "stuck_on_an_item_without_a_readable_id": Case(
         shots=[body(b'{"events": [{"id": 1' + b"0" * 5000 + b'}, {"id": 2, "payload": "b"}]}')],
-        status=CAUGHT_UP, stored=[], log="`event-ingest skip` moves past it", raw_body=b'{"id": 1' + b"0" * 5000 + b"}",
-        quarantined=[("event cannot be read: item is not JSON (an integer has more than 4300 digits); nor can its "
-                      "id, so the cursor stops before it", None, None)],
+        status=CAUGHT_UP,
+        stored=[],
+        log="`event-ingest skip` moves past it",
+        raw_body=b'{"id": 1' + b"0" * 5000 + b"}",
+        quarantined=[
+            (
+                "event cannot be read: item is not JSON (an integer has more than 4300 digits); nor can its "
+                "id, so the cursor stops before it",
+                None,
+                None,
+            )
+        ],
     ),
     "payload_with_nul": Case(
         shots=[body('{"events": [{"id": 1, "payload": "a\\u0000b"}, {"id": 2, "payload": "ok"}]}')],
-        status=CAUGHT_UP, stored=[2, 3, 4, 5], log="NUL character", payloads={2: "ok"},
+        status=CAUGHT_UP,
+        stored=[2, 3, 4, 5],
+        log="NUL character",
+        payloads={2: "ok"},
         quarantined=[("NUL character", 1, {"id": 1, "payload": "a\x00b"})],
     ),
     "payload_with_lone_surrogate": Case(
         shots=[body('{"events": [{"id": 1, "payload": "\\ud800"}, {"id": 2, "payload": "ok"}]}')],
-        status=CAUGHT_UP, stored=[2, 3, 4, 5], log="unpaired surrogate", payloads={2: "ok"},
+        status=CAUGHT_UP,
+        stored=[2, 3, 4, 5],
+        log="unpaired surrogate",
+        payloads={2: "ok"},
         quarantined=[("unpaired surrogate", 1, {"id": 1, "payload": "\ud800"})],
     ),
     # Text that merely looks like the NUL escape (a backslash, then "u0000") is fine for jsonb: stored as is.
     "payload_with_escaped_backslash_u0000": Case(
         shots=[page({"id": 1, "payload": "C:\\u0000\\dir"}, {"id": 2, "payload": {"k\\u0000": "\\\\u0000"}})],
-        status=CAUGHT_UP, stored=[1, 2, 3, 4, 5], log="", payloads={1: "C:\\u0000\\dir", 2: {"k\\u0000": "\\\\u0000"}},
+        status=CAUGHT_UP,
+        stored=[1, 2, 3, 4, 5],
+        log="",
+        payloads={1: "C:\\u0000\\dir", 2: {"k\\u0000": "\\\\u0000"}},
     ),
     # -- the HTTP layer -----------------------------------------------------------------------
     "response_over_max_response_bytes": retried(
-        body(BIG_BODY), "response body over the 65536-byte cap", config={"max_response_bytes": 65536},
+        body(BIG_BODY),
+        "response body over the 65536-byte cap",
+        config={"max_response_bytes": 65536},
     ),
     "slowloris_body": retried(
         {"kind": "slow_body", "content_length": 1_000_000, "interval_ms": 50, "duration_s": 30},
@@ -244,20 +322,26 @@ CASES = {
         "response not complete within 1.0s",
     ),
     "headers_never_come": retried({"kind": "delay_then", "delay_ms": 5000}, "timeout (ReadTimeout)"),
-    "gzip_bomb": retried({"kind": "gzip_bomb", "size_mb": 64}, "response body over the 1048576-byte cap",
-                         config={"max_response_bytes": 1 << 20}),
+    "gzip_bomb": retried(
+        {"kind": "gzip_bomb", "size_mb": 64},
+        "response body over the 1048576-byte cap",
+        config={"max_response_bytes": 1 << 20},
+    ),
     "corrupt_gzip": retried(body("definitely not gzip", content_encoding="gzip"), "body cannot be decoded"),
     "content_length_lies": retried(
-        body('{"events": [{"id": 1}', headers={"Content-Length": "5000"}), "peer closed connection",
+        body('{"events": [{"id": 1}', headers={"Content-Length": "5000"}),
+        "peer closed connection",
     ),
     "connection_reset": retried({"kind": "reset"}, "connection error"),
     "redirect_to_another_host": refused(
-        {"kind": "redirect", "location": "{elsewhere}"}, "redirect to 'http://127.0.0.2:",
+        {"kind": "redirect", "location": "{elsewhere}"},
+        "redirect to 'http://127.0.0.2:",
     ),
     "http_204": refused({"kind": "status", "status": 204}, "HTTP 204"),
-    "http_301": refused({"kind": "redirect", "status": 301, "location": "/v2/events"},
-                        "HTTP 301 redirect to '/v2/events' not followed"),
-    "http_404": refused({"kind": "status", "status": 404}, "HTTP 404: {\"error\": \"injected status 404\"}"),
+    "http_301": refused(
+        {"kind": "redirect", "status": 301, "location": "/v2/events"}, "HTTP 301 redirect to '/v2/events' not followed"
+    ),
+    "http_404": refused({"kind": "status", "status": 404}, 'HTTP 404: {"error": "injected status 404"}'),
     # An error page that tries to forge log lines or colour the terminal gets one plain line.
     "http_404_with_control_characters": refused(
         {"kind": "status", "status": 404, "body": "gone\r\nsource x: caught_up\x1b[2J\x1b[31m\x00"},
@@ -265,11 +349,15 @@ CASES = {
     ),
     "http_429_without_retry_after": retried({"kind": "status", "status": 429}, "HTTP 429 (no Retry-After)"),
     "http_503_with_retry_after": retried(
-        {"kind": "status", "status": 503, "headers": {"Retry-After": "1"}}, "HTTP 503 (Retry-After 1s)",
+        {"kind": "status", "status": 503, "headers": {"Retry-After": "1"}},
+        "HTTP 503 (Retry-After 1s)",
     ),
     "http_500_every_time": Case(
-        shots=[{"kind": "status", "status": 500}, {"kind": "status", "status": 500}], status=SOURCE_ERROR,
-        stored=[], log="2 attempts failed, last: HTTP 500", errors=2,
+        shots=[{"kind": "status", "status": 500}, {"kind": "status", "status": 500}],
+        status=SOURCE_ERROR,
+        stored=[],
+        log="2 attempts failed, last: HTTP 500",
+        errors=2,
     ),
 }
 
@@ -321,8 +409,9 @@ def check_outcome(case: Case, stats, store, mock, caplog, name: str) -> None:
     # slow answer was cut by the client's own deadline shows in the reason logged, checked below.
 
     # Nothing wrong stored: exactly the expected ids, each with the payload it was served with.
-    events = query(store, "SELECT event_id, payload, jsonb_typeof(payload) FROM events WHERE source = %s "
-                          "ORDER BY event_id", name)
+    events = query(
+        store, "SELECT event_id, payload, jsonb_typeof(payload) FROM events WHERE source = %s ORDER BY event_id", name
+    )
     assert [e[0] for e in events] == case.stored
     for event_id, payload, json_type in events:
         assert json_type is not None, f"event {event_id}: payload is SQL NULL, not JSON"
@@ -332,8 +421,7 @@ def check_outcome(case: Case, stats, store, mock, caplog, name: str) -> None:
             assert payload["seq"] == event_id and payload["source"] == mock.name, (event_id, payload)
 
     # Bad bodies and items: kept with their raw bytes and a reason.
-    rows = query(store, "SELECT event_id, raw, reason, seen_count FROM quarantine WHERE source = %s ORDER BY id",
-                 name)
+    rows = query(store, "SELECT event_id, raw, reason, seen_count FROM quarantine WHERE source = %s ORDER BY id", name)
     assert len(rows) == len(case.quarantined), rows
     for (event_id, raw, reason, _), (want_reason, want_id, want_item) in zip(rows, case.quarantined):
         assert want_reason in reason and event_id == want_id, (reason, event_id)
@@ -344,7 +432,7 @@ def check_outcome(case: Case, stats, store, mock, caplog, name: str) -> None:
     assert stats.quarantined == sum(r[3] for r in rows)
 
     # The cursor is the highest accounted-for id and never passes an id that is neither stored nor quarantined.
-    (cursor,), = query(store, "SELECT cursor FROM source_state WHERE source = %s", name)
+    ((cursor,),) = query(store, "SELECT cursor FROM source_state WHERE source = %s", name)
     accounted = {e[0] for e in events} | {r[0] for r in rows if r[0] is not None}
     assert cursor == max(accounted, default=0) == stats.cursor_after
     served = mock.stats(include_ids=True)["served_ids"]
@@ -368,8 +456,9 @@ def test_hostile_response(case: Case, make_mock, store, redis_client, warm_name,
         shots = shots.replace("{elsewhere}", elsewhere.url)
     mock.control({"next": json.loads(shots)})
 
-    stats = drain(hostile_source(name, mock.url, **case.config), store=store, redis_client=redis_client,
-                  options=OPTIONS)
+    stats = drain(
+        hostile_source(name, mock.url, **case.config), store=store, redis_client=redis_client, options=OPTIONS
+    )
 
     check_outcome(case, stats, store, mock, caplog, name)
     assert mock.control({})["queued"] == [], "every hostile shot was requested"
@@ -390,8 +479,9 @@ def test_absurd_retry_after_is_capped_and_honoured(value, make_mock, store, redi
     name = warm_name()
     mock = make_mock(backlog=BACKLOG)
     mock.control({"next": [{"kind": "status", "status": 429, "headers": {"Retry-After": value}}]})
-    stats = drain(hostile_source(name, mock.url, max_retry_after_s=1.0), store=store, redis_client=redis_client,
-                  options=OPTIONS)
+    stats = drain(
+        hostile_source(name, mock.url, max_retry_after_s=1.0), store=store, redis_client=redis_client, options=OPTIONS
+    )
     assert stats.status == CAUGHT_UP and stats.errors == 1, stats.summary()
     assert stats.retry_after_s == 1.0, stats.summary()  # capped: asked to wait 1 s, not 31 years
     assert query(store, "SELECT event_id FROM events WHERE source = %s ORDER BY 1", name) == [(i,) for i in range(1, 6)]

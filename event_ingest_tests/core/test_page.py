@@ -129,20 +129,30 @@ def test_one_item_the_parser_refuses_is_quarantined_as_served(item, reason):
     assert any("read item by item" in w for w in page.warnings)
 
 
-@pytest.mark.parametrize("item", [
-    b'{"id": 1e400}', b'{"id": "7", "x": NaN}', b'{"id": 9223372036854775808, "x": NaN}', b'{"id": 0, "x": NaN}',
-    b'{"id": -4, "x": NaN}', b'{"id": 4, "id": 5, "x": NaN}', b'{"payload": {"id": 4}, "x": NaN}',
-    b'{"id": ' + b"4" * 5000 + b"}", b'[4, NaN]',
-    b'{"id": 4 "x": 1}',  # broken inside (no comma), balanced outside: where "id" ends is not certain
-])
+@pytest.mark.parametrize(
+    "item",
+    [
+        b'{"id": 1e400}',
+        b'{"id": "7", "x": NaN}',
+        b'{"id": 9223372036854775808, "x": NaN}',
+        b'{"id": 0, "x": NaN}',
+        b'{"id": -4, "x": NaN}',
+        b'{"id": 4, "id": 5, "x": NaN}',
+        b'{"payload": {"id": 4}, "x": NaN}',
+        b'{"id": ' + b"4" * 5000 + b"}",
+        b"[4, NaN]",
+        b'{"id": 4 "x": 1}',  # broken inside (no comma), balanced outside: where "id" ends is not certain
+    ],
+)
 def test_an_item_without_a_readable_id_stops_the_page_before_it(item):
     body = b'{"events": [{"id": 1}, {"id": 2}, ' + item + b', {"id": 9}, {"id": 10}]}'
     page = parse(body)
     assert [e.id for e in page.events] == [1, 2]  # nothing after it is taken...
     assert [(q.raw, q.event_id) for q in page.quarantined] == [(item, None)]
     assert page.next_cursor(0) == 2  # ...and the cursor stays before it
-    assert any("item 3 of 5 cannot be read and has no readable id" in w and "event-ingest skip" in w
-               for w in page.warnings)
+    assert any(
+        "item 3 of 5 cannot be read and has no readable id" in w and "event-ingest skip" in w for w in page.warnings
+    )
     # First on the page: nothing moves at all.
     first = parse(b'{"events": [' + item + b', {"id": 9}]}', cursor=8)
     assert first.events == [] and first.next_cursor(8) == 8 and len(first.quarantined) == 1
@@ -152,7 +162,9 @@ def test_good_items_with_bad_ids_keep_their_served_bytes_when_read_item_by_item(
     page = parse(b'{"events": [{"id":  "7"}, {"id": 2,  "payload": 1}, {"id": 3, "payload": NaN}], "x": 1}')
     assert [e.id for e in page.events] == [2]
     assert [(q.raw, q.event_id) for q in page.quarantined] == [
-        (b'{"id":  "7"}', None), (b'{"id": 3, "payload": NaN}', 3)]  # as served, spaces and all
+        (b'{"id":  "7"}', None),
+        (b'{"id": 3, "payload": NaN}', 3),
+    ]  # as served, spaces and all
     assert page.next_cursor(0) == 3
 
 
@@ -161,8 +173,18 @@ def test_split_respects_strings_escapes_and_nesting():
     assert split_events(body) == [b"1", b'"s\\"],{"', b"[[], {}]", b'{"k": {"id": 1}}']
     assert split_events(b'{"events": []}') == []
     assert split_events(b'{"events": [1], "events": [2, 3]}') == [b"2", b"3"]  # the last one, as json.loads
-    for broken in [b'{"events": [1', b'{"events": [1]', b'{"events": [1]}}', b'{"events": ["]}', b'{"events": 1}',
-                   b'{"other": [1]}', b'[{"events": [1]}]', b"", b'{"events": [1,]}', b'{"events": [{"a": 1]}]}']:
+    for broken in [
+        b'{"events": [1',
+        b'{"events": [1]',
+        b'{"events": [1]}}',
+        b'{"events": ["]}',
+        b'{"events": 1}',
+        b'{"other": [1]}',
+        b'[{"events": [1]}]',
+        b"",
+        b'{"events": [1,]}',
+        b'{"events": [{"a": 1]}]}',
+    ]:
         assert split_events(broken) is None, broken
 
 
@@ -170,6 +192,16 @@ def test_scan_id_reads_only_a_top_level_integer_id():
     assert scan_id(b' { "id" : 42 , "p": "\\q" } ') == 42
     assert scan_id(b'{"p": {"id": 5}, "id": 6, "q": [1e999]}') == 6
     assert scan_id(b'{"id": 9223372036854775807, "x": NaN}') == 2**63 - 1
-    for unknown in [b'{"id": 5, "id": 6}', b'{"p": {"id": 5}}', b'{"id": 5.0}', b'{"id": 05}', b'{"id": "5"}',
-                    b'{"id": 9223372036854775808}', b'{"id": 0}', b'[5]', b'{"id": 5', b'{"id": 5} x']:
+    for unknown in [
+        b'{"id": 5, "id": 6}',
+        b'{"p": {"id": 5}}',
+        b'{"id": 5.0}',
+        b'{"id": 05}',
+        b'{"id": "5"}',
+        b'{"id": 9223372036854775808}',
+        b'{"id": 0}',
+        b"[5]",
+        b'{"id": 5',
+        b'{"id": 5} x',
+    ]:
         assert scan_id(unknown) is None, unknown

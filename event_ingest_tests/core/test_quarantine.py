@@ -38,8 +38,9 @@ def kept(make_mock, store, redis_client, source_name):
     source = source_config(source_name, mock.url)
     stats = drain(source, store=store, redis_client=redis_client)
     assert stats.cursor_after == 5 and stats.quarantined == 1, stats.summary()
-    [(item_id, reason, at_cursor)] = query(store, "SELECT id, reason, at_cursor FROM quarantine WHERE source = %s",
-                                           source_name)
+    [(item_id, reason, at_cursor)] = query(
+        store, "SELECT id, reason, at_cursor FROM quarantine WHERE source = %s", source_name
+    )
     assert "NUL character" in reason and at_cursor == 0  # served at lastId=0
     assert not quarantine_check(store, source_name).passed
     return source, mock, item_id
@@ -57,8 +58,9 @@ def test_requeue_of_a_fixed_item_stores_it_through_the_fence(kept, store, redis_
     fixed = tmp_path / "item.json"
     fixed.write_bytes(b'{"id": 2, "payload": "two, fixed"}')
 
-    result = requeue(store, redis_client, item_id, max_payload_bytes=CAP, fixed=fixed.read_bytes(),
-                     from_file=str(fixed))
+    result = requeue(
+        store, redis_client, item_id, max_payload_bytes=CAP, fixed=fixed.read_bytes(), from_file=str(fixed)
+    )
 
     assert (result.event_ids, result.cursor, result.epoch) == ([2], 5, stale_epoch + 1)
     assert store.event_ids(name) == [1, 2, 3, 4, 5]
@@ -79,14 +81,17 @@ def test_requeue_of_a_fixed_item_stores_it_through_the_fence(kept, store, redis_
         requeue(store, redis_client, item_id, max_payload_bytes=CAP, fixed=fixed.read_bytes())
 
 
-@pytest.mark.parametrize("fixed, message", [
-    (None, "still cannot be stored: payload holds a NUL character"),
-    (b'{"id": 2, "payload": ', "cannot be read: body is not JSON"),
-    (b'{"payload": "no id"}', "still cannot be stored: id is missing"),
-    (b'{"id": 3, "payload": "three again"}', "already stores event 3"),
-    (b'{"id": 9, "payload": "ahead"}', "event 9 is above the cursor 5: the source has not been read past it"),
-    (b'{"events": []}', "holds no event"),
-])
+@pytest.mark.parametrize(
+    "fixed, message",
+    [
+        (None, "still cannot be stored: payload holds a NUL character"),
+        (b'{"id": 2, "payload": ', "cannot be read: body is not JSON"),
+        (b'{"payload": "no id"}', "still cannot be stored: id is missing"),
+        (b'{"id": 3, "payload": "three again"}', "already stores event 3"),
+        (b'{"id": 9, "payload": "ahead"}', "event 9 is above the cursor 5: the source has not been read past it"),
+        (b'{"events": []}', "holds no event"),
+    ],
+)
 def test_requeue_refuses_what_still_cannot_be_stored_and_changes_nothing(kept, store, redis_client, fixed, message):
     source, _, item_id = kept
     before = state(store, source.name)
@@ -105,8 +110,9 @@ def test_requeue_waits_for_the_lease_and_does_nothing_while_a_drain_holds_it(kep
     with Lease(redis_client, source.name, ttl_s=30, wait_s=1) as lease:
         assert lease.acquire()
         with pytest.raises(RequeueFailed, match="a drain holds the source's lease; nothing done"):
-            requeue(store, redis_client, item_id, max_payload_bytes=CAP, fixed=b'{"id": 2, "payload": 2}',
-                    lease_wait_s=0.3)
+            requeue(
+                store, redis_client, item_id, max_payload_bytes=CAP, fixed=b'{"id": 2, "payload": 2}', lease_wait_s=0.3
+            )
     assert state(store, source.name) == before
     assert store.event_ids(source.name) == [1, 3, 4, 5]
 
@@ -125,7 +131,8 @@ def test_discard_marks_keeps_the_bytes_and_a_new_sighting_opens_it_again(kept, s
     mock.control({"next": [{"kind": "events", "events": NUL_PAGE, "record": True}]})
     drain(source, store=store, redis_client=redis_client)
     assert query(store, "SELECT resolution, seen_count, at_cursor FROM quarantine WHERE id = %s", item_id) == [
-        (None, 2, 5)]
+        (None, 2, 5)
+    ]
     assert not quarantine_check(store, source.name).passed
 
 
@@ -140,7 +147,7 @@ def test_read_events_takes_an_item_or_a_whole_page():
 
 
 def test_bytes_are_shown_so_they_cannot_drive_a_terminal_and_say_what_was_there():
-    raw = 'café \x1b[31m\\n\n\t \u00a0\u202e\U0001f600'.encode() + b"\xff\xfe"
+    raw = "café \x1b[31m\\n\n\t \u00a0\u202e\U0001f600".encode() + b"\xff\xfe"
     shown = escape_bytes(raw)
-    assert shown == 'café \\u001b[31m\\\\n\\n\\t \\u00a0\\u202e😀\\xff\\xfe'
+    assert shown == "café \\u001b[31m\\\\n\\n\\t \\u00a0\\u202e😀\\xff\\xfe"
     assert all(c.isprintable() for c in shown)

@@ -29,8 +29,9 @@ def wait_until(condition, what: str, timeout: float = WAIT_S) -> None:
 def lock_waiters(database_url: str) -> int:
     """Backends of this database waiting for a lock (the tests of one session run one at a time)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                            "AND wait_event_type = 'Lock'").fetchone()[0]
+        return conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()[0]
 
 
 def query(store, sql: str, *params) -> list[tuple]:
@@ -65,8 +66,10 @@ def test_a_replay_fences_the_live_host_which_reads_again_from_n(hosted, store):
     assert (result.cursor_before >= 300, result.cursor_after, result.epoch) == (True, 123, before.epoch + 1)
     # The host's next commit was refused by the fence (counted in Postgres), it took the source over again
     # (a new epoch), and the source saw a request for lastId=123 after the replay.
-    wait_until(lambda: 123 in mock.stats(include_ids=True)["last_ids"][asked_before:],
-               "a request with lastId=123 at the source")
+    wait_until(
+        lambda: 123 in mock.stats(include_ids=True)["last_ids"][asked_before:],
+        "a request with lastId=123 at the source",
+    )
     wait_until(lambda: store.source_status(name).cursor > result.cursor_before + 20, "the host to go on past the head")
     after = store.source_status(name)
     assert after.fenced_commits >= before.fenced_commits + 1
@@ -83,8 +86,9 @@ def test_a_replay_fences_the_live_host_which_reads_again_from_n(hosted, store):
     assert served["gaps_under_200ms"] == 0
 
 
-def test_an_idle_host_is_fenced_at_its_poll_mark_and_reads_again_from_n(make_mock, database_url, redis_client,
-                                                                       store, source_name):
+def test_an_idle_host_is_fenced_at_its_poll_mark_and_reads_again_from_n(
+    make_mock, database_url, redis_client, store, source_name
+):
     """No new events, so the host commits nothing: only the epoch (checked by its periodic poll mark) can
     tell it the source was rewound."""
     mock = make_mock(backlog=100)
@@ -93,12 +97,19 @@ def test_an_idle_host_is_fenced_at_its_poll_mark_and_reads_again_from_n(make_moc
     with Store(database_url) as host_store:
         host = SourceHost(source, store=host_store, redis_client=redis_client, lease_ttl_s=3).start()
         try:
-            wait_until(lambda: store.source_status(source_name).cursor == 100 and
-                       store.source_status(source_name).last_poll_at is not None, "the host to reach the head")
+            wait_until(
+                lambda: (
+                    store.source_status(source_name).cursor == 100
+                    and store.source_status(source_name).last_poll_at is not None
+                ),
+                "the host to reach the head",
+            )
             asked_before = len(mock.stats(include_ids=True)["last_ids"])
             replay(store, source_name, from_id=30)
-            wait_until(lambda: 30 in mock.stats(include_ids=True)["last_ids"][asked_before:],
-                       "a request with lastId=30 at the source")
+            wait_until(
+                lambda: 30 in mock.stats(include_ids=True)["last_ids"][asked_before:],
+                "a request with lastId=30 at the source",
+            )
             wait_until(lambda: store.source_status(source_name).cursor == 100, "the host to reach the head again")
         finally:
             host.stop()
@@ -167,13 +178,15 @@ def test_a_commit_racing_the_replay_lands_before_it_or_is_fenced(make_mock, data
 
     store.apply_schema([source_name])
     epoch, cursor = store.begin_epoch(source_name)
-    store.commit_page(source_name, epoch=epoch, old_cursor=cursor, new_cursor=10,
-                      events=[Event(i, "{}") for i in range(1, 11)])
+    store.commit_page(
+        source_name, epoch=epoch, old_cursor=cursor, new_cursor=10, events=[Event(i, "{}") for i in range(1, 11)]
+    )
     with Store(database_url) as writer:
         conn = writer.conn
         # A commit in progress: it holds the row lock (the fence statement ran), not yet committed.
-        conn.execute("UPDATE source_state SET cursor = 20 WHERE source = %s AND epoch = %s AND cursor = 10",
-                     (source_name, epoch))
+        conn.execute(
+            "UPDATE source_state SET cursor = 20 WHERE source = %s AND epoch = %s AND cursor = 10", (source_name, epoch)
+        )
         done = {}
         thread = threading.Thread(target=lambda: done.update(r=replay(store, source_name, from_id=5)))
         thread.start()

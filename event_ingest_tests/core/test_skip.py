@@ -33,8 +33,9 @@ def stuck(make_mock, store, redis_client, source_name):
     """A source drained up to id 2 and stuck on the page at lastId=2 (served twice more: a drain, a skip)."""
     mock = make_mock(backlog=6)
     stuck_page = shot(BAD_ITEM, b'{"id": 4, "payload": "four"}')
-    mock.control({"next": [shot(b'{"id": 1, "payload": 1}', b'{"id": 2, "payload": 2}', BAD_ITEM), stuck_page,
-                           stuck_page]})
+    mock.control(
+        {"next": [shot(b'{"id": 1, "payload": 1}', b'{"id": 2, "payload": 2}', BAD_ITEM), stuck_page, stuck_page]}
+    )
     source = source_config(source_name, mock.url, timeout_s=1.0)
     stats = drain(source, store=store, redis_client=redis_client)
     assert stats.status == CAUGHT_UP and stats.cursor_after == 2, stats.summary()
@@ -50,8 +51,9 @@ def test_skip_keeps_the_page_moves_the_cursor_and_the_source_flows_again(stuck, 
     assert (result.cursor_before, result.cursor_after, result.epoch) == (2, 3, drain_epoch + 1)
     assert mock.control({})["queued"] == []  # it fetched the page at the cursor, through the gate
 
-    rows = query(store, "SELECT raw, reason, event_id, seen_count FROM quarantine WHERE source = %s ORDER BY id",
-                 source.name)
+    rows = query(
+        store, "SELECT raw, reason, event_id, seen_count FROM quarantine WHERE source = %s ORDER BY id", source.name
+    )
     assert [(bytes(r[0]), r[2], r[3]) for r in rows] == [
         (BAD_ITEM, None, 2),  # the unreadable item, seen by two drain requests
         (b'{"events": [' + BAD_ITEM + b', {"id": 4, "payload": "four"}]}', None, 1),  # the page, as served
@@ -72,8 +74,9 @@ def test_skip_fences_out_a_drain_that_was_paused_through_it(stuck, store, redis_
     stale_epoch, stale_cursor = store.begin_epoch(source.name)  # a holder that then paused past its lease
     skip_page(source, store=store, redis_client=redis_client, to_id=3)
     with pytest.raises(Fenced):
-        store.commit_page(source.name, epoch=stale_epoch, old_cursor=stale_cursor, new_cursor=4,
-                          events=[Event(4, '"late"')])
+        store.commit_page(
+            source.name, epoch=stale_epoch, old_cursor=stale_cursor, new_cursor=4, events=[Event(4, '"late"')]
+        )
     assert query(store, "SELECT cursor FROM source_state WHERE source = %s", source.name) == [(3,)]
     assert query(store, "SELECT count(*) FROM events WHERE source = %s AND event_id = 4", source.name) == [(0,)]
 

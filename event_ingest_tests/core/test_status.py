@@ -24,15 +24,19 @@ def shot(body: bytes) -> dict:
 
 
 def counters(store, name):
-    row = store.conn.execute("SELECT requests, errors, last_error, recent_errors / nullif(recent_requests, 0) "
-                             "FROM source_state WHERE source = %s", (name,)).fetchone()
+    row = store.conn.execute(
+        "SELECT requests, errors, last_error, recent_errors / nullif(recent_requests, 0) "
+        "FROM source_state WHERE source = %s",
+        (name,),
+    ).fetchone()
     store.conn.rollback()
     return row
 
 
 def failed_at_source(mock) -> int:
-    return sum(n for code, n in mock.stats()["statuses"].items() if code != "200") + \
-        mock.stats()["faults"].get("malformed", 0)
+    return sum(n for code, n in mock.stats()["statuses"].items() if code != "200") + mock.stats()["faults"].get(
+        "malformed", 0
+    )
 
 
 def test_requests_and_errors_are_counted_as_the_source_saw_them(make_mock, store, redis_client, source_name):
@@ -49,16 +53,24 @@ def test_requests_and_errors_are_counted_as_the_source_saw_them(make_mock, store
     assert (row.requests, row.errors, row.error_rate) == (requests, errors, round(rate, 4))
 
 
-def test_a_tailing_drain_flushes_its_counts_with_the_writes_it_makes_anyway(make_mock, database_url, store,
-                                                                          redis_client, source_name):
+def test_a_tailing_drain_flushes_its_counts_with_the_writes_it_makes_anyway(
+    make_mock, database_url, store, redis_client, source_name
+):
     mock = make_mock(backlog=20, rate=5, error_rate=0.2, random_seed=5)
     source = source_config(source_name, mock.url, timeout_s=1.0)
     store.apply_schema([source_name])
     stop = threading.Event()
     with Store(database_url) as drain_store:
-        thread = threading.Thread(target=drain, args=(source,), kwargs=dict(
-            store=drain_store, redis_client=redis_client, should_stop=stop.is_set,
-            options=DrainOptions(tail=True, max_seconds=math.inf, backoff_base_s=0.01)))
+        thread = threading.Thread(
+            target=drain,
+            args=(source,),
+            kwargs=dict(
+                store=drain_store,
+                redis_client=redis_client,
+                should_stop=stop.is_set,
+                options=DrainOptions(tail=True, max_seconds=math.inf, backoff_base_s=0.01),
+            ),
+        )
         thread.start()
         deadline = time.monotonic() + 60
         # While it runs, Postgres follows the source within a few requests (no write per request).
@@ -77,8 +89,15 @@ def stuck_on_an_item(make_mock, store, redis_client, source_name):
     """Drained to id 2, then the page at lastId=2 starts with an item whose id cannot be read."""
     mock = make_mock(backlog=6)
     stuck_page = shot(b'{"events": [' + BAD_ITEM + b', {"id": 4, "payload": 4}]}')
-    mock.control({"next": [shot(b'{"events": [{"id": 1, "payload": 1}, {"id": 2, "payload": 2}, ' + BAD_ITEM +
-                                b"]}"), stuck_page, stuck_page]})
+    mock.control(
+        {
+            "next": [
+                shot(b'{"events": [{"id": 1, "payload": 1}, {"id": 2, "payload": 2}, ' + BAD_ITEM + b"]}"),
+                stuck_page,
+                stuck_page,
+            ]
+        }
+    )
     source = source_config(source_name, mock.url, timeout_s=1.0)
     stats = drain(source, store=store, redis_client=redis_client)
     assert stats.cursor_after == 2, stats.summary()
@@ -98,8 +117,9 @@ def test_an_item_without_a_readable_id_at_the_cursor_is_stuck_until_skipped(stuc
     assert drain(source, store=store, redis_client=redis_client).cursor_after == 6
 
 
-def test_a_body_that_is_never_a_page_is_stuck_a_broken_one_served_once_is_not(make_mock, store, redis_client,
-                                                                            source_name):
+def test_a_body_that_is_never_a_page_is_stuck_a_broken_one_served_once_is_not(
+    make_mock, store, redis_client, source_name
+):
     mock = make_mock(backlog=5)
     source = source_config(source_name, mock.url, timeout_s=1.0, max_attempts=2)
     broken = {"kind": "body", "body_b64": TRUNCATED}
@@ -127,8 +147,10 @@ def test_a_source_never_read_once_is_stuck_on_its_first_body(make_mock, store, r
     mock = make_mock(backlog=5)
     mock.control({"next": [{"kind": "body", "body_b64": TRUNCATED}] * 2})
     source = source_config(source_name, mock.url, timeout_s=1.0, max_attempts=2)
-    assert drain(source, store=store, redis_client=redis_client,
-                 options=DrainOptions(backoff_base_s=0.01)).status == "source_error"
+    assert (
+        drain(source, store=store, redis_client=redis_client, options=DrainOptions(backoff_base_s=0.01)).status
+        == "source_error"
+    )
     result = stuck_check(store, source.name)
     assert not result.passed and result.stuck.at_cursor == 0
 

@@ -70,11 +70,17 @@ def test_a_commit_writes_each_row_of_its_page_once(store, source_name):
     audit = sql.Identifier(f"writes_{source_name}")
     with psycopg.connect(store.url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE TABLE {} (event_id bigint)").format(audit))
-        conn.execute(sql.SQL(
-            "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN INSERT INTO {} VALUES (NEW.event_id); RETURN NEW; END $$").format(audit, audit))
-        conn.execute(sql.SQL("CREATE TRIGGER audit BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()")
-                     .format(sql.Identifier(partition_name(source_name)), audit))
+        conn.execute(
+            sql.SQL(
+                "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN INSERT INTO {} VALUES (NEW.event_id); RETURN NEW; END $$"
+            ).format(audit, audit)
+        )
+        conn.execute(
+            sql.SQL("CREATE TRIGGER audit BEFORE INSERT ON {} FOR EACH ROW EXECUTE FUNCTION {}()").format(
+                sql.Identifier(partition_name(source_name)), audit
+            )
+        )
         try:
             epoch, _ = store.begin_epoch(source_name)
             store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=3, events=events(1, 2, 3))
@@ -127,7 +133,11 @@ def test_gaps_are_found_and_quarantined_ids_fill_them(store, source_name):
     store.ensure_source(source_name)
     epoch, _ = store.begin_epoch(source_name)
     store.commit_page(
-        source_name, epoch=epoch, old_cursor=0, new_cursor=9, events=events(1, 2, 5, 9),
+        source_name,
+        epoch=epoch,
+        old_cursor=0,
+        new_cursor=9,
+        events=events(1, 2, 5, 9),
         quarantined=[Quarantined(b'{"id": 6}', "payload too big", 6)],
     )
     gaps = [(g.first_missing, g.last_missing) for g in store.gaps(source_name)]
@@ -168,8 +178,7 @@ def test_a_replay_over_stored_events_stores_each_event_once(store, source_name):
     store.conn.commit()
     epoch, cursor = store.begin_epoch(source_name)
     assert cursor == 50
-    result = store.commit_page(source_name, epoch=epoch, old_cursor=50, new_cursor=150,
-                               events=events(*range(51, 151)))
+    result = store.commit_page(source_name, epoch=epoch, old_cursor=50, new_cursor=150, events=events(*range(51, 151)))
     assert (result.inserted, result.already_stored, result.copied) == (50, 50, 50)
     assert store.event_ids(source_name) == list(range(1, 151))
     status = store.source_status(source_name)
@@ -183,8 +192,7 @@ def test_ids_at_or_below_the_cursor_are_skipped_if_stored(store, source_name):
     # A source re-sending 95-100 next to new ids, and one id it never sent before (an old gap filled).
     store.conn.execute("DELETE FROM events WHERE source = %s AND event_id = 97", (source_name,))
     store.conn.commit()
-    result = store.commit_page(source_name, epoch=epoch, old_cursor=100, new_cursor=105,
-                               events=events(*range(95, 106)))
+    result = store.commit_page(source_name, epoch=epoch, old_cursor=100, new_cursor=105, events=events(*range(95, 106)))
     assert (result.inserted, result.already_stored, result.copied) == (6, 5, 5)
     assert store.event_ids(source_name) == list(range(1, 106))
     assert count_rows(store, source_name) == store.source_status(source_name).events == 105
@@ -199,6 +207,7 @@ def test_an_id_twice_in_one_page_is_stored_once(store, source_name):
 
 
 # ---- a database made by the version 1 schema -----------------------------------------------------
+
 
 @pytest.fixture
 def fresh_database_url(postgres_server_url):
@@ -221,9 +230,12 @@ def test_an_upgrade_from_the_version_1_schema_counts_the_rows_already_stored(fre
         for name in (source, other):
             conn.execute(f"CREATE TABLE {partition_name(name)} PARTITION OF events FOR VALUES IN ('{name}')")
             conn.execute("INSERT INTO source_state (source, cursor) VALUES (%s, 70010)", (name,))
-        conn.execute("""INSERT INTO events (source, event_id, payload, ingested_at)
+        conn.execute(
+            """INSERT INTO events (source, event_id, payload, ingested_at)
                         SELECT %s, i, '{}', '2026-01-01 10:00:00+00'::timestamptz + (i / 1000) * interval '1 minute'
-                        FROM generate_series(1, 70010) i WHERE i <> 500""", (source,))
+                        FROM generate_series(1, 70010) i WHERE i <> 500""",
+            (source,),
+        )
         conn.execute("INSERT INTO events (source, event_id, payload) VALUES (%s, 1, '{}')", (other,))
         conn.execute("INSERT INTO events_per_minute VALUES (%s, '2026-01-01 10:00:00+00', 3)", (source,))
     with Store(fresh_database_url) as store:
@@ -231,7 +243,8 @@ def test_an_upgrade_from_the_version_1_schema_counts_the_rows_already_stored(fre
         store.apply_schema([source, other])  # again: nothing to do twice
         (version,) = store.conn.execute("SELECT version FROM schema_version").fetchone()
         minute_rows = store.conn.execute(
-            "SELECT minute, events FROM events_per_minute WHERE source = %s ORDER BY minute", (source,)).fetchall()
+            "SELECT minute, events FROM events_per_minute WHERE source = %s ORDER BY minute", (source,)
+        ).fetchall()
         store.conn.rollback()
         assert version == SCHEMA_VERSION
         status = store.source_status(source)
@@ -245,17 +258,20 @@ def test_an_upgrade_from_the_version_1_schema_counts_the_rows_already_stored(fre
         store.conn.commit()
         assert gap_check(store, source).missing == 2
         epoch, cursor = store.begin_epoch(source)
-        result = store.commit_page(source, epoch=epoch, old_cursor=cursor, new_cursor=70_020,
-                                   events=events(*range(70_011, 70_021)))
+        result = store.commit_page(
+            source, epoch=epoch, old_cursor=cursor, new_cursor=70_020, events=events(*range(70_011, 70_021))
+        )
         assert result.copied == 10 and store.source_status(source).events == 70_018
 
 
 # ---- one Store, many threads ---------------------------------------------------------------------
 
+
 def backends(database_url, application_name):
     with psycopg.connect(database_url, autocommit=True) as conn:
-        return conn.execute("SELECT pid, wait_event_type FROM pg_stat_activity WHERE application_name = %s",
-                            (application_name,)).fetchall()
+        return conn.execute(
+            "SELECT pid, wait_event_type FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+        ).fetchall()
 
 
 def test_threads_commit_to_their_sources_at_once_through_one_store(database_url):
@@ -272,8 +288,9 @@ def test_threads_commit_to_their_sources_at_once_through_one_store(database_url)
                     # Another holder takes over: this thread's next commit must roll back alone.
                     stale, (epoch, _) = epoch, store.begin_epoch(source)
                     with pytest.raises(Fenced):
-                        store.commit_page(source, epoch=stale, old_cursor=cursor, new_cursor=ids[-1],
-                                          events=events(*ids))
+                        store.commit_page(
+                            source, epoch=stale, old_cursor=cursor, new_cursor=ids[-1], events=events(*ids)
+                        )
                 store.commit_page(source, epoch=epoch, old_cursor=cursor, new_cursor=ids[-1], events=events(*ids))
                 cursor = ids[-1]
         except BaseException as exc:  # reported below, with the source it hit
@@ -321,8 +338,10 @@ def wait_for(condition, timeout_s=60.0):
 def test_an_operation_waiting_on_a_lock_holds_one_connection_not_the_store(database_url, pool_size):
     app = f"pool-{uuid.uuid4().hex[:8]}"
     locked, free = f"t_{uuid.uuid4().hex[:12]}", f"t_{uuid.uuid4().hex[:12]}"
-    with Store(database_url, application_name=app, pool_size=pool_size) as store, \
-            psycopg.connect(database_url) as admin:
+    with (
+        Store(database_url, application_name=app, pool_size=pool_size) as store,
+        psycopg.connect(database_url) as admin,
+    ):
         store.apply_schema([locked, free])
         admin.execute("SELECT 1 FROM source_state WHERE source = %s FOR UPDATE", (locked,))
         try:

@@ -94,8 +94,11 @@ def defs():
     FAILING.update(source_a=False, source_b=False)
     source = SourceConfig(name="source_a", url="http://h/e", headers={"Authorization": f"Bearer {SECRET}"})
     return dg.Definitions.merge(
-        dg.Definitions(jobs=[ingest_like, dg.define_asset_job("materialize", [events_like])], assets=[events_like],
-                       asset_checks=[no_gaps_like]),
+        dg.Definitions(
+            jobs=[ingest_like, dg.define_asset_job("materialize", [events_like])],
+            assets=[events_like],
+            asset_checks=[no_gaps_like],
+        ),
         build_alerts([source]),
     )
 
@@ -108,16 +111,18 @@ class Ticker:
         self.defs, self.instance, self.cursor = defs, instance, None
 
     def __call__(self) -> str:
-        result = self.sensor.evaluate_tick(dg.build_sensor_context(instance=self.instance, cursor=self.cursor,
-                                                                   definitions=self.defs))
+        result = self.sensor.evaluate_tick(
+            dg.build_sensor_context(instance=self.instance, cursor=self.cursor, definitions=self.defs)
+        )
         self.cursor = result.cursor if result.cursor is not None else self.cursor
         return result.skip_message or ""
 
 
 def run(defs, instance, job: str, partition: str, fail: bool) -> str:
     FAILING[partition] = fail
-    result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition,
-                                                          raise_on_error=False)
+    result = defs.resolve_job_def(job).execute_in_process(
+        instance=instance, partition_key=partition, raise_on_error=False
+    )
     assert result.success is not (fail and job == "ingest_like")
     return result.run_id
 
@@ -132,16 +137,24 @@ def test_one_message_per_run_failure_incident(defs, dagster_instance, webhook):
     tick()
     [opened] = webhook.take()
     assert (opened["kind"], opened["state"], opened["job"], opened["source"], opened["run_id"]) == (
-        "run_failure", "opened", "ingest_like", "source_a", first)
+        "run_failure",
+        "opened",
+        "ingest_like",
+        "source_a",
+        first,
+    )
     assert opened["run_url"] == f"http://dagster.example:3000/runs/{first}"
     assert "cannot reach postgresql://ingest:***@db:5432/events with token ***" in opened["error"]
-    assert opened["text"].startswith(f"event-ingest: run of job ingest_like for source source_a failed "
-                                     f"(http://dagster.example:3000/runs/{first}): RuntimeError: cannot reach")
+    assert opened["text"].startswith(
+        f"event-ingest: run of job ingest_like for source source_a failed "
+        f"(http://dagster.example:3000/runs/{first}): RuntimeError: cannot reach"
+    )
 
     run(defs, dagster_instance, "ingest_like", "source_a", fail=True)
     other = run(defs, dagster_instance, "ingest_like", "source_b", fail=True)  # another partition: its own
     assert tick() and [(m["source"], m["state"], m["run_id"]) for m in webhook.take()] == [
-        ("source_b", "opened", other)]
+        ("source_b", "opened", other)
+    ]
 
     fixed = run(defs, dagster_instance, "ingest_like", "source_a", fail=False)
     run(defs, dagster_instance, "ingest_like", "source_a", fail=False)
@@ -180,14 +193,21 @@ def test_one_message_per_check_failure_incident(defs, dagster_instance, webhook)
     run(defs, dagster_instance, "materialize", "source_a", fail=False)  # passing checks say nothing
     tick()
     [opened] = webhook.take()
-    assert (opened["kind"], opened["state"], opened["check"], opened["asset"], opened["source"], opened["run_id"],
-            opened["severity"]) == ("check_failure", "opened", "no_gaps_like", "events_like", "source_b", first,
-                                    "ERROR")
+    assert (
+        opened["kind"],
+        opened["state"],
+        opened["check"],
+        opened["asset"],
+        opened["source"],
+        opened["run_id"],
+        opened["severity"],
+    ) == ("check_failure", "opened", "no_gaps_like", "events_like", "source_b", first, "ERROR")
     assert opened["description"] == "missing_ids: 11"
     fixed = run(defs, dagster_instance, "materialize", "source_b", fail=False)
     tick()
     assert [(m["check"], m["source"], m["state"], m["run_id"]) for m in webhook.take()] == [
-        ("no_gaps_like", "source_b", "resolved", fixed)]
+        ("no_gaps_like", "source_b", "resolved", fixed)
+    ]
 
 
 def test_no_secret_leaves(defs, dagster_instance, webhook):
@@ -212,7 +232,8 @@ def test_the_project_s_own_ingest_run_failing_is_alerted_with_the_drain_s_reason
     tick = Ticker(project, "alert_on_run_failure", dagster_instance)
     tick()
     result = project.resolve_job_def("drain").execute_in_process(
-        instance=dagster_instance, partition_key=source_name, raise_on_error=False)
+        instance=dagster_instance, partition_key=source_name, raise_on_error=False
+    )
     assert not result.success
     # Nothing Dagster stored of the run (logs, failure metadata) holds the header's value either.
     stored = [str(entry) for entry in dagster_instance.all_logs(result.run_id)]

@@ -30,8 +30,9 @@ def mocks(make_mock):
 @pytest.fixture
 def sources(mocks):
     names = [f"d_{uuid.uuid4().hex[:10]}" for _ in range(2)]
-    return [SourceConfig(name=n, url=m.url, page_size=500, timeout_s=1.0, max_run_seconds=30) for n, m in
-            zip(names, mocks)]
+    return [
+        SourceConfig(name=n, url=m.url, page_size=500, timeout_s=1.0, max_run_seconds=30) for n, m in zip(names, mocks)
+    ]
 
 
 @pytest.fixture
@@ -41,8 +42,9 @@ def defs(sources, database_url, redis_url):
 
 def run_partition(defs, partition):
     job = defs.resolve_job_def("drain")
-    return job.execute_in_process(partition_key=partition, instance=dg.DagsterInstance.ephemeral(),
-                                  raise_on_error=False)
+    return job.execute_in_process(
+        partition_key=partition, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
+    )
 
 
 def check_results(result):
@@ -52,7 +54,9 @@ def check_results(result):
 def test_definitions_are_loadable(defs, sources):
     dg.Definitions.validate_loadable(defs)
     assert {s.name for s in defs.sensors} == {f"ingest_{s.name}" for s in sources} | {
-        "alert_on_run_failure", "alert_on_check_failure"}
+        "alert_on_run_failure",
+        "alert_on_check_failure",
+    }
     assert {"ingest", "drain", "replay", "delete_old_runs"} <= {j.name for j in defs.jobs}
     events = defs.resolve_assets_def("events")
     assert set(events.partitions_def.get_partition_keys()) == {s.name for s in sources}
@@ -63,8 +67,14 @@ def test_dagster_cli_validates_the_workspace(tmp_path):
     sources_file.write_text("sources:\n  - {name: source1, url: 'http://127.0.0.1:3001/events'}\n")
     env = {**os.environ, "EVENT_INGEST_SOURCES": str(sources_file), "DAGSTER_HOME": str(tmp_path)}
     dagster = Path(sys.executable).parent / "dagster"
-    done = subprocess.run([str(dagster), "definitions", "validate", "-w", str(ROOT / "workspace.yaml")],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", str(ROOT / "workspace.yaml")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -75,11 +85,11 @@ def test_dg_lists_and_checks_the_definitions(tmp_path):
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {**os.environ, "EVENT_INGEST_SOURCES": str(sources_file), "DAGSTER_HOME": str(tmp_path)}
     dg = Path(sys.executable).parent / "dg"
-    checked = subprocess.run([str(dg), "check", "defs"], env=env, cwd=ROOT, capture_output=True, text=True,
-                             timeout=300)
+    checked = subprocess.run([str(dg), "check", "defs"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    listed = subprocess.run([str(dg), "list", "defs", "--json"], env=env, cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    listed = subprocess.run(
+        [str(dg), "list", "defs", "--json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert listed.returncode == 0, listed.stderr
     text = listed.stdout
     for name in ("events", "ingest", "drain", "ingest_source1", "no_gaps", "fresh"):
@@ -101,8 +111,13 @@ def test_materializing_a_partition_drains_its_source_and_reports(defs, sources, 
     assert metadata["requests"].value == seen["requests"] >= 3
     assert "min_gap_ms" in metadata
     assert mocks[1].stats()["requests"] == 0  # one partition, one source
-    assert check_results(result) == {"no_gaps": True, "cursor_matches_max_id": True, "quarantine_empty": True,
-                                     "fresh": True, "not_stuck": True}
+    assert check_results(result) == {
+        "no_gaps": True,
+        "cursor_matches_max_id": True,
+        "quarantine_empty": True,
+        "fresh": True,
+        "not_stuck": True,
+    }
     assert metadata["dagster/row_count"].value == 1200
     with Store(database_url) as store:
         assert store.event_ids(source.name) == list(range(1, 1201))
@@ -111,8 +126,10 @@ def test_materializing_a_partition_drains_its_source_and_reports(defs, sources, 
     rollup = defs.resolve_job_def("rollup").execute_in_process(instance=dg.DagsterInstance.ephemeral())
     metadata = rollup.asset_materializations_for_node("events_per_minute")[0].metadata
     assert metadata["events_last_hour"].value == 1200  # read from the per-minute counts in Postgres
-    assert f"| {source.name} | 1200 |" in metadata["per_source"].value and f"| {sources[1].name} | 0 |" in \
-        metadata["per_source"].value
+    assert (
+        f"| {source.name} | 1200 |" in metadata["per_source"].value
+        and f"| {sources[1].name} | 0 |" in metadata["per_source"].value
+    )
 
 
 def test_checks_fail_on_a_planted_gap(defs, sources, database_url):
@@ -127,8 +144,13 @@ def test_checks_fail_on_a_planted_gap(defs, sources, database_url):
         store.conn.commit()
     result = run_partition(defs, source.name)
     checks = check_results(result)
-    assert checks == {"no_gaps": False, "cursor_matches_max_id": False, "quarantine_empty": False, "fresh": True,
-                      "not_stuck": True}
+    assert checks == {
+        "no_gaps": False,
+        "cursor_matches_max_id": False,
+        "quarantine_empty": False,
+        "fresh": True,
+        "not_stuck": True,
+    }
     gap = next(e for e in result.get_asset_check_evaluations() if e.check_name == "no_gaps")
     assert gap.metadata["missing_ids"].value == 11
     assert gap.metadata["first_gaps"].value == "500-510"
@@ -166,8 +188,9 @@ def test_a_failing_source_fails_the_run_with_the_reason(make_mock, database_url,
     assert "HTTP 404" in failure.step_failure_data.error.message
 
 
-def test_a_sensor_asks_for_a_run_for_its_slot_only_when_nothing_hosts_its_source(sources, database_url, redis_url,
-                                                                                  redis_client):
+def test_a_sensor_asks_for_a_run_for_its_slot_only_when_nothing_hosts_its_source(
+    sources, database_url, redis_url, redis_client
+):
     config = IngestConfig(sources=sources, runs=RunSettings(sources_per_run=1))
     defs = build_definitions(config, IngestResource(database_url=database_url, redis_url=redis_url))
     first, second = sources

@@ -46,8 +46,9 @@ def step_failure(result) -> str:
     return failure.step_failure_data.user_failure_data.description
 
 
-def test_the_replay_job_rewinds_through_the_fence_from_run_config(make_mock, database_url, redis_url, redis_client,
-                                                                  store, dagster_instance):
+def test_the_replay_job_rewinds_through_the_fence_from_run_config(
+    make_mock, database_url, redis_url, redis_client, store, dagster_instance
+):
     mock = make_mock(backlog=40)
     source = source_config(name(), mock.url)
     drain(source, store=store, redis_client=redis_client)
@@ -56,22 +57,30 @@ def test_the_replay_job_rewinds_through_the_fence_from_run_config(make_mock, dat
     epoch = store.source_status(source.name).epoch
 
     def launch(config: dict):
-        return job.execute_in_process(instance=dagster_instance, raise_on_error=False,
-                                      run_config={"ops": {"rewind_cursor": {"config": config}}})
+        return job.execute_in_process(
+            instance=dagster_instance, raise_on_error=False, run_config={"ops": {"rewind_cursor": {"config": config}}}
+        )
 
     result = launch({"source": source.name, "from_id": 25, "delete_from": 31})
     assert result.success
     [output] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
     metadata = output.event_specific_data.metadata
-    assert (metadata["cursor_before"].value, metadata["cursor_after"].value, metadata["deleted"].value,
-            metadata["epoch"].value) == (40, 25, 10, epoch + 1)
+    assert (
+        metadata["cursor_before"].value,
+        metadata["cursor_after"].value,
+        metadata["deleted"].value,
+        metadata["epoch"].value,
+    ) == (40, 25, 10, epoch + 1)
     status = store.source_status(source.name)
     assert (status.cursor, status.epoch, status.events) == (25, epoch + 1, 30)
     assert dagster_instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.SUCCESS
 
     # Nonsense fails the run with the reason and changes nothing.
     for config, message in [
-        ({"source": source.name, "from_id": 26}, "refused: source '%s': --from-id 26 is above the cursor 25" % source.name),
+        (
+            {"source": source.name, "from_id": 26},
+            f"refused: source '{source.name}': --from-id 26 is above the cursor 25",
+        ),
         ({"source": source.name, "from_id": 5, "delete_from": 2}, "--delete-from 2 must be above --from-id 5"),
         ({"source": "nope", "from_id": 1}, f"source 'nope' is not configured (configured: {source.name})"),
     ]:
@@ -85,7 +94,8 @@ def test_the_replay_job_rewinds_through_the_fence_from_run_config(make_mock, dat
 
 @pytest.mark.slow
 def test_a_backfill_of_the_drain_job_drains_its_partitions_and_leaves_a_hosted_source_to_its_host(
-        tmp_path, monkeypatch, make_mock, database_url, redis_url, redis_client, store, dagster_storage_url):
+    tmp_path, monkeypatch, make_mock, database_url, redis_url, redis_client, store, dagster_storage_url
+):
     """The backfill daemon's own iteration, against the code location loaded the way `dagster dev` loads it
     (workspace module, gRPC server), its runs launched in this process so they are judged here."""
     from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
@@ -99,8 +109,11 @@ def test_a_backfill_of_the_drain_job_drains_its_partitions_and_leaves_a_hosted_s
     # The hosted source is polled once an hour when caught up: any later request to it is the backfill's.
     text = sources_text([(n, m.url) for n, m in mocks.items()], extra="    idle_poll_ms: 3600000\n")
     (tmp_path / "sources.yaml").write_text(text)
-    for variable, value in (("EVENT_INGEST_SOURCES", str(tmp_path / "sources.yaml")),
-                            ("EVENT_INGEST_DATABASE_URL", database_url), ("EVENT_INGEST_REDIS_URL", redis_url)):
+    for variable, value in (
+        ("EVENT_INGEST_SOURCES", str(tmp_path / "sources.yaml")),
+        ("EVENT_INGEST_DATABASE_URL", database_url),
+        ("EVENT_INGEST_REDIS_URL", redis_url),
+    ):
         monkeypatch.setenv(variable, value)
     config = load_config(tmp_path / "sources.yaml")
     store.apply_schema(list(mocks))
@@ -108,22 +121,38 @@ def test_a_backfill_of_the_drain_job_drains_its_partitions_and_leaves_a_hosted_s
     host = SourceHost(config.source(hosted), store=host_store, redis_client=redis_client, lease_ttl_s=3).start()
     try:
         # One page of 300, then a poll that finds nothing new: the host is at the head, idle, holding the lease.
-        wait_until(lambda: mocks[hosted].stats()["requests"] == 2 and host.state == "draining",
-                   "the host to reach the head")
+        wait_until(
+            lambda: mocks[hosted].stats()["requests"] == 2 and host.state == "draining", "the host to reach the head"
+        )
         requests_before = mocks[hosted].stats()["requests"]
-        overrides = {"storage": {"postgres": {"postgres_url": dagster_storage_url}},
-                     "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"},
-                     "run_launcher": {"module": "dagster._core.launcher.sync_in_memory_run_launcher",
-                                      "class": "SyncInMemoryRunLauncher"}}
-        with dg.instance_for_test(overrides=overrides) as instance, create_test_daemon_workspace_context(
-                ModuleTarget("event_ingest.defs.definitions", None, str(ROOT), "event_ingest"), instance) as context:
+        overrides = {
+            "storage": {"postgres": {"postgres_url": dagster_storage_url}},
+            "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"},
+            "run_launcher": {
+                "module": "dagster._core.launcher.sync_in_memory_run_launcher",
+                "class": "SyncInMemoryRunLauncher",
+            },
+        }
+        with (
+            dg.instance_for_test(overrides=overrides) as instance,
+            create_test_daemon_workspace_context(
+                ModuleTarget("event_ingest.defs.definitions", None, str(ROOT), "event_ingest"), instance
+            ) as context,
+        ):
             location = context.create_request_context().get_code_location("event_ingest")
             partition_set = location.get_repository("__repository__").get_partition_set("drain_partition_set")
             backfill_id = f"ops{uuid.uuid4().hex[:6]}"
-            instance.add_backfill(PartitionBackfill(
-                backfill_id=backfill_id, status=BulkActionStatus.REQUESTED, from_failure=False, tags={},
-                backfill_timestamp=time.time(), partition_set_origin=partition_set.get_remote_origin(),
-                partition_names=list(mocks)))
+            instance.add_backfill(
+                PartitionBackfill(
+                    backfill_id=backfill_id,
+                    status=BulkActionStatus.REQUESTED,
+                    from_failure=False,
+                    tags={},
+                    backfill_timestamp=time.time(),
+                    partition_set_origin=partition_set.get_remote_origin(),
+                    partition_names=list(mocks),
+                )
+            )
 
             def done() -> bool:
                 list(execute_backfill_iteration(context, logging.getLogger("backfill")))
@@ -135,9 +164,13 @@ def test_a_backfill_of_the_drain_job_drains_its_partitions_and_leaves_a_hosted_s
             assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
             metadata = {}
             for run in runs:
-                [event] = [r.event_log_entry.dagster_event for r in instance.get_records_for_run(
-                    run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
-                    if r.event_log_entry.dagster_event.asset_key == dg.AssetKey("events")]
+                [event] = [
+                    r.event_log_entry.dagster_event
+                    for r in instance.get_records_for_run(
+                        run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+                    ).records
+                    if r.event_log_entry.dagster_event.asset_key == dg.AssetKey("events")
+                ]
                 metadata[run.tags["dagster/partition"]] = event.event_specific_data.materialization.metadata
         assert (metadata[hosted]["status"].value, metadata[hosted]["requests"].value) == ("lease_busy", 0)
         assert mocks[hosted].stats()["requests"] == requests_before  # the backfill fetched nothing from it
@@ -154,15 +187,19 @@ def test_a_backfill_of_the_drain_job_drains_its_partitions_and_leaves_a_hosted_s
         assert seen["gaps_under_200ms"] == 0
 
 
-def test_sources_come_and_go_by_editing_the_sources_file(tmp_path, monkeypatch, make_mock, database_url, redis_url,
-                                                         redis_client, store, dagster_instance, caplog):
+def test_sources_come_and_go_by_editing_the_sources_file(
+    tmp_path, monkeypatch, make_mock, database_url, redis_url, redis_client, store, dagster_instance, caplog
+):
     from event_ingest.defs.definitions import defs as load_definitions
 
     first, second = name(), name()
     mock = make_mock(backlog=10)
     file = tmp_path / "sources.yaml"
-    for variable, value in (("EVENT_INGEST_SOURCES", str(file)), ("EVENT_INGEST_DATABASE_URL", database_url),
-                            ("EVENT_INGEST_REDIS_URL", redis_url)):
+    for variable, value in (
+        ("EVENT_INGEST_SOURCES", str(file)),
+        ("EVENT_INGEST_DATABASE_URL", database_url),
+        ("EVENT_INGEST_REDIS_URL", redis_url),
+    ):
         monkeypatch.setenv(variable, value)
     file.write_text(sources_text([(first, mock.url)]) + "runs:\n  sources_per_run: 1\n")
     before = load_definitions()
@@ -180,13 +217,18 @@ def test_sources_come_and_go_by_editing_the_sources_file(tmp_path, monkeypatch, 
     assert all(second in c.partitions_def.get_partition_keys() for c in after.asset_checks)
     # With a real instance, the new sensor asks for a run for its slot (one source per run: slot 1).
     sensor = next(s for s in after.sensors if s.name == f"ingest_{second}")
-    tick = sensor.evaluate_tick(dg.build_sensor_context(instance=dagster_instance, definitions=after,
-                                                        resources={"ingest": IngestResource(database_url=database_url,
-                                                                                            redis_url=redis_url)}))
+    tick = sensor.evaluate_tick(
+        dg.build_sensor_context(
+            instance=dagster_instance,
+            definitions=after,
+            resources={"ingest": IngestResource(database_url=database_url, redis_url=redis_url)},
+        )
+    )
     [request] = tick.run_requests
     assert request.tags[SLOT_TAG] == "1" and request.run_config == {"ops": {"host_sources": {"config": {"slot": 1}}}}
-    run = dagster_instance.create_run_for_job(after.resolve_job_def("ingest"), run_config=request.run_config,
-                                              tags=request.tags)
+    run = dagster_instance.create_run_for_job(
+        after.resolve_job_def("ingest"), run_config=request.run_config, tags=request.tags
+    )
     assert run.tags[SLOT_TAG] == "1"
 
     # Removed: no sensor, no partition; its data stays, and status calls it removed.
@@ -214,8 +256,9 @@ def test_the_not_stuck_check_fails_in_the_ui_and_names_skip(make_mock, database_
     mock.control({"next": [{"kind": "events", "events": [{"id": 1}, {"id": 2}]}, page, page]})
     source = source_config(name(), mock.url)
     defs = build_definitions([source], IngestResource(database_url=database_url, redis_url=redis_url))
-    result = defs.resolve_job_def("drain").execute_in_process(partition_key=source.name, raise_on_error=False,
-                                                             instance=dg.DagsterInstance.ephemeral())
+    result = defs.resolve_job_def("drain").execute_in_process(
+        partition_key=source.name, raise_on_error=False, instance=dg.DagsterInstance.ephemeral()
+    )
     assert result.success  # the drain itself is fine: it stops before what it cannot read
     [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "not_stuck"]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR

@@ -18,11 +18,16 @@ import psycopg
 import pytest
 import redis
 
-from event_ingest.devstack.services import dagster_storage_url
 from event_ingest.devstack.procs import free_port
+from event_ingest.devstack.services import dagster_storage_url
 
-ENV_VARS = ("EVENT_INGEST_DATABASE_URL", "EVENT_INGEST_REDIS_URL", "EVENT_INGEST_SOURCES",
-            "EVENT_INGEST_DAGSTER_DATABASE_URL", "DAGSTER_HOME")
+ENV_VARS = (
+    "EVENT_INGEST_DATABASE_URL",
+    "EVENT_INGEST_REDIS_URL",
+    "EVENT_INGEST_SOURCES",
+    "EVENT_INGEST_DAGSTER_DATABASE_URL",
+    "DAGSTER_HOME",
+)
 SOURCES = ["source1", "source2", "source3"]
 ALERT_SENSORS = ["alert_on_run_failure", "alert_on_check_failure"]
 
@@ -97,7 +102,11 @@ class Dev:
         with open(self.out_path, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "event_ingest.cli", "dev", "--data-dir", str(self.state_dir), *args],
-                cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
 
     @property
@@ -127,7 +136,9 @@ class Dev:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"event-ingest dev did not exit within {timeout}s of {sig!r}:\n{self.tail()}") from None
+            raise AssertionError(
+                f"event-ingest dev did not exit within {timeout}s of {sig!r}:\n{self.tail()}"
+            ) from None
 
     def cleanup(self) -> None:
         """After a failed test: stop it, and whatever it left, hard."""
@@ -167,8 +178,13 @@ def dev(tmp_path):
 
 
 def status_json(env: dict[str, str]) -> list[dict]:
-    res = subprocess.run([sys.executable, "-m", "event_ingest.cli", "status", "--json"],
-                         env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "event_ingest.cli", "status", "--json"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
@@ -213,8 +229,11 @@ def dagster_view(ui_url: str) -> dict | None:
         return None
     definition = asset["definition"]
     checks = definition["assetChecksOrError"]
-    sensors = {s["name"]: s["sensorState"]["status"]
-               for repo in data["repositoriesOrError"].get("nodes", []) for s in repo["sensors"]}
+    sensors = {
+        s["name"]: s["sensorState"]["status"]
+        for repo in data["repositoriesOrError"].get("nodes", [])
+        for s in repo["sensors"]
+    }
     return {
         "partitions": sorted(definition["partitionKeys"]),
         "checks": sorted(c["name"] for c in checks.get("checks", [])),
@@ -263,8 +282,10 @@ def test_dev_runs_everything_and_ctrl_c_stops_everything(dev, tmp_path):
         time.sleep(1)
     assert t_events is not None, f"not all sources had events in Postgres within 150s:\n{d.tail()}"
     assert t_ui is not None, f"the Dagster UI did not show the asset and sensors within 150s:\n{d.tail()}"
-    print(f"\nevent-ingest dev: first events of all sources in Postgres after {t_events:.1f}s, "
-          f"UI answering with asset and sensors after {t_ui:.1f}s")
+    print(
+        f"\nevent-ingest dev: first events of all sources in Postgres after {t_events:.1f}s, "
+        f"UI answering with asset and sensors after {t_ui:.1f}s"
+    )
 
     assert view["partitions"] == SOURCES
     assert {"no_gaps", "cursor_matches_max_id"} <= set(view["checks"])
@@ -312,10 +333,23 @@ def test_no_dagster_starts_services_and_sources(dev, tmp_path):
     assert stack["postgres"]["dagster_url"].startswith("postgresql+psycopg2://")
 
     # One dev stack per state dir.
-    second = subprocess.run([sys.executable, "-m", "event_ingest.cli", "dev", "--no-dagster", "--data-dir",
-                             str(d.state_dir), "--sources-port-base", str(free_port_base())],
-                            env={k: v for k, v in os.environ.items() if k not in ENV_VARS},
-                            capture_output=True, text=True, timeout=60)
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "event_ingest.cli",
+            "dev",
+            "--no-dagster",
+            "--data-dir",
+            str(d.state_dir),
+            "--sources-port-base",
+            str(free_port_base()),
+        ],
+        env={k: v for k, v in os.environ.items() if k not in ENV_VARS},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert second.returncode == 2 and f"another dev stack (pid {d.proc.pid})" in second.stderr, second.stderr
     assert (d.state_dir / "stack.json").exists()  # the refused one did not touch the running one's
 
@@ -362,7 +396,7 @@ def test_a_dying_child_stops_everything_and_says_which(dev, tmp_path):
 
     os.kill(victim["pid"], signal.SIGKILL)
     assert d.proc.wait(30) == 1, d.tail()
-    assert f"mock source source2 exited unexpectedly" in d.output and victim["log"] in d.output, d.tail()
+    assert "mock source source2 exited unexpectedly" in d.output and victim["log"] in d.output, d.tail()
     left = still_running(tree)
     assert not left, "processes left:\n" + "\n".join(left)
 

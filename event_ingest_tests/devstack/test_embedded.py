@@ -152,8 +152,7 @@ def test_redis_set_get_and_lua_time(tmp_path):
         assert r.set("k", "v") and r.get("k") == b"v"
         secs, micros = r.eval("return redis.call('TIME')", 0)
         assert abs(int(secs) + int(micros) / 1e6 - time.time()) < 5
-        assert r.eval("redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])",
-                      1, "k2", "x") == b"x"
+        assert r.eval("redis.call('SET', KEYS[1], ARGV[1]); return redis.call('GET', KEYS[1])", 1, "k2", "x") == b"x"
         r.close()
         assert (tmp_path / "rd.log").exists()
     assert not rd.is_running()

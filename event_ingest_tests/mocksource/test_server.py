@@ -92,9 +92,7 @@ def test_limit_is_capped_at_max_limit(start_source: StartSource, client: httpx.C
     assert ids_of(client.get(src.url, params={"limit": 10_000})) == list(range(1, 21))
 
 
-def test_responses_use_keep_alive_and_content_length(
-    start_source: StartSource, client: httpx.Client
-) -> None:
+def test_responses_use_keep_alive_and_content_length(start_source: StartSource, client: httpx.Client) -> None:
     src = start_source(backlog=3)
     r = client.get(src.url)
     assert r.http_version == "HTTP/1.1"
@@ -115,9 +113,7 @@ def test_live_producer_grows(start_source: StartSource, client: httpx.Client) ->
     assert stats(client, src)["produced_max_id"] >= 12
 
 
-def test_seed_mode_returns_exactly_k_whatever_limit(
-    start_source: StartSource, client: httpx.Client
-) -> None:
+def test_seed_mode_returns_exactly_k_whatever_limit(start_source: StartSource, client: httpx.Client) -> None:
     src = start_source(seed_batch=3)
     assert ids_of(client.get(src.url)) == [1, 2, 3]
     assert ids_of(client.get(src.url, params={"lastId": 0, "limit": 1})) == [1, 2, 3]
@@ -235,14 +231,18 @@ def test_control_rejects_non_json(start_source: StartSource, client: httpx.Clien
 # ---- one-shot responses --------------------------------------------------------
 
 
-def test_oneshots_are_served_in_order_then_normal(
-    start_source: StartSource, client: httpx.Client
-) -> None:
+def test_oneshots_are_served_in_order_then_normal(start_source: StartSource, client: httpx.Client) -> None:
     src = start_source(backlog=3)
-    control(client, src, {"next": [
-        {"kind": "status", "status": 503, "headers": {"Retry-After": "2"}},
-        {"kind": "status", "status": 418, "body": "teapot", "headers": {"Content-Type": "text/plain"}},
-    ]})
+    control(
+        client,
+        src,
+        {
+            "next": [
+                {"kind": "status", "status": 503, "headers": {"Retry-After": "2"}},
+                {"kind": "status", "status": 418, "body": "teapot", "headers": {"Content-Type": "text/plain"}},
+            ]
+        },
+    )
     r = client.get(src.url)
     assert (r.status_code, r.headers["retry-after"]) == (503, "2")
     assert "error" in r.json()
@@ -257,10 +257,16 @@ def test_oneshots_are_served_in_order_then_normal(
 def test_oneshot_body_raw_and_gzip(start_source: StartSource, client: httpx.Client) -> None:
     src = start_source(backlog=3)
     gz = gzip.compress(b'{"events": [{"id": 9, "payload": null}]}')
-    control(client, src, {"next": [
-        {"kind": "body", "body": '{"events": [', "content_type": "text/html"},
-        {"kind": "body", "body_b64": base64.b64encode(gz).decode(), "content_encoding": "gzip"},
-    ]})
+    control(
+        client,
+        src,
+        {
+            "next": [
+                {"kind": "body", "body": '{"events": [', "content_type": "text/html"},
+                {"kind": "body", "body_b64": base64.b64encode(gz).decode(), "content_encoding": "gzip"},
+            ]
+        },
+    )
     r = client.get(src.url)
     assert (r.status_code, r.content, r.headers["content-type"]) == (200, b'{"events": [', "text/html")
     r = client.get(src.url)
@@ -269,9 +275,7 @@ def test_oneshot_body_raw_and_gzip(start_source: StartSource, client: httpx.Clie
     assert stats(client, src)["served_ids_count"] == 0
 
 
-def test_oneshot_delay_then_answers_normally(
-    start_source: StartSource, client: httpx.Client
-) -> None:
+def test_oneshot_delay_then_answers_normally(start_source: StartSource, client: httpx.Client) -> None:
     src = start_source(backlog=3)
     control(client, src, {"next": [{"kind": "delay_then", "delay_ms": 300}]})
     t0 = time.monotonic()
@@ -279,9 +283,7 @@ def test_oneshot_delay_then_answers_normally(
     assert time.monotonic() - t0 >= 0.25
 
 
-def test_oneshot_slow_body_makes_client_time_out(
-    start_source: StartSource, client: httpx.Client
-) -> None:
+def test_oneshot_slow_body_makes_client_time_out(start_source: StartSource, client: httpx.Client) -> None:
     src = start_source(backlog=3)
     control(client, src, {"next": [{"kind": "slow_body", "interval_ms": 1000, "duration_s": 10}]})
     t0 = time.monotonic()
@@ -323,10 +325,16 @@ def test_oneshot_redirect(start_source: StartSource, client: httpx.Client) -> No
 def test_oneshot_events_verbatim(start_source: StartSource, client: httpx.Client) -> None:
     src = start_source(backlog=3)
     hostile = [{"id": "1"}, {"id": True, "payload": 1}, {"id": 2**70}, None, {"id": 5, "payload": {}}]
-    control(client, src, {"next": [
-        {"kind": "events", "events": hostile},
-        {"kind": "events", "events": [{"id": 40, "payload": 1}], "record": True},
-    ]})
+    control(
+        client,
+        src,
+        {
+            "next": [
+                {"kind": "events", "events": hostile},
+                {"kind": "events", "events": [{"id": 40, "payload": 1}], "record": True},
+            ]
+        },
+    )
     assert client.get(src.url).json() == {"events": hostile}
     assert ids_of(client.get(src.url)) == [40]
     assert stats(client, src, ids=True)["served_ids"] == [40]  # only the record=true one
@@ -335,7 +343,14 @@ def test_oneshot_events_verbatim(start_source: StartSource, client: httpx.Client
 def test_every_oneshot_kind_is_tested() -> None:
     # Guards this file: a new kind must come with a test above.
     assert set(ONESHOT_KINDS) == {
-        "status", "body", "delay_then", "slow_body", "reset", "gzip_bomb", "redirect", "events"
+        "status",
+        "body",
+        "delay_then",
+        "slow_body",
+        "reset",
+        "gzip_bomb",
+        "redirect",
+        "events",
     }
 
 
@@ -344,19 +359,19 @@ def test_every_oneshot_kind_is_tested() -> None:
 
 def test_recorder_gap_math_and_served_ids(start_source: StartSource, client: httpx.Client) -> None:
     src = start_source(backlog=10)
-    client.get(src.url, params={"limit": 3})                  # ids 1-3
+    client.get(src.url, params={"limit": 3})  # ids 1-3
     time.sleep(0.3)
-    client.get(src.url, params={"lastId": 3, "limit": 3})     # ids 4-6
+    client.get(src.url, params={"lastId": 3, "limit": 3})  # ids 4-6
     time.sleep(0.3)
-    client.get(src.url, params={"lastId": 3, "limit": 2})     # ids 4-5 again
-    client.get(src.url, params={"lastId": "x"})               # 400, still a request
-    client.get(f"{src.base_url}/health")                      # not a request
+    client.get(src.url, params={"lastId": 3, "limit": 2})  # ids 4-5 again
+    client.get(src.url, params={"lastId": "x"})  # 400, still a request
+    client.get(f"{src.base_url}/health")  # not a request
 
     st = stats(client, src, ids=True)
     assert st["requests"] == 4
-    assert st["gaps_under_200ms"] == 1                        # only the last, immediate one
+    assert st["gaps_under_200ms"] == 1  # only the last, immediate one
     assert st["min_gap_ms"] < 200
-    assert 290 <= st["median_gap_ms"] < 2000                  # gaps ~[0, 300, 300]
+    assert 290 <= st["median_gap_ms"] < 2000  # gaps ~[0, 300, 300]
     assert st["statuses"] == {"200": 3, "400": 1}
     assert st["served_ids"] == [1, 2, 3, 4, 5, 6]
     assert (st["served_ids_count"], st["served_max_id"]) == (6, 6)
@@ -368,9 +383,7 @@ def test_recorder_gap_math_and_served_ids(start_source: StartSource, client: htt
     assert "served_ids" not in st
 
 
-def test_recorder_polite_client_has_no_short_gaps(
-    start_source: StartSource, client: httpx.Client
-) -> None:
+def test_recorder_polite_client_has_no_short_gaps(start_source: StartSource, client: httpx.Client) -> None:
     src = start_source(backlog=10, min_interval_ms=100)
     for _ in range(3):
         client.get(src.url)
@@ -407,12 +420,18 @@ def test_health_is_not_counted(start_source: StartSource, client: httpx.Client) 
 
 @pytest.mark.parametrize(
     "params",
-    [{"lastId": "abc"}, {"lastId": "-1"}, {"lastId": "1.5"}, {"lastId": ""}, {"lastId": "+5"},
-     {"limit": "x"}, {"limit": "0"}, {"lastId": "99999999999999999999"}],
+    [
+        {"lastId": "abc"},
+        {"lastId": "-1"},
+        {"lastId": "1.5"},
+        {"lastId": ""},
+        {"lastId": "+5"},
+        {"limit": "x"},
+        {"limit": "0"},
+        {"lastId": "99999999999999999999"},
+    ],
 )
-def test_bad_cursor_is_400(
-    start_source: StartSource, client: httpx.Client, params: dict[str, str]
-) -> None:
+def test_bad_cursor_is_400(start_source: StartSource, client: httpx.Client, params: dict[str, str]) -> None:
     src = start_source(backlog=5)
     r = client.get(src.url, params=params)
     assert r.status_code == 400
@@ -431,15 +450,42 @@ def test_unknown_path_is_404(start_source: StartSource, client: httpx.Client) ->
 def test_cli_arguments_map_to_config() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args([
-        "--name", "s1", "--port", "0", "--backlog", "10", "--rate", "2.5", "--error-rate", "0.1",
-        "--latency-ms", "20", "--rate-limit-rate", "0.2", "--retry-after", "3",
-        "--malformed-rate", "0.05", "--random-seed", "7",
-    ])
+    args = parser.parse_args(
+        [
+            "--name",
+            "s1",
+            "--port",
+            "0",
+            "--backlog",
+            "10",
+            "--rate",
+            "2.5",
+            "--error-rate",
+            "0.1",
+            "--latency-ms",
+            "20",
+            "--rate-limit-rate",
+            "0.2",
+            "--retry-after",
+            "3",
+            "--malformed-rate",
+            "0.05",
+            "--random-seed",
+            "7",
+        ]
+    )
     config = config_from_args(args)
     assert config == MockSourceConfig(
-        name="s1", port=0, backlog=10, rate=2.5, error_rate=0.1, latency_ms=20,
-        rate_limit_rate=0.2, retry_after_s=3, malformed_rate=0.05, random_seed=7,
+        name="s1",
+        port=0,
+        backlog=10,
+        rate=2.5,
+        error_rate=0.1,
+        latency_ms=20,
+        rate_limit_rate=0.2,
+        retry_after_s=3,
+        malformed_rate=0.05,
+        random_seed=7,
     )
     seed = config_from_args(parser.parse_args(["--name", "s2", "--port", "0", "--seed-batch", "4"]))
     assert seed.seed_batch == 4
@@ -447,8 +493,7 @@ def test_cli_arguments_map_to_config() -> None:
 
 def test_cli_process_serves_and_exits_cleanly_on_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "event_ingest.mocksource", "--name", "cli", "--port", "0",
-         "--seed-batch", "2"],
+        [sys.executable, "-m", "event_ingest.mocksource", "--name", "cli", "--port", "0", "--seed-batch", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

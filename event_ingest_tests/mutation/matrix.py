@@ -42,10 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             run = chaos_run(name, seed=seed, seconds=args.seconds, faults=faults)
             runs.append(run)
-            print(f"[{time.monotonic() - started:6.0f}s] {label} seed {seed}: "
-                  f"{'PASS' if run['ok'] else 'FAIL: ' + ', '.join(run['failed'])}", file=sys.stderr, flush=True)
+            print(
+                f"[{time.monotonic() - started:6.0f}s] {label} seed {seed}: "
+                f"{'PASS' if run['ok'] else 'FAIL: ' + ', '.join(run['failed'])}",
+                file=sys.stderr,
+                flush=True,
+            )
         unit = unit_run(name, MUTANTS[name].tests if name else UNIT_FOR_REAL_CORE)
-        print(f"[{time.monotonic() - started:6.0f}s] {label} unit tests: {unit['summary']}", file=sys.stderr, flush=True)
+        print(
+            f"[{time.monotonic() - started:6.0f}s] {label} unit tests: {unit['summary']}", file=sys.stderr, flush=True
+        )
         failing = Counter(c for r in runs for c in r["failed"])
         rows.append((name, label, check, runs, failing, unit))
     print(format_table(rows, len(seeds), args))
@@ -62,8 +68,7 @@ def _caught(row) -> bool:
 
 
 def format_table(rows, n: int, args) -> str:
-    header = ("broken guard", "chaos verdict", "check named for it: caught", "all failing checks (k/N)",
-              "unit tests")
+    header = ("broken guard", "chaos verdict", "check named for it: caught", "all failing checks (k/N)", "unit tests")
     lines = []
     for name, label, check, runs, failing, unit in rows:
         fails = sum(not r["ok"] for r in runs)
@@ -75,12 +80,14 @@ def format_table(rows, n: int, args) -> str:
         else:
             named = f"{check} {failing[check]}/{n}"
         others = ", ".join(f"{c} {k}/{n}" for c, k in failing.most_common()) or "-"
-        unit_text = ("FAIL (caught)" if unit["failed"] else "pass") if name else (
-            "pass" if unit["passed"] else "FAIL")
+        unit_text = ("FAIL (caught)" if unit["failed"] else "pass") if name else ("pass" if unit["passed"] else "FAIL")
         lines.append((label, verdict, named, others, unit_text))
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
-    out = [f"mutation matrix: {n} seed(s) per row, --seconds {args.seconds:g}"
-           + (f", faults {args.faults}" if args.faults else ", all fault kinds"), ""]
+    out = [
+        f"mutation matrix: {n} seed(s) per row, --seconds {args.seconds:g}"
+        + (f", faults {args.faults}" if args.faults else ", all fault kinds"),
+        "",
+    ]
     fmt = " | ".join(f"{{:<{w}}}" for w in widths)
     out.append(fmt.format(*header))
     out.append("-+-".join("-" * w for w in widths))

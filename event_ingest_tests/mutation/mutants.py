@@ -9,8 +9,8 @@ change what it meant to: a mutant that silently breaks nothing would prove nothi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 ENV = "EVENT_INGEST_TEST_MUTANT"
 
@@ -108,30 +108,63 @@ def page_committed_twice() -> None:
     store.Store._store_page = staticmethod(twice)
 
 
-MUTANTS = {m.name: m for m in (
-    Mutant("gate_spacing_halved", "spacing gate: interval", "no_spacing_violation",
-           ("core/test_gate.py::test_two_processes_never_get_grants_within_the_interval",),
-           gate_spacing_halved),
-    Mutant("gate_no_wait_after_state_lost", "spacing gate: wait out a hold after state lost",
-           "gate_waits_after_state_lost", ("core/test_gate.py::test_lost_state_waits_out_a_full_hold",),
-           gate_no_wait_after_state_lost),
-    Mutant("retry_after_ignored", "spacing gate: Retry-After", "retry_after_honoured",
-           ("core/test_gate.py::test_retry_after_pushes_every_consumer_back",), retry_after_ignored),
-    Mutant("cursor_skips_an_id", "cursor", "nothing_lost",
-           ("core/test_drain.py",), cursor_skips_an_id),
-    Mutant("fence_epoch_clause_removed", "fence: epoch clause", "stale_commit_fenced",
-           ("core/test_store.py::test_a_commit_after_another_holder_bumped_the_epoch_is_refused",),
-           fence_epoch_clause_removed),
-    Mutant("fence_cursor_clause_removed", "fence: cursor clause", None,
-           ("core/test_store.py::test_a_commit_from_a_wrong_cursor_is_refused",), fence_cursor_clause_removed,
-           note="every takeover bumps the epoch, so the epoch clause refuses every stale holder the harness "
-                "can make; a current epoch with a stale cursor takes a bug in the drain itself"),
-    Mutant("lease_released_without_owner_check", "lease: compare-and-delete", "lease_kept_by_taker",
-           ("core/test_lease.py::test_release_by_a_non_owner_leaves_the_lease_alone",),
-           lease_released_without_owner_check),
-    Mutant("page_committed_twice", "one page, one write", "no_row_written_twice_in_a_commit",
-           ("core/test_store.py::test_a_commit_writes_each_row_of_its_page_once",), page_committed_twice),
-)}
+MUTANTS = {
+    m.name: m
+    for m in (
+        Mutant(
+            "gate_spacing_halved",
+            "spacing gate: interval",
+            "no_spacing_violation",
+            ("core/test_gate.py::test_two_processes_never_get_grants_within_the_interval",),
+            gate_spacing_halved,
+        ),
+        Mutant(
+            "gate_no_wait_after_state_lost",
+            "spacing gate: wait out a hold after state lost",
+            "gate_waits_after_state_lost",
+            ("core/test_gate.py::test_lost_state_waits_out_a_full_hold",),
+            gate_no_wait_after_state_lost,
+        ),
+        Mutant(
+            "retry_after_ignored",
+            "spacing gate: Retry-After",
+            "retry_after_honoured",
+            ("core/test_gate.py::test_retry_after_pushes_every_consumer_back",),
+            retry_after_ignored,
+        ),
+        Mutant("cursor_skips_an_id", "cursor", "nothing_lost", ("core/test_drain.py",), cursor_skips_an_id),
+        Mutant(
+            "fence_epoch_clause_removed",
+            "fence: epoch clause",
+            "stale_commit_fenced",
+            ("core/test_store.py::test_a_commit_after_another_holder_bumped_the_epoch_is_refused",),
+            fence_epoch_clause_removed,
+        ),
+        Mutant(
+            "fence_cursor_clause_removed",
+            "fence: cursor clause",
+            None,
+            ("core/test_store.py::test_a_commit_from_a_wrong_cursor_is_refused",),
+            fence_cursor_clause_removed,
+            note="every takeover bumps the epoch, so the epoch clause refuses every stale holder the harness "
+            "can make; a current epoch with a stale cursor takes a bug in the drain itself",
+        ),
+        Mutant(
+            "lease_released_without_owner_check",
+            "lease: compare-and-delete",
+            "lease_kept_by_taker",
+            ("core/test_lease.py::test_release_by_a_non_owner_leaves_the_lease_alone",),
+            lease_released_without_owner_check,
+        ),
+        Mutant(
+            "page_committed_twice",
+            "one page, one write",
+            "no_row_written_twice_in_a_commit",
+            ("core/test_store.py::test_a_commit_writes_each_row_of_its_page_once",),
+            page_committed_twice,
+        ),
+    )
+}
 
 
 def apply(name: str) -> None:

@@ -32,8 +32,9 @@ def mutant_env(mutant: str | None) -> dict[str, str]:
 
 def _run(cmd: list[str], env: dict, timeout: float, log_path: Path) -> tuple[int | None, str]:
     with open(log_path, "wb") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True
+        )
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -43,12 +44,23 @@ def _run(cmd: list[str], env: dict, timeout: float, log_path: Path) -> tuple[int
     return proc.returncode, out.decode(errors="replace")
 
 
-def chaos_run(mutant: str | None, *, seed: int, seconds: float, faults: list[str] | None = None,
-              timeout: float | None = None) -> dict:
+def chaos_run(
+    mutant: str | None, *, seed: int, seconds: float, faults: list[str] | None = None, timeout: float | None = None
+) -> dict:
     """One chaos run; its report's verdict: {"ok", "failed": [checks], "returncode", "log"}."""
     with tempfile.TemporaryDirectory(prefix="event-ingest-mutant-") as tmp:
-        cmd = [sys.executable, "-m", "event_ingest.chaos", "--seconds", f"{seconds:g}", "--seed", str(seed),
-               "--json", "--data-dir", os.path.join(tmp, "state")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "event_ingest.chaos",
+            "--seconds",
+            f"{seconds:g}",
+            "--seed",
+            str(seed),
+            "--json",
+            "--data-dir",
+            os.path.join(tmp, "state"),
+        ]
         if faults:
             cmd += ["--faults", ",".join(faults)]
         log_path = Path(tmp) / "chaos.log"
@@ -65,9 +77,21 @@ def chaos_run(mutant: str | None, *, seed: int, seconds: float, faults: list[str
 def unit_run(mutant: str | None, tests: tuple[str, ...], timeout: float = 300) -> dict:
     """The unit tests ``tests`` (node ids under event_ingest_tests/) against ``mutant``: did they fail?"""
     with tempfile.TemporaryDirectory(prefix="event-ingest-mutant-") as tmp:
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-               *(f"event_ingest_tests/{t}" for t in tests)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-x",
+            *(f"event_ingest_tests/{t}" for t in tests),
+        ]
         code, out = _run(cmd, mutant_env(mutant), timeout, Path(tmp) / "pytest.log")
     summary = out.strip().splitlines()[-1] if out.strip() else "(no output)"
-    return {"failed": code not in (0, None) and " failed" in summary, "passed": code == 0, "summary": summary,
-            "output": out[-3000:]}
+    return {
+        "failed": code not in (0, None) and " failed" in summary,
+        "passed": code == 0,
+        "summary": summary,
+        "output": out[-3000:],
+    }

@@ -22,8 +22,8 @@ rewound over stored events - take ``INSERT ... ON CONFLICT DO NOTHING``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ..page import Event, Quarantined
 from .connections import Fenced, StoreError
@@ -115,8 +115,14 @@ class CommitResult:
 
 def quarantine_params(source: str, item: Quarantined, at_cursor: int | None = None) -> dict:
     digest = hashlib.sha256(item.raw + b"\0" + item.reason.encode()).hexdigest()
-    return {"source": source, "event_id": item.event_id, "raw": item.raw, "reason": item.reason, "digest": digest,
-            "at_cursor": at_cursor}
+    return {
+        "source": source,
+        "event_id": item.event_id,
+        "raw": item.raw,
+        "reason": item.reason,
+        "digest": digest,
+        "at_cursor": at_cursor,
+    }
 
 
 def request_counts(requests: int, errors: int = 0) -> dict:
@@ -159,8 +165,13 @@ class Commits:
         def commit(cur):
             cur.execute(
                 ADVANCE_CURSOR_SQL,
-                {"source": source, "epoch": epoch, "old_cursor": old_cursor, "new_cursor": new_cursor,
-                 **request_counts(requests)},
+                {
+                    "source": source,
+                    "epoch": epoch,
+                    "old_cursor": old_cursor,
+                    "new_cursor": new_cursor,
+                    **request_counts(requests),
+                },
             )
             if cur.rowcount != 1:
                 raise Fenced(
@@ -176,8 +187,9 @@ class Commits:
             raise
 
     @staticmethod
-    def _store_page(cur, source: str, events: list[Event], quarantined: Iterable[Quarantined],
-                    at_cursor: int | None) -> CommitResult:
+    def _store_page(
+        cur, source: str, events: list[Event], quarantined: Iterable[Quarantined], at_cursor: int | None
+    ) -> CommitResult:
         """The page's rows, inside a transaction that already holds the fence (the state row lock)."""
         quarantined = list(quarantined)
         inserted = copied = 0
@@ -193,8 +205,11 @@ class Commits:
             if maybe_stored:
                 cur.execute(
                     INSERT_EVENTS_SQL,
-                    {"source": source, "ids": [e.id for e in maybe_stored],
-                     "payloads": [e.payload_json for e in maybe_stored]},
+                    {
+                        "source": source,
+                        "ids": [e.id for e in maybe_stored],
+                        "payloads": [e.payload_json for e in maybe_stored],
+                    },
                 )
                 inserted = cur.rowcount
             inserted += copied
@@ -205,18 +220,30 @@ class Commits:
     def mark_polled(self, source: str, epoch: int, requests: int = 0) -> bool:
         """Record that the holder of ``epoch`` just polled ``source`` and found nothing new (and ``requests``
         sent since its last write). False if the epoch is no longer current (nothing written)."""
-        return self._run(f"poll mark for {source!r}",
-                         lambda cur: cur.execute(MARK_POLLED_SQL, {"source": source, "epoch": epoch,
-                                                                   **request_counts(requests)}).rowcount == 1)
+        return self._run(
+            f"poll mark for {source!r}",
+            lambda cur: (
+                cur.execute(MARK_POLLED_SQL, {"source": source, "epoch": epoch, **request_counts(requests)}).rowcount
+                == 1
+            ),
+        )
 
-    def record_failure(self, source: str, *, requests: int, error: str, bad_body: Quarantined | None = None,
-                       at_cursor: int | None = None) -> None:
+    def record_failure(
+        self,
+        source: str,
+        *,
+        requests: int,
+        error: str,
+        bad_body: Quarantined | None = None,
+        at_cursor: int | None = None,
+    ) -> None:
         """A failed attempt, in one transaction: the counters (``requests`` sent since the last write, one of
         them failed), the reason as the source's last error, and the body kept if it was not a page."""
 
         def put(cur):
-            cur.execute(RECORD_FAILURE_SQL, {"source": source, "error": error[:LAST_ERROR_CHARS],
-                                             **request_counts(requests, 1)})
+            cur.execute(
+                RECORD_FAILURE_SQL, {"source": source, "error": error[:LAST_ERROR_CHARS], **request_counts(requests, 1)}
+            )
             if bad_body is not None:
                 cur.execute(INSERT_QUARANTINE_SQL, quarantine_params(source, bad_body, at_cursor))
 
@@ -224,8 +251,10 @@ class Commits:
 
     def record_requests(self, source: str, requests: int) -> None:
         """Requests sent since the last write that counted them (a drain's last few, when it ends)."""
-        self._run(f"request count for {source!r}",
-                  lambda cur: cur.execute(RECORD_REQUESTS_SQL, {"source": source, **request_counts(requests)}))
+        self._run(
+            f"request count for {source!r}",
+            lambda cur: cur.execute(RECORD_REQUESTS_SQL, {"source": source, **request_counts(requests)}),
+        )
 
     def quarantine(self, source: str, items: Iterable[Quarantined], at_cursor: int | None = None) -> None:
         """Keep bytes that could not be read as a page (outside any cursor move), served at ``at_cursor``."""

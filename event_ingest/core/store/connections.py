@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator, Self
+from collections.abc import Iterator
+from typing import Self
 
 import psycopg
 
@@ -35,7 +36,12 @@ class Connections:
     """
 
     def __init__(
-        self, url: str, *, application_name: str = "event-ingest", connect_timeout_s: int = 5, pool_size: int = 1,
+        self,
+        url: str,
+        *,
+        application_name: str = "event-ingest",
+        connect_timeout_s: int = 5,
+        pool_size: int = 1,
         read_only: bool = False,
     ) -> None:
         if pool_size < 1:
@@ -59,8 +65,12 @@ class Connections:
 
     def _connect(self) -> psycopg.Connection:
         try:
-            conn = psycopg.connect(self.url, application_name=self._application_name,
-                                   connect_timeout=self._connect_timeout_s, autocommit=False)
+            conn = psycopg.connect(
+                self.url,
+                application_name=self._application_name,
+                connect_timeout=self._connect_timeout_s,
+                autocommit=False,
+            )
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to Postgres at {redact_url(self.url)}: {_first_line(exc)}") from None
         conn.read_only = self._read_only

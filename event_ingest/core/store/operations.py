@@ -115,8 +115,10 @@ class Operations:
                 raise StateConflict(f"source {source!r} has no state: nothing was ingested from it; nothing done")
             cursor = int(row[0])
             if from_id > cursor:
-                raise StateConflict(f"source {source!r}: --from-id {from_id} is above the cursor {cursor}; nothing "
-                                    "done (replay only moves the cursor back; `event-ingest skip` moves it on)")
+                raise StateConflict(
+                    f"source {source!r}: --from-id {from_id} is above the cursor {cursor}; nothing "
+                    "done (replay only moves the cursor back; `event-ingest skip` moves it on)"
+                )
             epoch = cur.execute(REWIND_SQL, {"source": source, "from_id": from_id}).fetchone()[0]
             deleted = 0
             if delete_from is not None:
@@ -125,8 +127,9 @@ class Operations:
 
         return self._run(f"replay of {source!r}", rewind)
 
-    def quarantine_items(self, source: str | None = None, *, include_resolved: bool = False,
-                         limit: int = 100) -> tuple[list[QuarantineItem], int]:
+    def quarantine_items(
+        self, source: str | None = None, *, include_resolved: bool = False, limit: int = 100
+    ) -> tuple[list[QuarantineItem], int]:
         """The newest ``limit`` items (open ones unless ``include_resolved``) and how many there are in all."""
 
         def read(cur):
@@ -145,26 +148,32 @@ class Operations:
 
         return self._run(f"quarantine item {item_id}", read)
 
-    def requeue(self, source: str, *, epoch: int, cursor: int, item_id: int, events: list[Event],
-                note: str) -> CommitResult:
+    def requeue(
+        self, source: str, *, epoch: int, cursor: int, item_id: int, events: list[Event], note: str
+    ) -> CommitResult:
         """Store events read again from a quarantined item and mark the item requeued, in ONE transaction
         fenced like a page commit (epoch and cursor), the cursor unchanged. Refused (StateConflict) if the item
         is gone, already requeued, of another source, or any of the events is stored already."""
 
         def commit(cur):
             if cur.execute(HOLD_FENCE_SQL, {"source": source, "epoch": epoch, "cursor": cursor}).rowcount != 1:
-                raise Fenced(f"source {source!r}: requeue refused by the fence (epoch {epoch}, cursor {cursor}): "
-                             "another consumer took this source over")
+                raise Fenced(
+                    f"source {source!r}: requeue refused by the fence (epoch {epoch}, cursor {cursor}): "
+                    "another consumer took this source over"
+                )
             row = cur.execute(LOCK_QUARANTINE_ITEM_SQL, {"id": item_id}).fetchone()
             if row is None or row[0] != source:
                 raise StateConflict(f"quarantine item {item_id} of source {source!r} does not exist; nothing done")
             if row[1] == "requeued":
                 raise StateConflict(f"quarantine item {item_id} was requeued already; nothing done")
-            stored = [r[0] for r in cur.execute(STORED_IDS_SQL, {"source": source,
-                                                                  "ids": [e.id for e in events]}).fetchall()]
+            stored = [
+                r[0] for r in cur.execute(STORED_IDS_SQL, {"source": source, "ids": [e.id for e in events]}).fetchall()
+            ]
             if stored:
-                raise StateConflict(f"source {source!r} already stores event {', '.join(map(str, stored))}; nothing "
-                                    "done (discard the item if the stored event is the right one)")
+                raise StateConflict(
+                    f"source {source!r} already stores event {', '.join(map(str, stored))}; nothing "
+                    "done (discard the item if the stored event is the right one)"
+                )
             result = self._store_page(cur, source, events, (), at_cursor=None)
             cur.execute(RESOLVE_QUARANTINE_SQL, {"id": item_id, "resolution": "requeued", "note": note})
             return result
@@ -190,9 +199,16 @@ class Operations:
         """The item that holds ``source`` at its cursor, if one does (see STUCK_SQL)."""
 
         def read(cur):
-            row = cur.execute(STUCK_SQL, {"source": source, "stops_before": STOPS_BEFORE_REASON,
-                                          "malformed": MALFORMED_BODY_REASON, "sightings": STUCK_SIGHTINGS,
-                                          "after_s": after_s}).fetchone()
+            row = cur.execute(
+                STUCK_SQL,
+                {
+                    "source": source,
+                    "stops_before": STOPS_BEFORE_REASON,
+                    "malformed": MALFORMED_BODY_REASON,
+                    "sightings": STUCK_SIGHTINGS,
+                    "after_s": after_s,
+                },
+            ).fetchone()
             return None if row is None else Stuck(*row)
 
         return self._run(f"stuck query for {source!r}", read)

@@ -144,7 +144,6 @@ class SourceStatus:
     poll_age_s: float | None = None  # seconds since the last successful poll, on Postgres' clock
 
 
-
 @dataclass(frozen=True)
 class SourceActivity:
     source: str
@@ -190,10 +189,22 @@ class Reads:
             cur.execute(STATUS_SQL, {"source": source})
             return [
                 SourceStatus(
-                    source=r[0], cursor=r[1], epoch=r[2], last_ingest_at=r[3], fenced_commits=r[4],
-                    last_poll_at=r[5], events=int(r[6]), max_event_id=r[7], quarantined=r[8],
-                    created_at=r[9], requests=r[10], errors=r[11], recent_error_rate=r[12], last_error=r[13],
-                    last_error_at=r[14], poll_age_s=r[15],
+                    source=r[0],
+                    cursor=r[1],
+                    epoch=r[2],
+                    last_ingest_at=r[3],
+                    fenced_commits=r[4],
+                    last_poll_at=r[5],
+                    events=int(r[6]),
+                    max_event_id=r[7],
+                    quarantined=r[8],
+                    created_at=r[9],
+                    requests=r[10],
+                    errors=r[11],
+                    recent_error_rate=r[12],
+                    last_error=r[13],
+                    last_error_at=r[14],
+                    poll_age_s=r[15],
                 )
                 for r in cur.fetchall()
             ]
@@ -288,8 +299,9 @@ class Reads:
     def save_rollup(self, source: str, rows: list[tuple[datetime, int]]) -> None:
         """Upsert (minute, events) rows of events_per_minute for one source. The counting triggers keep
         that table as rows are written; counts given here replace theirs for those minutes."""
-        self._run(f"rollup of {source!r}",
-                  lambda cur: cur.executemany(UPSERT_ROLLUP_SQL, [(source, m, n) for m, n in rows]))
+        self._run(
+            f"rollup of {source!r}", lambda cur: cur.executemany(UPSERT_ROLLUP_SQL, [(source, m, n) for m, n in rows])
+        )
 
     def event_ids(self, source: str) -> list[int]:
         def read(cur):
@@ -299,5 +311,6 @@ class Reads:
         return self._run(f"id listing for {source!r}", read)
 
     def source_activity(self) -> list[SourceActivity]:
-        return self._run("source listing",
-                         lambda cur: [SourceActivity(*r) for r in cur.execute(SOURCE_ACTIVITY_SQL).fetchall()])
+        return self._run(
+            "source listing", lambda cur: [SourceActivity(*r) for r in cur.execute(SOURCE_ACTIVITY_SQL).fetchall()]
+        )

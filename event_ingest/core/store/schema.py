@@ -13,7 +13,7 @@ minute. Checks and the rollup read those, never every row.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+from collections.abc import Iterable
 
 from psycopg import sql
 
@@ -165,13 +165,13 @@ END $$;
 # a partition for an operator's `DELETE FROM events_<source>`. So both carry them.
 COUNTING_TRIGGERS = {
     "events_count_insert": "AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT "
-                           "EXECUTE FUNCTION events_count_insert()",
+    "EXECUTE FUNCTION events_count_insert()",
     "events_count_delete": "AFTER DELETE ON {table} REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT "
-                           "EXECUTE FUNCTION events_count_delete()",
+    "EXECUTE FUNCTION events_count_delete()",
     "events_count_update": "AFTER UPDATE ON {table} REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows "
-                           "FOR EACH STATEMENT EXECUTE FUNCTION events_count_update()",
+    "FOR EACH STATEMENT EXECUTE FUNCTION events_count_update()",
     "events_count_truncate": "AFTER TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION "
-                             "events_count_truncate({source})",
+    "events_count_truncate({source})",
 }
 
 # Version 3: when a source was last polled (freshness). A step, not a line of SCHEMA_SQL: an ALTER TABLE
@@ -290,7 +290,8 @@ class Schema:
         for name, definition in COUNTING_TRIGGERS.items():
             cur.execute(
                 sql.SQL("CREATE OR REPLACE TRIGGER {} " + definition).format(
-                    sql.Identifier(name), table=sql.Identifier(table),
+                    sql.Identifier(name),
+                    table=sql.Identifier(table),
                     source=sql.Literal(source) if source is not None else sql.SQL(""),
                 )
             )

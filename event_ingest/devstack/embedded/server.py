@@ -9,8 +9,9 @@ import pwd
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 from event_ingest.devstack.procs import (
     HOST,
@@ -60,7 +61,7 @@ class ServerURL(str):
 
     _factory: Callable[..., str]
 
-    def __new__(cls, value: str, factory: Callable[..., str]) -> "ServerURL":
+    def __new__(cls, value: str, factory: Callable[..., str]) -> ServerURL:
         obj = super().__new__(cls, value)
         obj._factory = factory
         return obj
@@ -83,16 +84,25 @@ class _EmbeddedServer:
     _not_ready = "did not answer"  # in the message when start-up times out
     _ready_poll_s = 0.05
 
-    def __init__(self, data_dir: Path | str, port: int | None, *,
-                 on_orphan: OrphanPolicy = "error", log_file: Path | str | None = None):
+    def __init__(
+        self,
+        data_dir: Path | str,
+        port: int | None,
+        *,
+        on_orphan: OrphanPolicy = "error",
+        log_file: Path | str | None = None,
+    ):
         if on_orphan not in ("error", "stop", "adopt"):
             raise ValueError(f"on_orphan must be 'error', 'stop' or 'adopt', not {on_orphan!r}")
         self.data_dir = Path(data_dir).expanduser().resolve()
         self._requested_port = port
         self.port: int | None = port
         self.on_orphan: OrphanPolicy = on_orphan
-        self.log_path = (Path(log_file).expanduser().resolve() if log_file is not None
-                         else self.data_dir.parent / f"{self.data_dir.name}.log")
+        self.log_path = (
+            Path(log_file).expanduser().resolve()
+            if log_file is not None
+            else self.data_dir.parent / f"{self.data_dir.name}.log"
+        )
         self.timings: dict[str, float] = {}
         self._proc: subprocess.Popen | None = None
         self._adopted_pid: int | None = None
@@ -151,8 +161,7 @@ class _EmbeddedServer:
             if self._proc is not None:
                 proc = self._proc
                 if not stop_child(proc, self._stop_signal, timeout):
-                    log.warning("%s (pid %s) did not stop within %.0fs; killed it",
-                                self.kind, proc.pid, timeout)
+                    log.warning("%s (pid %s) did not stop within %.0fs; killed it", self.kind, proc.pid, timeout)
             elif self._adopted_pid is not None:
                 stop_pid(self._adopted_pid, self._stop_signal, timeout)
         finally:
@@ -228,8 +237,9 @@ class _EmbeddedServer:
         free, else a new free one. `auto` says a different port may be tried on a clash."""
         if self._requested_port is not None:
             if not port_is_free(self._requested_port):
-                raise self._error(f"cannot start {self.kind}: port {self._requested_port} on {HOST} "
-                                  f"is already in use", with_log=False)
+                raise self._error(
+                    f"cannot start {self.kind}: port {self._requested_port} on {HOST} is already in use", with_log=False
+                )
             return self._requested_port, False
         remembered = self._read_port_file()
         if remembered is not None:
@@ -271,17 +281,18 @@ class _EmbeddedServer:
             self._cleanup_after_dead_server(pid_file, lines)
             return None
         if not self._looks_like_ours(pid):
-            log.warning("%s: removing stale pid file %s: pid %s is now an unrelated process",
-                        self.kind, pid_file, pid)
+            log.warning("%s: removing stale pid file %s: pid %s is now an unrelated process", self.kind, pid_file, pid)
             self._cleanup_after_dead_server(pid_file, lines)
             return None
         if self.on_orphan == "adopt":
-            log.warning("%s: adopting server pid %s left running on %s by an earlier run",
-                        self.kind, pid, self.data_dir)
+            log.warning(
+                "%s: adopting server pid %s left running on %s by an earlier run", self.kind, pid, self.data_dir
+            )
             return pid
         if self.on_orphan == "stop":
-            log.warning("%s: stopping server pid %s left running on %s by an earlier run",
-                        self.kind, pid, self.data_dir)
+            log.warning(
+                "%s: stopping server pid %s left running on %s by an earlier run", self.kind, pid, self.data_dir
+            )
             stop_pid(pid, self._stop_signal, 30)
             self._cleanup_after_dead_server(pid_file, lines)
             return None
@@ -304,7 +315,6 @@ class _EmbeddedServer:
             return cwd.resolve() == self.data_dir
         except OSError:
             return True
-
 
     def _ready(self) -> bool:
         """The server answers (a query, a PING)."""

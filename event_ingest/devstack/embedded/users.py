@@ -66,7 +66,7 @@ def _ensure_readable_tree(root: Path, pw: pwd.struct_passwd) -> None:
         return
     gids = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
     changed = [str(d) for d in root.parents if _grant(d, pw.pw_uid, gids, _X)]
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         if _grant(Path(dirpath), pw.pw_uid, gids, _R, _X):
             changed.append(dirpath)
         for fn in filenames:
@@ -100,8 +100,17 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
     shells = ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false")
     shell = next((s for s in shells if os.path.exists(s)), "/bin/false")
     if shutil.which("useradd"):
-        cmd = ["useradd", "--system", "--user-group", "--no-create-home",
-               "--home-dir", "/nonexistent", "--shell", shell, name]
+        cmd = [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            shell,
+            name,
+        ]
     elif shutil.which("adduser"):  # busybox (Alpine)
         cmd = ["adduser", "-S", "-D", "-H", "-h", "/nonexistent", "-s", shell, name]
     else:
