@@ -45,6 +45,7 @@ from ..devstack.procs import (
     sweep,
     usage,
 )
+from ..mocksource.cli import command as mock_source_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,18 +91,7 @@ class MockFleet:
         for name in self.names:
             log = open(self.workdir / f"mock-{name}.log", "ab")
             self.procs[name] = spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "event_ingest.cli",
-                    "mock-source",
-                    "--name",
-                    name,
-                    "--port",
-                    str(self.ports[name]),
-                    "--rate",
-                    str(self.rate),
-                ],
+                mock_source_command(name, self.ports[name], rate=self.rate),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

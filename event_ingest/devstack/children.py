@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DAGSTER_DATABASE_URL_ENV
+from ..mocksource.cli import command as mock_source_command
 from .errors import DevError
 from .procs import HOST, alive, killpg, process_tree, signal_pid, spawn, start_time, stop_child, sweep
 
@@ -82,22 +83,7 @@ class _Children:
         for i, (name, batch, seed) in enumerate(MOCK_SOURCES):
             port = self.args.sources_port_base + i
             log_path = self.logs_dir / f"mock-{name}.log"
-            cmd = [
-                sys.executable,
-                "-m",
-                "event_ingest.cli",
-                "mock-source",
-                "--name",
-                name,
-                "--port",
-                str(port),
-                "--seed-batch",
-                str(batch),
-                "--error-rate",
-                str(MOCK_ERROR_RATE),
-                "--random-seed",
-                str(seed),
-            ]
+            cmd = mock_source_command(name, port, seed_batch=batch, error_rate=MOCK_ERROR_RATE, random_seed=seed)
             with open(log_path, "ab") as logf:
                 proc = self._spawn(f"mock source {name}", cmd, stdout=logf, stderr=subprocess.STDOUT)
             child = Child(

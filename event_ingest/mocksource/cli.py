@@ -10,6 +10,15 @@ from event_ingest.mocksource.config import MockSourceConfig
 from event_ingest.mocksource.source import serve_forever
 
 
+def command(name: str, port: int, **options: object) -> list[str]:
+    """The command line that serves one mock source in a process of its own; ``options`` are this
+    module's long options with underscores (``seed_batch=3`` is ``--seed-batch 3``)."""
+    cmd = [sys.executable, "-m", "event_ingest.cli", "mock-source", "--name", name, "--port", str(port)]
+    for key, value in options.items():
+        cmd += ["--" + key.replace("_", "-"), str(value)]
+    return cmd
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the mock-source options (dest names match MockSourceConfig fields)."""
     parser.add_argument("--name", required=True, help="source name (in payloads and /health)")
