@@ -204,7 +204,12 @@ class SourceClient:
                 body = self._read_capped(response, deadline)
         except (BodyTooLarge, DeadlineExceeded, UndecodableBody, httpx.HTTPError) as exc:
             if not closed:
-                self.gate.close()
+                # No response began. After a timeout nothing proves the request reached the source:
+                # it may still wait in a queue or a busy server's backlog and be read later. The
+                # next slot waits one more request's life, so even a request read that late keeps
+                # its distance from the next one.
+                unanswered = isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout))
+                self.gate.close(defer_s=source.timeout_s + source.min_interval_s if unanswered else 0.0)
             untrusted = _untrusted_certificate(exc)
             if untrusted is not None:
                 trusted_by = f"ca_file {source.ca_file}" if source.ca_file else "the system certificate store"
