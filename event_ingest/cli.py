@@ -499,6 +499,29 @@ LAZY_COMMANDS = {
 }
 
 
+def _lease_wait_and_sources(p: argparse.ArgumentParser) -> None:
+    """Options of every command that takes a source's lease: how long to wait for it, which sources file."""
+    p.add_argument(
+        "--lease-wait",
+        type=float,
+        default=LEASE_WAIT_S,
+        help=f"wait this long for a busy lease (default {LEASE_WAIT_S:g})",
+    )
+    p.add_argument("--sources", help=SOURCES_HELP)
+
+
+def _new_cursor(p: argparse.ArgumentParser, option: str, limits: str) -> None:
+    """A source name and the id its cursor moves to (replay moves it back, skip on)."""
+    p.add_argument("source", help="source name from the sources file")
+    p.add_argument(
+        option,
+        type=int,
+        required=True,
+        metavar="N",
+        help=f"new cursor: the next request asks for ids above N ({limits})",
+    )
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="event-ingest", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -513,13 +536,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--lease-ttl", type=float, default=LEASE_TTL_S, help=f"lease TTL in seconds (default {LEASE_TTL_S:g})"
     )
-    p.add_argument(
-        "--lease-wait",
-        type=float,
-        default=LEASE_WAIT_S,
-        help=f"wait this long for a busy lease (default {LEASE_WAIT_S:g})",
-    )
-    p.add_argument("--sources", help=SOURCES_HELP)
+    _lease_wait_and_sources(p)
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
     p.set_defaults(func=cmd_ingest)
 
@@ -528,21 +545,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="move a source stuck on a page it cannot read past it: the page is kept in "
         "quarantine and the cursor moves to N in one fenced commit",
     )
-    p.add_argument("source", help="source name from the sources file")
-    p.add_argument(
-        "--to-id",
-        type=int,
-        required=True,
-        metavar="N",
-        help="new cursor: the next request asks for ids above N (must be above the cursor)",
-    )
-    p.add_argument(
-        "--lease-wait",
-        type=float,
-        default=LEASE_WAIT_S,
-        help=f"wait this long for a busy lease (default {LEASE_WAIT_S:g})",
-    )
-    p.add_argument("--sources", help=SOURCES_HELP)
+    _new_cursor(p, "--to-id", "must be above the cursor")
+    _lease_wait_and_sources(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_skip)
 
@@ -560,14 +564,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="read a source again from an id: the cursor is rewound through the fence "
         "(a running drain is fenced and starts over from there); stored events are kept",
     )
-    p.add_argument("source", help="source name from the sources file")
-    p.add_argument(
-        "--from-id",
-        type=int,
-        required=True,
-        metavar="N",
-        help="new cursor: the next request asks for ids above N (0 to the cursor)",
-    )
+    _new_cursor(p, "--from-id", "0 to the cursor")
     p.add_argument(
         "--delete-from",
         type=int,
@@ -599,13 +596,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     q.add_argument("id", type=int)
     q.add_argument("--from-file", metavar="F", help="the corrected item (or page) instead of the kept bytes")
-    q.add_argument(
-        "--lease-wait",
-        type=float,
-        default=LEASE_WAIT_S,
-        help=f"wait this long for a busy lease (default {LEASE_WAIT_S:g})",
-    )
-    q.add_argument("--sources", help=SOURCES_HELP)
+    _lease_wait_and_sources(q)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quarantine_requeue)
     q = actions.add_parser(
