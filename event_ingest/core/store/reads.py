@@ -84,7 +84,7 @@ ON CONFLICT (source, minute) DO UPDATE SET events = excluded.events
 # Events from the block counters and the highest id from the index: no row is counted.
 STATUS_SQL = """
 SELECT s.source, s.cursor, s.epoch, s.last_ingest_at, s.fenced_commits, s.last_poll_at,
-       (SELECT coalesce(sum(b.events), 0) FROM id_blocks b WHERE b.source = s.source) AS events,
+       (SELECT coalesce(sum(b.events), 0) FROM id_blocks b WHERE b.source = s.source)::bigint AS events,
        (SELECT coalesce(max(event_id), 0) FROM events e WHERE e.source = s.source) AS max_event_id,
        (SELECT count(*) FROM quarantine q WHERE q.source = s.source AND q.resolution IS NULL) AS quarantined,
        s.created_at, s.requests, s.errors,
@@ -187,27 +187,9 @@ class Reads:
 
         def read(cur):
             cur.execute(STATUS_SQL, {"source": source})
-            return [
-                SourceStatus(
-                    source=r[0],
-                    cursor=r[1],
-                    epoch=r[2],
-                    last_ingest_at=r[3],
-                    fenced_commits=r[4],
-                    last_poll_at=r[5],
-                    events=int(r[6]),
-                    max_event_id=r[7],
-                    quarantined=r[8],
-                    created_at=r[9],
-                    requests=r[10],
-                    errors=r[11],
-                    recent_error_rate=r[12],
-                    last_error=r[13],
-                    last_error_at=r[14],
-                    poll_age_s=r[15],
-                )
-                for r in cur.fetchall()
-            ]
+            # The query names its columns as SourceStatus names its fields.
+            names = [column.name for column in cur.description]
+            return [SourceStatus(**dict(zip(names, r))) for r in cur.fetchall()]
 
         return self._run("status query", read)
 
