@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .explain import explain, read_traces
+
 if TYPE_CHECKING:
     from .harness import Harness
 
@@ -72,8 +74,11 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
     twice_in_commit = dict(h.sql(WRITTEN_TWICE_IN_A_COMMIT_SQL))
     committed_twice = dict(h.sql(COMMITTED_TWICE_SQL))
     sources = []
+    violations: list[dict] = []
+    traces = read_traces(h.dir / "logs")
     for mock in h.mocks:
-        seen = h.mock_stats(mock, ids=True)
+        seen = h.mock_stats(mock, ids=True, arrivals=True)
+        violations += explain(mock.name, seen["arrival_log"], seen["min_interval_ms"], traces, f.fault_log, h.started)
         served = set(seen["served_ids"])
         stored = {r[0] for r in h.sql("SELECT event_id FROM events WHERE source = %s", (mock.name,))}
         cursor, fenced = h.sql("SELECT cursor, fenced_commits FROM source_state WHERE source = %s", (mock.name,))[0]
@@ -101,6 +106,8 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
                 "fenced_commits": fenced,
                 "gaps_under_200ms": seen["gaps_under_200ms"],
                 "min_gap_ms": seen["min_gap_ms"],
+                "kernel_gaps_under_200ms": seen["kernel_gaps_under_200ms"],
+                "kernel_min_gap_ms": seen["kernel_min_gap_ms"],
                 "statuses": seen["statuses"],
             }
         )
@@ -113,6 +120,7 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
         "ids_committed_twice": sum(s["ids_committed_twice"] for s in sources),
         "quarantined": sum(s["quarantined"] for s in sources),
         "spacing_violations": sum(s["gaps_under_200ms"] for s in sources),
+        "spacing_violations_kernel": sum(s["kernel_gaps_under_200ms"] for s in sources),
         "requests_during_held_response": sum(t["requests_during_hold"] for t in f.flush_trials),
         "stale_commits_that_moved_something": sum(not t["commit_refused"] for t in f.fence_trials),
         "taker_leases_lost": sum(not t["lease_kept"] for t in f.fence_trials),
@@ -148,6 +156,7 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
         "totals": totals,
         "checks": checks,
         "per_source": sources,
+        "violations": violations,
         "fence_trials": f.fence_trials,
         "stops_not_taken_over": f.stops_not_taken_over,
         "flush_trials": f.flush_trials,

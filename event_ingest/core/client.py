@@ -39,6 +39,21 @@ class Kind(Enum):
 
 
 @dataclass
+class Timeline:
+    """One request's moments (``time.monotonic()`` of this host, and Redis' clock in µs): what the spacing
+    judge needs to explain a gap seen at the source."""
+
+    asked: float  # the gate was asked for the slot
+    granted: float  # the grant was read here
+    granted_redis_us: int
+    sent: float | None = None  # the request was handed to HTTP (None: given back unsent)
+    answered: float | None = None  # the response began
+    closed: float | None = None  # the slot was closed
+    closed_redis_us: int | None = None
+    defer_s: float = 0.0  # what the close added to the interval (Retry-After, an unanswered request)
+
+
+@dataclass
 class Outcome:
     kind: Kind
     page: Page | None = None
@@ -49,6 +64,7 @@ class Outcome:
     elapsed_s: float = 0.0
     sent: bool = True  # False: the slot went stale and the request was never sent
     body: bytes | None = None  # the 200 response's bytes as received (kept by an operator's skip)
+    timeline: Timeline | None = None
 
 
 class BodyTooLarge(Exception):
@@ -169,12 +185,15 @@ class SourceClient:
 
     def attempt(self, grant: Grant, last_id: int) -> Outcome:
         """Send one request (the caller holds ``grant``) and classify the answer. Closes the gate slot."""
-        outcome = self._attempt(grant, last_id)
+        timeline = Timeline(grant.asked_monotonic, grant.granted_monotonic, grant.redis_time_us)
+        outcome = self._attempt(grant, last_id, timeline)
+        timeline.closed, timeline.closed_redis_us = self.gate.last_closed, self.gate.last_closed_redis_us
+        outcome.timeline = timeline
         if self._secrets:
             outcome.reason = redact(outcome.reason, self._secrets)
         return outcome
 
-    def _attempt(self, grant: Grant, last_id: int) -> Outcome:
+    def _attempt(self, grant: Grant, last_id: int, timeline: Timeline) -> Outcome:
         source = self.source
         params = {"lastId": last_id, "limit": source.page_size}
         started = time.monotonic()
@@ -188,6 +207,7 @@ class SourceClient:
                 Kind.RETRY, reason="gate slot went stale before sending (process paused?); not sent", sent=False
             )
         self.request_starts.append(started)
+        timeline.sent = started
         self.requests += 1
         deadline = started + source.timeout_s
         retry_after: float | None = None
@@ -199,6 +219,8 @@ class SourceClient:
                     retry_after = parse_retry_after(response.headers.get("Retry-After"), source.max_retry_after_s)
                 # The response has begun: the request reached the source before now. Close the slot at
                 # once rather than after the body, so a long body does not stretch the spacing.
+                timeline.answered = time.monotonic()
+                timeline.defer_s = retry_after or 0.0
                 self.gate.close(defer_s=retry_after or 0.0)
                 closed = True
                 body = self._read_capped(response, deadline)
@@ -209,7 +231,8 @@ class SourceClient:
                 # next slot waits one more request's life, so even a request read that late keeps
                 # its distance from the next one.
                 unanswered = isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout))
-                self.gate.close(defer_s=source.timeout_s + source.min_interval_s if unanswered else 0.0)
+                timeline.defer_s = source.timeout_s + source.min_interval_s if unanswered else 0.0
+                self.gate.close(defer_s=timeline.defer_s)
             untrusted = _untrusted_certificate(exc)
             if untrusted is not None:
                 trusted_by = f"ca_file {source.ca_file}" if source.ca_file else "the system certificate store"

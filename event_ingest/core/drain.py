@@ -15,6 +15,7 @@ over within one lease poll of a handoff, or one lease TTL of a crash.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -39,6 +40,9 @@ from .page import Page
 from .store import Fenced, Store, StoreError
 
 log = logging.getLogger(__name__)
+# One JSON line per request at DEBUG (its gate slot, send and close times, epoch, cursor, outcome), for
+# whoever must explain a gap seen at a source (the chaos harness turns it on); off, it costs one check.
+trace = logging.getLogger("event_ingest.trace")
 
 
 class DrainStatus(str, Enum):
@@ -419,6 +423,20 @@ class Drain:
         except StoreError as exc:
             self.log.warning("last %d requests not counted in Postgres (%s)", requests, exc)
 
+    def _trace(self, outcome) -> None:
+        line = {
+            "src": self.source.name,
+            "consumer": self.stats.consumer,
+            "epoch": self.stats.epoch,
+            "last_id": self.cursor,
+            "kind": outcome.kind.value,
+            "sent": outcome.sent,
+            "status": outcome.status,
+            "reason": outcome.reason or None,
+            **(dataclasses.asdict(outcome.timeline) if outcome.timeline is not None else {}),
+        }
+        trace.debug("%s", json.dumps(line))
+
     def _sleep(self, seconds: float) -> None:
         """Sleep, but wake for a stop request or the deadline."""
         until = min(time.monotonic() + seconds, self.deadline)
@@ -454,6 +472,8 @@ class Drain:
                 outcome = self.client.attempt(grant, self.cursor)
             except GateUnavailable as exc:  # the slot could not be closed: Redis went away mid-request
                 raise _End(REDIS_DOWN, str(exc)) from None
+            if trace.isEnabledFor(logging.DEBUG):
+                self._trace(outcome)
             if outcome.kind is Kind.OK:
                 return outcome.page
             if not outcome.sent:

@@ -94,7 +94,7 @@ return {1, now}
 # ARGV[2] = interval_us
 # ARGV[3] = defer_us (Retry-After; 0 if none)
 # ARGV[4] = idle TTL in ms
-# Returns the microseconds until the next slot opens.
+# Returns {microseconds until the next slot opens, now on Redis' clock}.
 CLOSE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -108,7 +108,7 @@ if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'holder', 'hold_until')
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return next_at - now
+return {next_at - now, now}
 """
 
 
@@ -119,9 +119,10 @@ class GateUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class Grant:
     token: str
-    granted_monotonic: float
+    granted_monotonic: float  # when the grant's answer was read here
     waited_s: float
     redis_time_us: int  # the grant on Redis' clock
+    asked_monotonic: float = 0.0  # when the question that got the grant was sent: the grant is no older
 
 
 class Gate:
@@ -154,6 +155,7 @@ class Gate:
         self._redis = client
         self._not_before = 0.0  # monotonic; no slot before this, as our last close() was told
         self.last_closed: float | None = None  # monotonic time of our last close(): a response had begun
+        self.last_closed_redis_us: int | None = None  # the same on Redis' clock
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._close = client.register_script(CLOSE_LUA)
 
@@ -184,10 +186,11 @@ class Gate:
                 return None
             time.sleep(min(early, self.interval_us / 1_000_000))
         while True:
+            asked = time.monotonic()
             granted, value = self.try_acquire()
             now = time.monotonic()
             if granted:
-                return Grant(self.token, now, now - started, value)
+                return Grant(self.token, now, now - started, value, asked)
             wait_s = value / 1_000_000
             if should_stop is not None and should_stop():
                 return None
@@ -199,7 +202,8 @@ class Gate:
 
     def close(self, defer_s: float = 0.0) -> float:
         """The response (or the timeout) came back: the next slot opens interval (or defer) from now."""
-        wait_us = self._call(self._close, [self.token, self.interval_us, int(defer_s * 1_000_000), self.ttl_ms])
+        wait_us, now_us = self._call(self._close, [self.token, self.interval_us, int(defer_s * 1_000_000), self.ttl_ms])
         self.last_closed = time.monotonic()
+        self.last_closed_redis_us = int(now_us)
         self._not_before = self.last_closed + int(wait_us) / 1_000_000
         return int(wait_us) / 1_000_000

@@ -15,7 +15,9 @@ class _Recorder:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._arrivals: list[float] = []
+        self._arrivals: list[float] = []  # the handler's stamps (time.monotonic())
+        # Per /events request: (handler stamp, kernel receive stamp or None, lastId as asked), in handling order.
+        self._requests: list[tuple[float, float | None, str | None]] = []
         self._statuses: Counter[int] = Counter()
         self._faults: Counter[str] = Counter()
         # Count per id rather than a set: a failed write must undo only its own
@@ -24,9 +26,11 @@ class _Recorder:
         self._last_headers: dict[str, str] = {}
         self._last_ids: list[int] = []  # the lastId of each /events request read, in order
 
-    def arrival(self, at: float) -> None:
+    def arrival(self, at: float, kernel: float | None = None, query: str = "") -> None:
+        last_id = next((v for k, _, v in (p.partition("=") for p in query.split("&")) if k == "lastId"), None)
         with self._lock:
             self._arrivals.append(at)
+            self._requests.append((at, kernel, last_id))
 
     def status(self, code: int) -> None:
         with self._lock:
@@ -58,6 +62,7 @@ class _Recorder:
     def reset(self) -> None:
         with self._lock:
             self._arrivals.clear()
+            self._requests.clear()
             self._statuses.clear()
             self._faults.clear()
             self._served.clear()
@@ -69,12 +74,15 @@ class _Recorder:
             # Handler threads append in the order they got the lock, which may
             # differ from arrival order by microseconds: sort before diffing.
             arrivals = sorted(self._arrivals)
+            requests = list(self._requests)
             statuses = {str(k): v for k, v in sorted(self._statuses.items())}
             faults = dict(sorted(self._faults.items()))
             served = sorted(self._served)
             last_headers = dict(self._last_headers)
             last_ids = list(self._last_ids)
         gaps = [(b - a) * 1000.0 for a, b in zip(arrivals, arrivals[1:])]
+        kernel = sorted(k for _, k, _ in requests if k is not None)
+        kernel_gaps = [(b - a) * 1000.0 for a, b in zip(kernel, kernel[1:])]
         stats: dict[str, Any] = {
             "requests": len(arrivals),
             # First to last arrival: the span a rate at the source is measured over.
@@ -84,6 +92,10 @@ class _Recorder:
             # Named after the project rule; the threshold is min_interval_ms
             # (reported alongside) and is 200 unless configured otherwise.
             "gaps_under_200ms": sum(1 for g in gaps if g < min_interval_ms),
+            # The same judged on the kernel's receive time (arrival.py); None where the kernel gave none.
+            "kernel_stamped": len(kernel),
+            "kernel_min_gap_ms": round(min(kernel_gaps), 3) if kernel_gaps else None,
+            "kernel_gaps_under_200ms": sum(1 for g in kernel_gaps if g < min_interval_ms),
             "min_interval_ms": min_interval_ms,
             "statuses": statuses,
             "faults": faults,
@@ -97,5 +109,6 @@ class _Recorder:
         if include_arrivals:
             # time.monotonic() of this host; "clock" turns them into wall time (wall - monotonic).
             stats["arrivals"] = arrivals
+            stats["arrival_log"] = [{"at": a, "kernel": k, "last_id": q} for a, k, q in requests]
             stats["clock"] = {"monotonic": time.monotonic(), "wall": time.time()}
         return stats
