@@ -17,8 +17,8 @@ def format_report(report: dict) -> str:
         ("rows written twice in a commit", str(t["rows_written_twice_in_a_commit"])),
         ("ids written by two commits", str(t["ids_committed_twice"])),
         ("quarantined", str(t["quarantined"])),
-        ("spacing violations (handler stamp)", str(t["spacing_violations"])),
-        ("spacing violations (kernel receive time)", str(t["spacing_violations_kernel"])),
+        ("spacing violations (arrival at the source)", str(t["spacing_violations"])),
+        ("gaps < 200 ms as the handler read them", str(t["spacing_gaps_by_handler_stamp"])),
         ("min gap at sources (ms)", gap),
         ("requests during a held response", str(t["requests_during_held_response"])),
         (

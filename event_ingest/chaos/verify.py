@@ -24,7 +24,7 @@ CHECKS = {
     "cursor_is_max_stored_id": "the cursor is the highest stored id (no id skipped past)",
     "no_row_written_twice_in_a_commit": "no commit wrote one row twice (write audit)",
     "no_id_committed_twice": "no id was written by two commits that both landed (write audit)",
-    "no_spacing_violation": "no two requests reached a source less than 200 ms apart",
+    "no_spacing_violation": "no two requests reached a source less than 200 ms apart (kernel receive times)",
     "gate_waits_after_state_lost": "no request reached a source while it held a response and Redis was flushed",
     "retry_after_honoured": "no request came back before a Retry-After ran out",
     "no_request_while_redis_down": "no request reached a source while Redis was down",
@@ -106,8 +106,9 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
                 "fenced_commits": fenced,
                 "gaps_under_200ms": seen["gaps_under_200ms"],
                 "min_gap_ms": seen["min_gap_ms"],
-                "kernel_gaps_under_200ms": seen["kernel_gaps_under_200ms"],
-                "kernel_min_gap_ms": seen["kernel_min_gap_ms"],
+                "judged_on": seen["judged_on"],
+                "handler_gaps_under_200ms": seen["handler_gaps_under_200ms"],
+                "handler_min_gap_ms": seen["handler_min_gap_ms"],
                 "statuses": seen["statuses"],
             }
         )
@@ -120,7 +121,8 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
         "ids_committed_twice": sum(s["ids_committed_twice"] for s in sources),
         "quarantined": sum(s["quarantined"] for s in sources),
         "spacing_violations": sum(s["gaps_under_200ms"] for s in sources),
-        "spacing_violations_kernel": sum(s["kernel_gaps_under_200ms"] for s in sources),
+        # Not judged (how late a busy source read its requests), shown beside: see mocksource/arrival.py.
+        "spacing_gaps_by_handler_stamp": sum(s["handler_gaps_under_200ms"] for s in sources),
         "requests_during_held_response": sum(t["requests_during_hold"] for t in f.flush_trials),
         "stale_commits_that_moved_something": sum(not t["commit_refused"] for t in f.fence_trials),
         "taker_leases_lost": sum(not t["lease_kept"] for t in f.fence_trials),

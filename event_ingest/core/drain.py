@@ -224,14 +224,14 @@ class Drain:
         self.log = _DrainLog(logger, self)
         self.lease = Lease(redis_client, source.name, ttl_s=options.lease_ttl_s, wait_s=options.lease_wait_s)
         # The reservation outlives the longest request: timeout plus one interval.
-        self.gate = Gate(
+        gate = Gate(
             redis_client,
             source.name,
             interval_s=source.min_interval_s,
             hold_s=source.timeout_s + source.min_interval_s,
             token=self.stats.consumer,
         )
-        self.client = SourceClient(source, self.gate)
+        self.client = SourceClient(source, gate)
         budget = options.max_seconds if options.max_seconds is not None else source.max_run_seconds
         self.budget_s = budget
         self.deadline = math.inf
@@ -368,8 +368,8 @@ class Drain:
         # The gate already spaces polls by min_interval; a source that asks to be polled less often is
         # asked again idle_poll after this poll's response began (as the gate counts: the request reached
         # the source before its response came back, so the pace holds at the source too).
-        if self.source.idle_poll_s > self.source.min_interval_s and self.gate.last_closed is not None:
-            self._sleep(self.gate.last_closed + self.source.idle_poll_s - time.monotonic())
+        if self.source.idle_poll_s > self.source.min_interval_s and self.client.last_closed is not None:
+            self._sleep(self.client.last_closed + self.source.idle_poll_s - time.monotonic())
 
     def _mark_polled(self) -> None:
         requests = self._uncounted()
@@ -459,19 +459,15 @@ class Drain:
                 None if math.isinf(self.deadline) else max(self.deadline - time.monotonic(), 0.0) + source.timeout_s
             )
             try:
-                grant = self.gate.acquire(
-                    max_wait_s=max_wait, should_stop=lambda: self.should_stop() or self.lease.lost
+                outcome = self.client.fetch(
+                    self.cursor, max_wait_s=max_wait, should_stop=lambda: self.should_stop() or self.lease.lost
                 )
             except GateUnavailable as exc:
                 raise _End(REDIS_DOWN, str(exc)) from None
-            if grant is None:
+            if outcome is None:
                 if self.lease.lost:
                     raise _End(LEASE_LOST, f"source {source.name!r}: lease lost while waiting for a slot")
                 raise _End(STOPPED if self.should_stop() else BUDGET_SPENT)
-            try:
-                outcome = self.client.attempt(grant, self.cursor)
-            except GateUnavailable as exc:  # the slot could not be closed: Redis went away mid-request
-                raise _End(REDIS_DOWN, str(exc)) from None
             if trace.isEnabledFor(logging.DEBUG):
                 self._trace(outcome)
             if outcome.kind is Kind.OK:

@@ -37,6 +37,8 @@ Failure timeline it defends against:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
@@ -119,18 +121,43 @@ class GateUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class Grant:
     token: str
-    granted_monotonic: float  # when the grant's answer was read here
+    asked_monotonic: float  # when the question that got the grant was sent: the grant is no older than this
+    granted_monotonic: float  # when the answer was read (later, by a round trip or by a pause of this process)
     waited_s: float
     redis_time_us: int  # the grant on Redis' clock
-    asked_monotonic: float = 0.0  # when the question that got the grant was sent: the grant is no older
+
+
+class Slot:
+    """One granted slot: the reservation a request is sent under. ``close()`` it when the response begins
+    (or the request failed); :meth:`Gate.slot` closes it, as unanswered, if the holder left without."""
+
+    def __init__(self, gate: Gate, grant: Grant) -> None:
+        self.gate = gate
+        self.grant = grant
+        self.closed = False
+
+    def send_by(self, fraction_of_interval: float = 0.5) -> float:
+        """The latest monotonic time a request may still be sent under this slot.
+
+        The reservation is held ``hold`` (timeout + interval) from the grant; counted from when the grant
+        was *asked for* (never later than the grant), a request sent by then and answered or given up
+        within ``timeout_s`` of the same moment is over before the reservation can lapse, so the next
+        grant (at the close + interval, or at the lapse) is at least an interval after it reached the source.
+        """
+        return self.grant.asked_monotonic + self.gate.interval_us / 1_000_000 * fraction_of_interval
+
+    def close(self, defer_s: float = 0.0) -> float:
+        """The response began (or the attempt is over): the next slot opens an interval (or ``defer_s``) from now."""
+        self.closed = True
+        return self.gate.close(defer_s)
 
 
 class Gate:
     """The spacing gate for one source.
 
-    ``acquire()`` blocks until a slot is granted (or ``max_wait_s`` passes),
-    ``close()`` must follow every request that was sent, with the ``Retry-After``
-    seconds if the source asked for a pause.
+    ``with gate.slot() as slot:`` takes a slot (blocking until one is granted, or ``max_wait_s``), and
+    ``slot.close()`` must follow every request that was sent, with the ``Retry-After`` seconds if the
+    source asked for a pause. ``acquire()``/``close()`` are the same steps, for tests and tools.
     """
 
     def __init__(
@@ -159,6 +186,10 @@ class Gate:
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._close = client.register_script(CLOSE_LUA)
 
+    @property
+    def hold_s(self) -> float:
+        return self.hold_us / 1_000_000
+
     def _call(self, script, args: list, keys: list[str] | None = None) -> object:
         try:
             return script(keys=keys or [self.key], args=args)
@@ -186,11 +217,13 @@ class Gate:
                 return None
             time.sleep(min(early, self.interval_us / 1_000_000))
         while True:
+            # Read the clock *before* asking: a process paused after Redis granted but before it read the
+            # answer (SIGSTOP, a frozen VM, a long GC) must see its grant as old as the pause, not as new.
             asked = time.monotonic()
             granted, value = self.try_acquire()
             now = time.monotonic()
             if granted:
-                return Grant(self.token, now, now - started, value, asked)
+                return Grant(self.token, asked, now, now - started, value)
             wait_s = value / 1_000_000
             if should_stop is not None and should_stop():
                 return None
@@ -199,6 +232,24 @@ class Gate:
             # Sleep to just past the slot, but poll a holder's reservation more
             # often: its close() usually comes long before the hold expires.
             time.sleep(min(max(wait_s, 0.0005), self.interval_us / 1_000_000))
+
+    @contextmanager
+    def slot(self, max_wait_s: float | None = None, should_stop=None) -> Iterator[Slot | None]:
+        """A granted slot (None if none came within ``max_wait_s`` or ``should_stop()`` said so).
+
+        Whatever ends the block, the slot is closed: a holder that leaves without closing (an exception
+        from anywhere) closes it as an unanswered request, which waits one more request's life.
+        """
+        grant = self.acquire(max_wait_s, should_stop)
+        if grant is None:
+            yield None
+            return
+        slot = Slot(self, grant)
+        try:
+            yield slot
+        finally:
+            if not slot.closed:
+                slot.close(defer_s=self.hold_s)
 
     def close(self, defer_s: float = 0.0) -> float:
         """The response (or the timeout) came back: the next slot opens interval (or defer) from now."""

@@ -8,6 +8,7 @@ change what it meant to: a mutant that silently breaks nothing would prove nothi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,6 +109,41 @@ def page_committed_twice() -> None:
     store.Store._store_page = staticmethod(twice)
 
 
+def stale_slot_timed_from_the_answer() -> None:
+    from event_ingest.core import gate
+
+    acquire = gate.Gate.acquire
+
+    def from_the_answer(self, *args, **kwargs):
+        grant = acquire(self, *args, **kwargs)
+        # A grant counted from when its answer was read: a pause before reading it goes unseen.
+        return grant and dataclasses.replace(grant, asked_monotonic=grant.granted_monotonic)
+
+    gate.Gate.acquire = from_the_answer
+
+
+def send_by_not_checked_at_the_write() -> None:
+    from event_ingest.core import http
+
+    def unchecked(self):
+        self.written = True
+
+    http.Guard.before_write = unchecked
+
+
+def unanswered_wait_only_after_timeouts() -> None:
+    import httpcore
+
+    from event_ingest.core import client
+
+    def timeouts_only(source, written, exc):
+        return (
+            source.timeout_s + source.min_interval_s if written and isinstance(exc, httpcore.TimeoutException) else 0.0
+        )
+
+    client.unanswered_defer = timeouts_only
+
+
 MUTANTS = {
     m.name: m
     for m in (
@@ -162,6 +198,31 @@ MUTANTS = {
             "no_row_written_twice_in_a_commit",
             ("core/test_store.py::test_a_commit_writes_each_row_of_its_page_once",),
             page_committed_twice,
+        ),
+        Mutant(
+            "stale_slot_timed_from_the_answer",
+            "spacing gate: a slot's age counted from when it was asked for",
+            None,
+            ("core/test_gate.py::test_a_slot_that_went_stale_before_sending_is_given_back_unused",),
+            stale_slot_timed_from_the_answer,
+            note="chaos reaches it only when a SIGSTOP lands while a grant's answer is on its way (a few in a "
+            "hundred stops); the unit test holds the answer back on purpose",
+        ),
+        Mutant(
+            "send_by_not_checked_at_the_write",
+            "spacing gate: the slot checked where the request is written",
+            None,
+            ("core/test_client.py::test_a_request_is_never_written_after_its_slot_went_stale",),
+            send_by_not_checked_at_the_write,
+            note="the window it guards is microseconds wide unless connecting is slow: a unit test makes it so",
+        ),
+        Mutant(
+            "unanswered_wait_only_after_timeouts",
+            "spacing gate: the unanswered wait after any failure once the request was written",
+            None,
+            ("core/test_unanswered.py::test_a_reset_after_the_request_was_written_waits_as_long_as_a_timeout",),
+            unanswered_wait_only_after_timeouts,
+            note="seen at the source only when it reads a request late from its backlog",
         ),
     )
 }
