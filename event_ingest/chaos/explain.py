@@ -34,6 +34,7 @@ def read_traces(log_dir: Path) -> list[dict]:
             except ValueError:
                 continue  # a consumer killed mid-line
             if isinstance(line, dict):
+                line["worker"] = path.stem.removeprefix("trace-")
                 lines.append(line)
     return lines
 
@@ -66,26 +67,43 @@ def explain(
     def rel_redis(us: int | None) -> float | None:
         return None if us is None else round(us / 1e6 - wall_minus_mono - started, 4)
 
-    mine = [t for t in traces if t.get("src") == source and t.get("sent") is not False]
+    mine = sorted((t for t in traces if t.get("src") == source and t.get("sent") is not None), key=lambda t: t["sent"])
+    # Each traced request explains one arrival: in arrival order, the latest request not yet matched that
+    # asked for the same lastId and was handed to HTTP before the arrival. A request whose "sent" is long
+    # before its arrival was held between that moment and the socket (a paused process).
+    used: set[int] = set()
+    matched: dict[int, dict | None] = {}
+    for arrival in sorted(arrivals, key=lambda a: a["kernel"] if a.get("kernel") is not None else a["at"]):
+        seen = arrival["kernel"] if arrival.get("kernel") is not None else arrival["at"]
+        candidates = [
+            (i, t)
+            for i, t in enumerate(mine)
+            if i not in used and str(t.get("last_id")) == str(arrival.get("last_id")) and t["sent"] <= seen
+        ]
+        if candidates:
+            i, t = candidates[-1]
+            used.add(i)
+            matched[id(arrival)] = t
+        else:
+            matched[id(arrival)] = None
 
     def request(arrival: Arrival) -> dict:
         seen = arrival["kernel"] if arrival.get("kernel") is not None else arrival["at"]
-        candidates = [
-            t for t in mine if str(t.get("last_id")) == str(arrival.get("last_id")) and (t.get("sent") or 0) <= seen
-        ]
-        sent = max(candidates, key=lambda t: t["sent"], default=None)
+        sent = matched.get(id(arrival))
         entry = {"arrived_kernel": rel(arrival.get("kernel")), "arrived_handler": rel(arrival["at"])}
         entry["last_id"] = arrival.get("last_id")
         if sent is None:
-            entry["consumer"] = "no traced request matches (a consumer killed before its trace line was written?)"
+            entry["consumer"] = "no traced request matches (its consumer killed before the trace line was written?)"
             return entry
         entry.update(
+            worker=sent.get("worker"),
             consumer=sent.get("consumer"),
             epoch=sent.get("epoch"),
             asked=rel(sent.get("asked")),
             grant_read=rel(sent.get("granted")),
             grant_redis=rel_redis(sent.get("granted_redis_us")),
             sent=rel(sent.get("sent")),
+            sent_to_arrival_ms=round((seen - sent["sent"]) * 1000, 1),
             answered=rel(sent.get("answered")),
             closed=rel(sent.get("closed")),
             closed_redis=rel_redis(sent.get("closed_redis_us")),

@@ -39,7 +39,7 @@ def results():
 def test_the_real_core_passes_the_short_chaos_run(results):
     run = results["chaos"][None]
     explained = "\n".join(format_violation(v) for v in (run["report"] or {}).get("violations", []))
-    assert run["ok"], f"failed: {run['failed']}\n{explained}\n{run['log']}"
+    assert run["ok"], f"failed: {run['failed']} (state kept in {run['kept']})\n{explained}\n{run['log']}"
 
 
 @pytest.mark.timeout(400)
