@@ -49,7 +49,7 @@ class Timeline:
     asked: float  # the gate was asked for the slot
     granted: float  # the grant was read here
     granted_redis_us: int
-    sent: float | None = None  # the request was handed to HTTP (None: given back unsent)
+    sent: float | None = None  # the request's first bytes went to the socket (None: given back unsent)
     answered: float | None = None  # the response began
     closed: float | None = None  # the slot was closed
     closed_redis_us: int | None = None
@@ -243,8 +243,9 @@ class SourceClient:
         return self._classify(status, response, body, last_id, time.monotonic() - started)
 
     def _count_sent(self, started: float, timeline: Timeline) -> None:
-        self.request_starts.append(started)
-        timeline.sent = started
+        sent = self._http.guard.written_at or started
+        self.request_starts.append(sent)
+        timeline.sent = sent
         self.requests += 1
 
     def _failed(self, exc: Exception, started: float) -> Outcome:

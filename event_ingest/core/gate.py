@@ -32,6 +32,18 @@ Failure timeline it defends against:
    first request goes out at once.
 4. Redis is unreachable: no slot can be proven safe, so none is granted; the
    caller gets :class:`GateUnavailable` and stops requesting rather than guess.
+5. The holder pauses (SIGSTOP, a frozen VM, a long GC) after Redis granted it a
+   slot, perhaps before it even read the answer, for longer than the hold: its
+   reservation lapses and another consumer sends. A grant is therefore dated
+   from when it was *asked for* (``Grant.asked_monotonic``), never from when
+   its answer was read, and a request goes out only within half an interval of
+   that moment, checked where its first bytes are written (``http.py``); a
+   later one is given back unsent. Everything of a request then ends within
+   ``timeout_s`` of the same moment, so it is over before the hold can lapse.
+
+The slot has one owner from grant to close: ``with gate.slot() as slot:``
+(``SourceClient.fetch``) closes it on every way out, as an unanswered request
+if the holder left without closing.
 """
 
 from __future__ import annotations

@@ -66,9 +66,10 @@ class Guard:
         self.send_by = math.inf  # monotonic: the first write of the request must begin by then
         self.deadline = math.inf  # monotonic: every read and write of the request must end by then
         self.written = False  # some bytes of the request were handed to the socket
+        self.written_at: float | None = None  # monotonic: when the first of them was
 
     def arm(self, send_by: float, deadline: float) -> None:
-        self.send_by, self.deadline, self.written = send_by, deadline, False
+        self.send_by, self.deadline, self.written, self.written_at = send_by, deadline, False, None
 
     def disarm(self) -> None:
         self.send_by = self.deadline = math.inf
@@ -95,9 +96,10 @@ class Guard:
     def before_write(self) -> None:
         if self.written:
             return
-        if time.monotonic() > self.send_by:
+        now = time.monotonic()
+        if now > self.send_by:
             raise SlotWentStale("gate slot went stale before sending (process paused?); not sent")
-        self.written = True
+        self.written, self.written_at = True, now
 
 
 class _Stream(httpcore.NetworkStream):
