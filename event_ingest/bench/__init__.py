@@ -6,7 +6,9 @@
     event-ingest bench checks [...]         the checks' and the rollup's queries at 1, 10 and 30 million events
     event-ingest bench continuity [...]     live sources through the real sensors and runs, handoffs included
     event-ingest bench failover [...]       the same with two deployments, one killed whole half way
-    event-ingest bench scale [...]          N sources (default 50), and what each costs; --curve 1,10,25,50
+    event-ingest bench scale [...]          N sources (default 50), and what each costs; --curve 1,10,25,50;
+                                            --outside: sources from a few shared processes, CPU per request
+                                            by part; --profile: py-spy of a run process
     event-ingest bench coldstart [...]      a drain's first request: new, idle, and lost gate state
 
 Every case has --quick (a CI smoke run: small, no speed target asserted) and --out DIR (default: a new

@@ -290,7 +290,7 @@ class CpuByPart:
                 "processes": processes,
             }
 
-        rows = [row(p, cpu.get(p, 0.0), procs.get(p, 0)) for p in PARTS]
+        rows = [row(p, cpu.get(p, 0.0), procs.get(p)) for p in PARTS]  # none sampled: "came and went"
         stack = sum(cpu.get(p, 0.0) for p in PARTS if p not in NOT_THE_STACK)
         rows.append(row("the stack (all but sources and harness)", stack, None))
         rows.append(row("everything", sum(cpu.values()), None))
