@@ -25,12 +25,14 @@ When did a request arrive? What goes wrong with a stamp taken by the server's ow
 
 So each listening socket asks for SO_TIMESTAMPNS (accepted sockets inherit it) and every read
 is a recvmsg whose ancillary data carries the kernel's receive time of those bytes
-(CLOCK_REALTIME). A request's arrival is the kernel time of the first read it came in. Clients
+(CLOCK_REALTIME; for a read that takes several segments at once, the last one's). A request's
+arrival is the kernel time of the first read it came in. Clients
 of the protocol do not pipeline; a request found already buffered behind another gets the
 stamp of the read that brought it, which is no later than its true arrival, so the gap before
 it is never flattered. The loop's own stamp (``time.time()`` when the read returned) is kept
 beside it: the distance between the two is how late this process saw the request. Where the
-kernel gives no stamp (not Linux), the loop's stamp is all there is.
+kernel gives no stamp (not Linux; or the first moments after start: Linux turns stamping on a
+little after the first socket asks, from a deferred job), the loop's stamp is all there is.
 
 One thread, one selector, non-blocking sockets: the harness costs the machine it measures little CPU.
 """
