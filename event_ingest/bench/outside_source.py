@@ -26,13 +26,14 @@ When did a request arrive? What goes wrong with a stamp taken by the server's ow
 So each listening socket asks for SO_TIMESTAMPNS (accepted sockets inherit it) and every read
 is a recvmsg whose ancillary data carries the kernel's receive time of those bytes
 (CLOCK_REALTIME; for a read that takes several segments at once, the last one's). A request's
-arrival is the kernel time of the first read it came in. Clients
-of the protocol do not pipeline; a request found already buffered behind another gets the
-stamp of the read that brought it, which is no later than its true arrival, so the gap before
-it is never flattered. The loop's own stamp (``time.time()`` when the read returned) is kept
-beside it: the distance between the two is how late this process saw the request. Where the
-kernel gives no stamp (not Linux; or the first moments after start: Linux turns stamping on a
-little after the first socket asks, from a deferred job), the loop's stamp is all there is.
+arrival is the kernel time of the first read it came in. Clients of the protocol do not pipeline
+(the next request on a connection only after the response), so a read holds one request's
+bytes; should one hold several requests, each gets that read's stamp (their gaps then read as 0:
+a violation reported, never one hidden). The loop's own stamp (``time.time()`` when the read
+returned) is kept beside it: the distance between the two is how late this process saw the
+request. Where the kernel gives no stamp (not Linux; or the first moments after start: Linux
+turns stamping on a little after the first socket asks, from a deferred job), the loop's stamp
+is all there is.
 
 One thread, one selector, non-blocking sockets: the harness costs the machine it measures little CPU.
 """
@@ -284,7 +285,7 @@ class OutsideSources:
                 break  # the body is still coming
             del conn.inbox[: end + 4 + body_length]
             self._handle(conn, head, conn.kernel, conn.loop)
-            # Already buffered behind it: the next request came no later than this read.
+            # Already buffered behind it (pipelined): it gets this read's stamp, and a gap of 0 to the one before.
             conn.kernel, conn.loop = kernel, loop_stamp
             if not conn.inbox:
                 break
