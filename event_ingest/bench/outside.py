@@ -10,12 +10,14 @@ sources per process, one port each, every request's arrival stamped by the kerne
 the scale case as it was: `dagster dev` with the project's definitions, its sensors, daemon and
 `ingest` runs, embedded Postgres and Redis (unless their URLs are set).
 
-With or without --outside, every window also reports CPU by part, from /proc (cpu.py): the
-`ingest` run processes, Dagster's daemon, webserver, code server and `dagster dev` itself,
-Postgres (backends of the events database, of Dagster's, and the server's own processes),
-Redis, the source processes and the bench harness - in cores and in milliseconds of CPU per
-request that reached a source. --profile records the busiest `ingest` run process with py-spy
-(profile.py) and adds the top of its profile to the output.
+With or without --outside, every window also reports, beside the scale case's tables, the
+window over all sources (at the sources and in Postgres), and CPU by part, from /proc (cpu.py):
+the `ingest` run processes and their log capture, Dagster's daemon, webserver, code server and
+`dagster dev` itself, Postgres (backends of the events database, of Dagster's, the server's own
+processes, and backends that came and went between two samples), Redis, the source processes
+and the bench harness - in cores and in milliseconds of CPU per request that reached a source -
+with the Postgres sessions opened per second. --profile records the busiest `ingest` run process
+with py-spy (profile.py) and adds the top of its profile to the output.
 """
 
 from __future__ import annotations
