@@ -32,7 +32,6 @@ through two missed renewals.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
