@@ -296,13 +296,15 @@ class SourceConfig(_Declared):
         ge=MIN_INTERVAL_FLOOR_MS,
         le=3_600_000,
         description="when caught up, poll this often (none: every `min_interval_ms`); never faster than "
-        "`min_interval_ms`",
+        "`min_interval_ms`; at most `max_lag_s` (a healthy idle source polled less often would fail its "
+        "freshness check between polls)",
     )
     max_lag_s: StrictFloat = Field(
         30.0,
         ge=1,
         le=7 * 86_400,
-        description="the freshness check fails when the source was last polled longer ago than this",
+        description="the freshness check (and `event-ingest status --check`) fails when the source was last "
+        "polled successfully longer ago than this",
     )
     headers: Headers = Field(
         (),
@@ -327,6 +329,17 @@ class SourceConfig(_Declared):
             return None
         base_dir = (info.context or {}).get("base_dir")
         return _ca_file(raw, info.data.get("url"), base_dir)  # no url: its own error is reported
+
+    @model_validator(mode="after")
+    def _polled_within_its_lag(self) -> SourceConfig:
+        if self.idle_poll_ms is not None and self.idle_poll_ms > self.max_lag_s * 1000:
+            raise _FieldProblem(
+                ("idle_poll_ms",),
+                f"{self.idle_poll_ms} is not valid; expected at most max_lag_s ({self.max_lag_s:g} s = "
+                f"{self.max_lag_s * 1000:g} ms): a source polled less often than its max_lag_s is reported late "
+                "while healthy (raise max_lag_s or lower idle_poll_ms)",
+            )
+        return self
 
     @property
     def min_interval_s(self) -> float:

@@ -107,7 +107,9 @@ def test_a_backfill_of_the_drain_job_drains_its_partitions_and_leaves_a_hosted_s
     mocks = {name(): make_mock(backlog=300) for _ in range(3)}
     hosted, *others = list(mocks)
     # The hosted source is polled once an hour when caught up: any later request to it is the backfill's.
-    text = sources_text([(n, m.url) for n, m in mocks.items()], extra="    idle_poll_ms: 3600000\n")
+    text = sources_text(
+        [(n, m.url) for n, m in mocks.items()], extra="    idle_poll_ms: 3600000\n    max_lag_s: 3600\n"
+    )
     (tmp_path / "sources.yaml").write_text(text)
     for variable, value in (
         ("EVENT_INGEST_SOURCES", str(tmp_path / "sources.yaml")),
