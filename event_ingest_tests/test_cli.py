@@ -172,7 +172,9 @@ def test_skip_moves_a_stuck_source_and_says_what_it_did(tmp_path, make_mock, dat
         tmp_path, database_url, redis_url, f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 1\n"
     )
     stuck = cli("ingest", source_name, "--json", env=env)
-    assert stuck.returncode == 0 and json.loads(stuck.stdout)["cursor_after"] == 1, stuck.stdout + stuck.stderr
+    stats = json.loads(stuck.stdout)
+    assert (stuck.returncode, stats["status"], stats["cursor_after"]) == (1, "stuck", 1), stuck.stdout + stuck.stderr
+    assert f"`event-ingest skip {source_name} --to-id N`" in stats["error"]
     assert "has no readable id" in stuck.stderr and "`event-ingest skip` moves past it" in stuck.stderr
 
     refused = cli("skip", source_name, "--to-id", "1", env=env)
