@@ -22,6 +22,7 @@ from event_ingest.core.store import (
     StoreError,
     partition_name,
 )
+from event_ingest.core.store.commit import ONE_STATEMENT_MAX_EVENTS
 
 
 def events(*ids):
@@ -50,30 +51,40 @@ def test_commit_stores_events_and_moves_the_cursor_together(store, source_name):
     assert (status.cursor, status.events, status.max_event_id) == (3, 3, 3)
 
 
-def test_a_commit_after_another_holder_bumped_the_epoch_is_refused(store, source_name):
+# Both ways a page is committed carry the fence: a small page's one statement, a large page's transaction.
+PAGE_SIZES = pytest.mark.parametrize("size", [2, ONE_STATEMENT_MAX_EVENTS + 1], ids=["one statement", "copy"])
+
+
+@PAGE_SIZES
+def test_a_commit_after_another_holder_bumped_the_epoch_is_refused(store, source_name, size):
     store.ensure_source(source_name)
     stale_epoch, _ = store.begin_epoch(source_name)
     new_epoch, _ = store.begin_epoch(source_name)  # another consumer took over
     assert new_epoch == stale_epoch + 1
+    page = events(*range(1, size + 1))
     with pytest.raises(Fenced):
-        store.commit_page(source_name, epoch=stale_epoch, old_cursor=0, new_cursor=2, events=events(1, 2))
+        store.commit_page(source_name, epoch=stale_epoch, old_cursor=0, new_cursor=size, events=page)
     assert store.event_ids(source_name) == []
-    store.commit_page(source_name, epoch=new_epoch, old_cursor=0, new_cursor=2, events=events(1, 2))
+    store.commit_page(source_name, epoch=new_epoch, old_cursor=0, new_cursor=size, events=page)
     status = store.source_status(source_name)
-    assert status.cursor == 2 and status.fenced_commits == 1
+    assert status.cursor == size and status.fenced_commits == 1
 
 
-def test_a_commit_from_a_wrong_cursor_is_refused(store, source_name):
+@PAGE_SIZES
+def test_a_commit_from_a_wrong_cursor_is_refused(store, source_name, size):
     store.ensure_source(source_name)
     epoch, _ = store.begin_epoch(source_name)
-    store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=2, events=events(1, 2))
+    page = events(*range(1, size + 1))
+    store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=size, events=page)
     with pytest.raises(Fenced):
-        store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=2, events=events(1, 2))
+        store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=size, events=page)
 
 
-def test_a_commit_writes_each_row_of_its_page_once(store, source_name):
+@pytest.mark.parametrize("size", [3, ONE_STATEMENT_MAX_EVENTS + 1], ids=["one statement", "copy"])
+def test_a_commit_writes_each_row_of_its_page_once(store, source_name, size):
     # The primary key would hide a page written twice (the second write conflicts and is skipped);
-    # a row trigger on the source's partition sees every row a commit tries to write.
+    # a row trigger on the source's partition sees every row a commit tries to write. Both ways a page
+    # is committed: a small one in one statement, a larger one by COPY.
     store.ensure_source(source_name)
     audit = sql.Identifier(f"writes_{source_name}")
     with psycopg.connect(store.url, autocommit=True) as conn:
@@ -91,13 +102,14 @@ def test_a_commit_writes_each_row_of_its_page_once(store, source_name):
         )
         try:
             epoch, _ = store.begin_epoch(source_name)
-            store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=3, events=events(1, 2, 3))
+            page = events(*range(1, size + 1))
+            store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=size, events=page)
             written = [r[0] for r in conn.execute(sql.SQL("SELECT event_id FROM {} ORDER BY 1").format(audit))]
         finally:
             conn.execute(sql.SQL("DROP TRIGGER audit ON {}").format(sql.Identifier(partition_name(source_name))))
             conn.execute(sql.SQL("DROP FUNCTION {}()").format(audit))
             conn.execute(sql.SQL("DROP TABLE {}").format(audit))
-    assert written == [1, 2, 3]
+    assert written == list(range(1, size + 1))
 
 
 def test_failure_mid_page_leaves_cursor_and_events_agreeing(store, source_name):
@@ -193,17 +205,22 @@ def test_a_replay_over_stored_events_stores_each_event_once(store, source_name):
     assert (status.cursor, status.events) == (150, 150)  # the counters did not count the skipped ones
 
 
-def test_ids_at_or_below_the_cursor_are_skipped_if_stored(store, source_name):
+@pytest.mark.parametrize("extra", [0, ONE_STATEMENT_MAX_EVENTS], ids=["one statement", "copy"])
+def test_ids_at_or_below_the_cursor_are_skipped_if_stored(store, source_name, extra):
     store.ensure_source(source_name)
     epoch, _ = store.begin_epoch(source_name)
     store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=100, events=events(*range(1, 101)))
     # A source re-sending 95-100 next to new ids, and one id it never sent before (an old gap filled).
     store.conn.execute("DELETE FROM events WHERE source = %s AND event_id = 97", (source_name,))
     store.conn.commit()
-    result = store.commit_page(source_name, epoch=epoch, old_cursor=100, new_cursor=105, events=events(*range(95, 106)))
-    assert (result.inserted, result.already_stored, result.copied) == (6, 5, 5)
-    assert store.event_ids(source_name) == list(range(1, 106))
-    assert count_rows(store, source_name) == store.source_status(source_name).events == 105
+    last = 105 + extra
+    result = store.commit_page(
+        source_name, epoch=epoch, old_cursor=100, new_cursor=last, events=events(*range(95, last + 1))
+    )
+    # A large page COPYs the ids above the highest stored one (5 + extra) and INSERTs the rest.
+    assert (result.inserted, result.already_stored, result.copied) == (6 + extra, 5, 5 + extra if extra else 0)
+    assert store.event_ids(source_name) == list(range(1, last + 1))
+    assert count_rows(store, source_name) == store.source_status(source_name).events == last
 
 
 def test_an_id_twice_in_one_page_is_stored_once(store, source_name):
@@ -261,15 +278,17 @@ def test_an_upgrade_from_the_version_1_schema_counts_the_rows_already_stored(fre
         assert len(minute_rows) == 71 and minute_rows[0][1] == 998 and sum(n for _, n in minute_rows) == 70_009
         found = gap_check(store, source)
         assert (found.missing, [(g.first_missing, g.last_missing) for g in found.gaps]) == (1, [(500, 500)])
-        # The old partitions got their triggers: a DELETE now is counted, and new pages go in by COPY.
+        # The old partitions got their triggers: a DELETE now is counted, and new pages go in (and are counted).
         store.conn.execute("DELETE FROM events WHERE source = %s AND event_id = 70000", (source,))
         store.conn.commit()
         assert gap_check(store, source).missing == 2
         epoch, cursor = store.begin_epoch(source)
+        last = 70_010 + ONE_STATEMENT_MAX_EVENTS + 10  # large enough to go by COPY
         result = store.commit_page(
-            source, epoch=epoch, old_cursor=cursor, new_cursor=70_020, events=events(*range(70_011, 70_021))
+            source, epoch=epoch, old_cursor=cursor, new_cursor=last, events=events(*range(70_011, last + 1))
         )
-        assert result.copied == 10 and store.source_status(source).events == 70_018
+        assert result.copied == last - 70_010 and store.source_status(source).events == 70_008 + last - 70_010
+        assert gap_check(store, source).missing == 2
 
 
 # ---- one Store, many threads ---------------------------------------------------------------------
@@ -390,13 +409,16 @@ def test_ids_stored_while_a_commit_waits_on_the_fence_are_not_copied_again(datab
         held = holder.execute(HOLD_FENCE_SQL, {"source": source_name, "epoch": epoch, "cursor": 10})
         assert held.rowcount == 1
         Store._store_page(holder.cursor(), source_name, events(11), (), None)  # not committed yet
+        page = events(*range(11, 12 + ONE_STATEMENT_MAX_EVENTS))  # large enough to go by COPY
+        last = page[-1].id
         done, outcome = run_in_thread(
-            lambda: store.commit_page(source_name, epoch=epoch, old_cursor=10, new_cursor=12, events=events(11, 12))
+            lambda: store.commit_page(source_name, epoch=epoch, old_cursor=10, new_cursor=last, events=page)
         )
         wait_for(lambda: any(w == "Lock" for _, w in backends(database_url, app)))  # queued on the fence
         holder.commit()
         assert done.wait(60)
         assert "error" not in outcome, outcome.get("error")
         result = outcome["value"]
-        assert (result.inserted, result.already_stored, result.copied) == (1, 1, 1)
-        assert store.event_ids(source_name) == list(range(1, 13))
+        fresh = last - 11
+        assert (result.inserted, result.already_stored, result.copied) == (fresh, 1, fresh)
+        assert store.event_ids(source_name) == list(range(1, last + 1))

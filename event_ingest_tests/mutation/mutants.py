@@ -75,12 +75,14 @@ def fence_epoch_clause_removed() -> None:
     from event_ingest.core.store import commit as store  # where the fenced commit reads its SQL
 
     _replace(store, "ADVANCE_CURSOR_SQL", " AND epoch = %(epoch)s", "")
+    _replace(store, "COMMIT_SMALL_PAGE_SQL", " AND epoch = %(epoch)s", "")  # the same fence, a small page's
 
 
 def fence_cursor_clause_removed() -> None:
     from event_ingest.core.store import commit as store  # where the fenced commit reads its SQL
 
     _replace(store, "ADVANCE_CURSOR_SQL", " AND cursor = %(old_cursor)s", "")
+    _replace(store, "COMMIT_SMALL_PAGE_SQL", " AND cursor = %(old_cursor)s", "")  # the same fence, a small page's
 
 
 def lease_released_without_owner_check() -> None:
@@ -107,6 +109,17 @@ def page_committed_twice() -> None:
         return result
 
     store.Store._store_page = staticmethod(twice)
+    # A small page goes in one statement: the same mistake there is its rows listed twice.
+    from event_ingest.core.store import commit
+
+    rows = "FROM unnest(%(ids)s::bigint[], %(payloads)s::text[]) AS u(event_id, payload)"
+    _replace(
+        commit,
+        "COMMIT_SMALL_PAGE_SQL",
+        rows,
+        "FROM (SELECT * FROM unnest(%(ids)s::bigint[], %(payloads)s::text[]) UNION ALL "
+        "SELECT * FROM unnest(%(ids)s::bigint[], %(payloads)s::text[])) AS u(event_id, payload)",
+    )
 
 
 def stale_slot_timed_from_the_answer() -> None:

@@ -12,7 +12,14 @@ The cursor UPDATE runs first in the transaction: it row-locks the source's
 state, so two committers of one source queue up, and the second re-checks the
 epoch after the first commits (READ COMMITTED re-evaluates the WHERE).
 
-Commits near COPY speed: once the fence holds the row lock, the page's ids
+A small page (a tailing drain's few new events) is ONE statement: the fence's UPDATE in a CTE, and the
+INSERT of the page's events guarded by it (``WHERE EXISTS (fence)``), in one implicit transaction - one
+round trip instead of BEGIN, UPDATE, SELECT, COPY and COMMIT. The fence is the same: the UPDATE takes
+the row lock, re-checks epoch and cursor after any writer it queued behind, and a refused fence inserts
+nothing; ``ON CONFLICT DO NOTHING`` decides what is stored already (it sees committed rows whatever the
+statement's snapshot).
+
+Large pages - commits near COPY speed: once the fence holds the row lock, the page's ids
 above the highest stored id of the source cannot collide with a stored event
 (every writer of the source queues on that lock), so they go in by ``COPY``.
 Ids at or below it - a source re-sending, or a replay after the cursor was
@@ -80,6 +87,26 @@ RECORD_REQUESTS_SQL = f"UPDATE source_state SET {_COUNT_REQUESTS} WHERE source =
 
 COUNT_FENCED_SQL = "UPDATE source_state SET fenced_commits = fenced_commits + 1 WHERE source = %(source)s"
 
+# A small page, fenced, in one statement. Returns (fence matched: 0/1, events inserted).
+COMMIT_SMALL_PAGE_SQL = f"""
+WITH fence AS (
+    UPDATE source_state
+    SET cursor = %(new_cursor)s, last_ingest_at = now(), last_poll_at = now(), {_COUNT_REQUESTS}
+    WHERE source = %(source)s AND epoch = %(epoch)s AND cursor = %(old_cursor)s
+    RETURNING 1
+), stored AS (
+    INSERT INTO events (source, event_id, payload)
+    SELECT %(source)s, u.event_id, u.payload::jsonb
+    FROM unnest(%(ids)s::bigint[], %(payloads)s::text[]) AS u(event_id, payload)
+    WHERE EXISTS (SELECT 1 FROM fence)
+    ON CONFLICT (source, event_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM fence), (SELECT count(*) FROM stored)
+"""
+# Pages up to this many events (and no quarantined item) take the one statement; larger ones COPY.
+ONE_STATEMENT_MAX_EVENTS = 64
+
 # Ids that may already be stored (at or below the highest stored id): conflicts are skipped.
 INSERT_EVENTS_SQL = """
 INSERT INTO events (source, event_id, payload)
@@ -146,7 +173,7 @@ class Commits:
                 raise StoreError(f"source {source!r} has no state row; run apply_schema() for it first")
             return int(row[0]), int(row[1])
 
-        return self._run(f"epoch bump of {source!r}", begin)
+        return self._run_statement(f"epoch bump of {source!r}", begin)
 
     def commit_page(
         self,
@@ -161,6 +188,11 @@ class Commits:
     ) -> CommitResult:
         """Store one page and advance the cursor in ONE transaction, fenced by epoch and old cursor.
         ``requests``: sent since the drain's last write, counted in the same statement as the cursor."""
+
+        if len(events) <= ONE_STATEMENT_MAX_EVENTS and not quarantined:
+            return self._commit_small_page(
+                source, epoch=epoch, old_cursor=old_cursor, new_cursor=new_cursor, events=events, requests=requests
+            )
 
         def commit(cur):
             cur.execute(
@@ -185,6 +217,29 @@ class Commits:
         except Fenced:
             self._run("fence count", lambda cur: cur.execute(COUNT_FENCED_SQL, {"source": source}))
             raise
+
+    def _commit_small_page(
+        self, source: str, *, epoch: int, old_cursor: int, new_cursor: int, events: list[Event], requests: int
+    ) -> CommitResult:
+        params = {
+            "source": source,
+            "epoch": epoch,
+            "old_cursor": old_cursor,
+            "new_cursor": new_cursor,
+            "ids": [e.id for e in events],
+            "payloads": [e.payload_json for e in events],
+            **request_counts(requests),
+        }
+        fenced_in, inserted = self._run_statement(
+            f"commit for {source!r}", lambda cur: cur.execute(COMMIT_SMALL_PAGE_SQL, params).fetchone()
+        )
+        if fenced_in != 1:
+            self._run("fence count", lambda cur: cur.execute(COUNT_FENCED_SQL, {"source": source}))
+            raise Fenced(
+                f"source {source!r}: commit refused by the fence (epoch {epoch}, cursor {old_cursor}): "
+                "another consumer took this source over"
+            )
+        return CommitResult(inserted, len(events) - inserted, 0, 0)
 
     @staticmethod
     def _store_page(
@@ -220,7 +275,7 @@ class Commits:
     def mark_polled(self, source: str, epoch: int, requests: int = 0) -> bool:
         """Record that the holder of ``epoch`` just polled ``source`` and found nothing new (and ``requests``
         sent since its last write). False if the epoch is no longer current (nothing written)."""
-        return self._run(
+        return self._run_statement(
             f"poll mark for {source!r}",
             lambda cur: (
                 cur.execute(MARK_POLLED_SQL, {"source": source, "epoch": epoch, **request_counts(requests)}).rowcount
@@ -251,7 +306,7 @@ class Commits:
 
     def record_requests(self, source: str, requests: int) -> None:
         """Requests sent since the last write that counted them (a drain's last few, when it ends)."""
-        self._run(
+        self._run_statement(
             f"request count for {source!r}",
             lambda cur: cur.execute(RECORD_REQUESTS_SQL, {"source": source, **request_counts(requests)}),
         )

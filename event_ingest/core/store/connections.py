@@ -157,6 +157,22 @@ class Connections:
         except psycopg.Error as exc:
             raise StoreError(f"Postgres {what} failed: {_first_line(exc)}") from exc
 
+    def _run_statement(self, what: str, fn):
+        """``fn(cursor)`` runs ONE statement, its own transaction: no BEGIN and COMMIT round trips around it.
+        Only for a single statement: two would be two transactions."""
+        try:
+            with self._borrow() as conn:
+                conn.autocommit = True
+                try:
+                    return fn(conn.cursor())
+                finally:
+                    if not conn.closed:
+                        conn.autocommit = False
+        except (Fenced, StoreError):
+            raise
+        except psycopg.Error as exc:
+            raise StoreError(f"Postgres {what} failed: {_first_line(exc)}") from exc
+
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
