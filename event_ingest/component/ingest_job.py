@@ -120,7 +120,9 @@ class _Publisher:
 
     * a materialization of the source's `events` partition for every window that stored events;
     * the source's checks (O(1) queries), published when a result changes or every few minutes;
-      a source let go because its sensor stopped ticking is published as not fresh ("not wanted");
+    * for each source of the slot its sensor no longer keeps wanted (stopped, removed), `fresh` as
+      failed ("not wanted"), whether or not it was hosted: the window reports do not list a host
+      once it has stopped, and a source paused before the run began never had one;
     * one log line per window for the whole run.
     """
 
@@ -148,6 +150,15 @@ class _Publisher:
                         )
                     )
                 self._checks(store, r)
+        for name in sorted(self.plan.unwanted):
+            self._publish(
+                name,
+                {
+                    "fresh": dg.AssetCheckResult(
+                        passed=False, description=NOT_WANTED, metadata={"note": "paused (sensor stopped) or removed"}
+                    )
+                },
+            )
         states: dict[str, int] = {}
         for r in reports:
             states[r.state] = states.get(r.state, 0) + 1
@@ -161,26 +172,20 @@ class _Publisher:
         )
 
     def _checks(self, store, report: SourceReport) -> None:
+        if report.state == "stopped" or report.source in self.plan.unwanted:
+            return  # handed over (the next host publishes), or not wanted (published as such)
         source = self.sources[report.source]
-        if report.state == "stopped" and report.source in self.plan.unwanted:
-            results = {
-                "fresh": dg.AssetCheckResult(
-                    passed=False,
-                    description=NOT_WANTED,
-                    metadata={"note": "paused (sensor stopped) or removed"},
-                )
-            }
-        elif report.state == "stopped":
-            return  # handed over: the next host publishes
-        else:
-            try:
-                results = evaluate_checks(store, source)
-            except StoreError as exc:
-                self.context.log.warning(f"checks of {source.name} not evaluated: {exc}")
-                return
+        try:
+            results = evaluate_checks(store, source)
+        except StoreError as exc:
+            self.context.log.warning(f"checks of {source.name} not evaluated: {exc}")
+            return
+        self._publish(source.name, results)
+
+    def _publish(self, source: str, results: dict[str, dg.AssetCheckResult]) -> None:
         now = time.monotonic()
         for name, result in results.items():
-            last = self.published.get((source.name, name))
+            last = self.published.get((source, name))
             if last is not None and last[0] == result.passed and now - last[1] < CHECK_REPUBLISH_S:
                 continue
             self.context.log_event(
@@ -188,13 +193,13 @@ class _Publisher:
                     asset_key=self.names.events,
                     check_name=name,
                     passed=result.passed,
-                    partition=source.name,
+                    partition=source,
                     metadata=result.metadata,
                     severity=result.severity,
                     description=result.description,
                 )
             )
-            self.published[(source.name, name)] = (result.passed, now)
+            self.published[(source, name)] = (result.passed, now)
 
 
 def _stderr_logger(run_id: str) -> logging.Logger:
