@@ -89,6 +89,16 @@ def no_gaps_like(context) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=not failing, metadata={"missing_ids": 11 if failing else 0})
 
 
+@dg.asset
+def not_ours() -> None:
+    return None
+
+
+@dg.asset_check(asset=not_ours)
+def not_ours_check() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=False)
+
+
 @dg.op
 def always_fails() -> None:
     raise RuntimeError("a job of the project's own, not event-ingest's")
@@ -106,9 +116,9 @@ def defs():
     materialize = dg.define_asset_job("materialize", [events_like])
     return dg.Definitions.merge(
         dg.Definitions(
-            jobs=[ingest_like, materialize, not_monitored],
-            assets=[events_like],
-            asset_checks=[no_gaps_like],
+            jobs=[ingest_like, materialize, not_monitored, dg.define_asset_job("theirs", [not_ours])],
+            assets=[events_like, not_ours],
+            asset_checks=[no_gaps_like, not_ours_check],
         ),
         build_alerts([source], [ingest_like, materialize]),
     )
@@ -209,10 +219,15 @@ def test_an_incident_open_before_the_sensors_watch_is_announced_when_it_ends(def
 def test_only_the_instance_s_own_jobs_are_watched(defs, dagster_instance, webhook):
     tick = RunAlerts(defs, dagster_instance)
     tick()
+    checks = Ticker(defs, "alert_on_check_failure", dagster_instance)
+    checks()
     result = defs.resolve_job_def("not_monitored").execute_in_process(instance=dagster_instance, raise_on_error=False)
     assert not result.success
+    theirs = defs.resolve_job_def("theirs").execute_in_process(instance=dagster_instance)
+    assert not theirs.get_asset_check_evaluations()[0].passed  # another asset's check failing
     failed = run(defs, dagster_instance, "ingest_like", "source_a", fail=True)
     tick()
+    checks()
     assert states(webhook.take()) == [("source_a", "opened", failed)]
 
 
