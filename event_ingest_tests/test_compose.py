@@ -17,6 +17,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -410,6 +411,18 @@ def test_files_the_containers_are_told_about_exist(services):
             )
     for name in ("webserver", "daemon"):
         assert option(as_argv(services[name]["command"]), "-w", "--workspace"), f"{name} needs -w"
+
+
+def test_every_entry_point_loads_the_same_code_location():
+    """workspace.yaml (`event-ingest dev`, `dagster dev -w`), pyproject's [tool.dagster] and [tool.dg] (`dagster dev`,
+    `dg dev`), the image's CMD and compose's code server: one module, Dagster 1.13's definitions.py over defs/."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]
+    project = pyproject["dg"]["project"]
+    assert LOCAL_MODULE == "event_ingest.definitions"
+    assert pyproject["dagster"]["module_name"] == project["code_location_target_module"] == LOCAL_MODULE
+    defs_folder = ROOT / Path(*project["defs_module"].split("."))
+    instances = [yaml.safe_load(p.read_text(encoding="utf-8")) for p in defs_folder.glob("*/defs.yaml")]
+    assert [i["type"] for i in instances] == ["event_ingest.EventSources"]
 
 
 def test_workspace_points_at_the_code_server(services):

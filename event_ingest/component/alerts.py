@@ -30,6 +30,7 @@ import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +41,11 @@ import httpx
 from ..config import ALERT_WEBHOOK_URL_ENV, DAGSTER_UI_URL_ENV, SourceConfig
 from .ingest_job import SLOT_TAG, SOURCES_TAG
 from .names import Names
+
+# Dagster's run status sensors pass a beta parameter (`owners`) to SensorDefinition themselves: noise in every log.
+warnings.filterwarnings(
+    "ignore", message=".*Parameter `owners` of initializer `SensorDefinition", category=dg.BetaWarning
+)
 
 EVENTS_PER_TICK = 500  # event-log records read per tick; the cursor resumes after the last one
 OUTBOX_LIMIT = 200  # undelivered messages kept; beyond that the oldest go (and the log says so)

@@ -106,7 +106,7 @@ Runs = Annotated[
 # Each load of a code location has its own component tree; claims are kept per tree (the last few).
 _loads: OrderedDict[int, tuple[object, dict[str, str]]] = OrderedDict()
 _loads_lock = threading.Lock()
-_warned: set[str] = set()
+_warned: set = set()  # (what, where) said once per process
 
 
 def _claim(context: dg.ComponentLoadContext, sources: list[str], where: str) -> dict[str, str]:
@@ -260,8 +260,8 @@ class EventSources(dg.Component, dg.Resolvable):
         _check_names(names, origin)
         config = self.ingest_config(folder, origin)
         if config is None:
-            if origin not in _warned:  # `dg check defs` loads twice in one process: say it once
-                _warned.add(origin)
+            if (origin, "sources") not in _warned:  # `dg check defs` loads twice in one process: say it once
+                _warned.add((origin, "sources"))
                 log.warning(
                     "event-ingest (%s): no sources, so no event-ingest definitions: %s not found and %s is not set. "
                     'Create %s (README, "Sources file"), set %s, give this instance `sources:`, or run '
@@ -274,6 +274,15 @@ class EventSources(dg.Component, dg.Resolvable):
                 )
             return dg.Definitions()
         claims = _claim(context, [s.name for s in config.sources], origin)
+        unset = [name for name in (DATABASE_URL_ENV, REDIS_URL_ENV) if not os.environ.get(name)]
+        if self.provide_resource and unset and (origin, "urls") not in _warned:
+            _warned.add((origin, "urls"))
+            log.warning(
+                "event-ingest (%s): %s not set: sensor ticks and runs fail until %s (or run `event-ingest dev`)",
+                origin,
+                " and ".join(unset),
+                "they are" if len(unset) > 1 else "it is",
+            )
         return build_definitions(
             config,
             names=names,
