@@ -57,7 +57,10 @@ def build_definitions(
         executor_def=dg.in_process_executor,
     )
     rollup_job = dg.define_asset_job(
-        names.of("rollup"), selection=dg.AssetSelection.assets(rollup), executor_def=dg.in_process_executor
+        names.of("rollup"),
+        selection=dg.AssetSelection.assets(rollup),
+        description="The per-minute rollup of every source's events over the last hour (one small run).",
+        executor_def=dg.in_process_executor,
     )
     rollup_schedule = dg.ScheduleDefinition(
         name=names.of("events_per_minute_every_10_minutes"),

@@ -191,8 +191,9 @@ attributes:
   # runs:
   #   sources_per_run: 25
 
-  # Postgres and Redis: the resource `{DEFAULT_RESOURCE_KEY}` ({DATABASE_URL_ENV} and {REDIS_URL_ENV}, read when
-  # a run or sensor tick starts). To bind your own under that key, set provide_resource: false.
+  # Postgres and Redis: the resource `{DEFAULT_RESOURCE_KEY}`, its URLs from {DATABASE_URL_ENV} and
+  # {REDIS_URL_ENV} (read when a run or sensor tick starts). To bind your own under that key (e.g. in
+  # defs/resources.py), set provide_resource: false.
   # resource_key: {DEFAULT_RESOURCE_KEY}
   # provide_resource: true
 """
