@@ -11,12 +11,14 @@ Timeline of what lets a source go, and what does not:
 
 * sensor stopped (paused) or source removed: no more ticks, the mark expires within ``WANTED_TTL_S``,
   the run lets go between two requests and publishes `fresh` as failed ("not wanted"); starting the
-  sensor again writes the mark on its next tick and the run (or the next one) takes the source up;
+  sensor again writes the mark on its next tick, and the run takes the source up again (or, if it
+  ended meanwhile with nothing to host, the sensor asks for a new one, as after a crash);
 * a new run (a successor, or after a crash) sees the marks at once: it never hosts a paused source,
   not even for a moment;
-* the daemon down or restarting for longer than ``WANTED_TTL_S``: every mark expires, the runs let go
-  and stay up, idle; the first ticks after the daemon returns bring the sources back. (Without the
-  daemon no successor run could start either: it is already what keeps ingestion going.)
+* the daemon down or restarting for longer than ``WANTED_TTL_S``: every mark expires and the runs let
+  go (and end a minute later, hosting nothing); the first ticks after the daemon returns bring the
+  sources back, asking for runs where none is left. (Without the daemon no successor run could start
+  either: it already is what keeps ingestion going past a run's life.)
 * Redis losing its memory: the marks go with it, and come back within one tick; the gate makes every
   source wait out one request's life after such a loss anyway.
 

@@ -100,14 +100,15 @@ def build_source_sensor(
     )
     def _sensor(context: dg.SensorEvaluationContext):
         ingest = ingest_of(context, names)
-        runs = _run_views(context.instance, job.name)
         try:
             client = ingest.shared_redis()
+            # First: the mark says the sensor runs, whatever else this tick runs into.
             mark_wanted(client, source.name, sensor_name)
+            runs = _run_views(context.instance, job.name)
             beats = read_heartbeats(client, [r.run_id for r in runs])
         except redis.RedisError as exc:
             raise RuntimeError(
-                f"cannot reach Redis at {redact_url(ingest.redis_url)} (heartbeats, the wanted mark): {exc}"
+                f"cannot reach Redis at {redact_url(ingest.redis_url)} (the wanted mark, heartbeats): {exc}"
             ) from None
         ask, why = decide(source.name, slot, runs, beats)
         if not ask:
