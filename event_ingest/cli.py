@@ -3,6 +3,9 @@
     event-ingest dev                      the whole system locally (embedded Postgres/Redis, mock sources, Dagster)
     event-ingest ingest SOURCE            one drain, the same code the Dagster asset runs
     event-ingest status                   per source: cursor, events, lag, errors, quarantine, lease, stuck (reads only)
+    event-ingest status --check           exit 1 and one line per configured source past its max_lag_s (a probe)
+    event-ingest recount SOURCE           rebuild a source's counters from its rows (after writes that bypassed
+                                          the triggers; the checks name the command when they find drift)
     event-ingest skip SOURCE --to-id N    move a source stuck on a page it cannot read past it (fenced)
     event-ingest replay SOURCE --from-id N   read a source again from N (fenced); --delete-from M deletes ids >= M
     event-ingest quarantine list|show|requeue|discard   what was kept, and what to do with it
@@ -14,8 +17,9 @@
     event-ingest chaos ...                the fault-injection harness
 
 Exit codes: 0 success; 1 the work ended badly (a source error, a fenced drain,
-lost events, a skip or requeue that could not be done now); 2 bad configuration,
-a refused request or unreachable Postgres/Redis.
+a drain stuck before an item it cannot read, lost events, a skip or requeue that
+could not be done now) or, for `status --check`, a source is late; 2 bad
+configuration, a refused request or unreachable Postgres/Redis.
 """
 
 from __future__ import annotations
@@ -146,6 +150,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .core import RedisUnavailable, StoreError, connect_redis
     from .core.status import read_status
 
+    if args.check:
+        return status_check(args)
     try:
         configured, file_problem = [s.name for s in load_sources(args.sources)], None
     except ConfigError as exc:
@@ -181,12 +187,46 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in report.rows:
         if row.stuck:
             print(f"{row.source}: {row.stuck_reason}")
+        if row.counter_drift:
+            print(f"{row.source}: {row.counter_drift}")
         if row.last_error and row.error_rate:
             print(f"{row.source}: last error {row.last_error_at}: {_one_line(row.last_error, LAST_ERROR_CHARS)}")
     for rename in report.renames:
         print(rename.summary())
     for note in report.notes:
         print(f"note: {note}")
+    return EXIT_OK
+
+
+def status_check(args: argparse.Namespace) -> int:
+    """For cron, a Kubernetes probe or a monitor: one line per configured source past its max_lag_s (or never
+    polled) and exit 1; nothing and exit 0 when every one is fresh. Needs the sources file (which sources,
+    their max_lag_s) and Postgres alone, so it tells the truth when nothing else runs."""
+    from .core import StoreError
+    from .core.status import late_sources
+
+    sources = load_sources(args.sources)  # a ConfigError is one line and exit 2: nothing can be judged
+    with open_reader(database_url()) as store:
+        try:
+            late = late_sources(store.status(), sources)
+        except StoreError as exc:
+            raise CliError(f"event-ingest: {exc}") from None
+    for source in late:
+        print(source.summary(), flush=True)
+    return EXIT_FAILED if late else EXIT_OK
+
+
+def cmd_recount(args: argparse.Namespace) -> int:
+    from .core import StoreError
+
+    with open_store(database_url()) as store:
+        try:
+            if store.source_status(args.source) is None:
+                raise CliError(f"event-ingest: refused: source {args.source!r} has no state; nothing done")
+            result = store.recount(args.source)
+        except StoreError as exc:
+            raise CliError(f"event-ingest: recount failed: {exc}", EXIT_FAILED) from None
+    print(json.dumps(result.to_dict()) if args.json else result.summary(), flush=True)
     return EXIT_OK
 
 
@@ -556,8 +596,24 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "lease, stuck, configured or removed; reads Postgres only and changes nothing",
     )
     p.add_argument("--sources", help=SOURCES_HELP)
-    p.add_argument("--json", action="store_true")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true")
+    shown.add_argument(
+        "--check",
+        action="store_true",
+        help="print only the configured sources past their max_lag_s (or never polled), one line each, and "
+        "exit 1 if there is one (0 if none; 2 if the sources file or Postgres cannot be read)",
+    )
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "recount",
+        help="rebuild a source's counters (id blocks, events per minute) from its rows, after writes that "
+        "bypassed the triggers; commits of the source wait while it runs",
+    )
+    p.add_argument("source", help="source name (with state in Postgres; need not be configured)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_recount)
 
     p = sub.add_parser(
         "replay",

@@ -49,6 +49,7 @@ from pydantic.fields import FieldInfo
 SOURCES_ENV = "EVENT_INGEST_SOURCES"  # path of the sources file
 DATABASE_URL_ENV = "EVENT_INGEST_DATABASE_URL"  # Postgres for events
 REDIS_URL_ENV = "EVENT_INGEST_REDIS_URL"  # Redis for leases and the gate
+DATABASE_POOLER_ENV = "EVENT_INGEST_DATABASE_POOLER"  # "transaction": a pooler (PgBouncer) in transaction mode
 DAGSTER_DATABASE_URL_ENV = "EVENT_INGEST_DAGSTER_DATABASE_URL"  # Postgres for Dagster's own storage
 ALERT_WEBHOOK_URL_ENV = "EVENT_INGEST_ALERT_WEBHOOK_URL"  # where the alert sensors POST
 DAGSTER_UI_URL_ENV = "EVENT_INGEST_DAGSTER_UI_URL"  # links in alerts
@@ -296,13 +297,15 @@ class SourceConfig(_Declared):
         ge=MIN_INTERVAL_FLOOR_MS,
         le=3_600_000,
         description="when caught up, poll this often (none: every `min_interval_ms`); never faster than "
-        "`min_interval_ms`",
+        "`min_interval_ms`; at most `max_lag_s` (a healthy idle source polled less often would fail its "
+        "freshness check between polls)",
     )
     max_lag_s: StrictFloat = Field(
         30.0,
         ge=1,
         le=7 * 86_400,
-        description="the freshness check fails when the source was last polled longer ago than this",
+        description="the freshness check (and `event-ingest status --check`) fails when the source was last "
+        "polled successfully longer ago than this",
     )
     headers: Headers = Field(
         (),
@@ -327,6 +330,17 @@ class SourceConfig(_Declared):
             return None
         base_dir = (info.context or {}).get("base_dir")
         return _ca_file(raw, info.data.get("url"), base_dir)  # no url: its own error is reported
+
+    @model_validator(mode="after")
+    def _polled_within_its_lag(self) -> SourceConfig:
+        if self.idle_poll_ms is not None and self.idle_poll_ms > self.max_lag_s * 1000:
+            raise _FieldProblem(
+                ("idle_poll_ms",),
+                f"{self.idle_poll_ms} is not valid; expected at most max_lag_s ({self.max_lag_s:g} s = "
+                f"{self.max_lag_s * 1000:g} ms): a source polled less often than its max_lag_s is reported late "
+                "while healthy (raise max_lag_s or lower idle_poll_ms)",
+            )
+        return self
 
     @property
     def min_interval_s(self) -> float:
@@ -600,6 +614,27 @@ def database_url() -> str:
 
 def redis_url() -> str:
     return require_env(REDIS_URL_ENV, "the Redis URL, e.g. redis://host:6379/0")
+
+
+# What may sit between event-ingest and Postgres. Behind a pooler in transaction mode, consecutive transactions
+# of one client connection run on different server connections, so a statement prepared in one (psycopg
+# prepares a statement after its fifth run) is missing from the next: prepared statements are then off.
+POOLER_MODES = {
+    "none": "connections go to Postgres itself",
+    "session": "a pooler in session mode (a server connection per client connection)",
+    "transaction": "a pooler in transaction mode, e.g. PgBouncer's pool_mode = transaction (prepared statements off)",
+}
+
+
+def database_pooler() -> str:
+    """The pooler mode ``$EVENT_INGEST_DATABASE_POOLER`` names (unset or empty: none)."""
+    value = os.environ.get(DATABASE_POOLER_ENV, "").strip().lower() or "none"
+    if value not in POOLER_MODES:
+        raise ConfigError(
+            f"environment variable {DATABASE_POOLER_ENV}={_shown(value)} is not valid; expected one of "
+            f"{', '.join(POOLER_MODES)} (transaction: {POOLER_MODES['transaction']})"
+        )
+    return value
 
 
 def redact_url(url: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,29 @@ from event_ingest.core import Store, connect_redis
 
 TEST_DB_ENV = "EVENT_INGEST_TEST_DATABASE_URL"
 TEST_REDIS_ENV = "EVENT_INGEST_TEST_REDIS_URL"
+
+
+def pytest_configure(config) -> None:
+    """Temp files under a directory of this session's own, unless ``--basetemp`` says otherwise.
+
+    As root, embedded Postgres runs as a system user that must traverse the path to its data dir
+    (``devstack/embedded/users.py`` grants it). pytest's default temp root, ``/tmp/pytest-of-<user>``,
+    is reset to mode 0700 by every pytest session that starts, so a session starting beside this one
+    (the mutation tests run several at once; so does anyone running two suites) cut that user off
+    its own data directory mid-run."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="event-ingest-pytest-")
+        config._event_ingest_basetemp = config.option.basetemp
+
+
+def pytest_unconfigure(config) -> None:
+    made = getattr(config, "_event_ingest_basetemp", None)
+    if made and getattr(config, "_event_ingest_passed", False):
+        shutil.rmtree(made, ignore_errors=True)  # kept after a failure, for a reader
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    session.config._event_ingest_passed = exitstatus == 0
 
 
 def _with_database(url: str, dbname: str) -> str:

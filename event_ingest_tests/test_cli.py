@@ -7,6 +7,9 @@ import os
 import subprocess
 import sys
 
+from event_ingest.core.page import Event
+from event_ingest.core.store import SCHEMA_VERSION
+
 
 def cli(*args, env=None, timeout=120):
     return subprocess.run(
@@ -169,7 +172,9 @@ def test_skip_moves_a_stuck_source_and_says_what_it_did(tmp_path, make_mock, dat
         tmp_path, database_url, redis_url, f"sources:\n  - name: {source_name}\n    url: {mock.url}\n    timeout_s: 1\n"
     )
     stuck = cli("ingest", source_name, "--json", env=env)
-    assert stuck.returncode == 0 and json.loads(stuck.stdout)["cursor_after"] == 1, stuck.stdout + stuck.stderr
+    stats = json.loads(stuck.stdout)
+    assert (stuck.returncode, stats["status"], stats["cursor_after"]) == (1, "stuck", 1), stuck.stdout + stuck.stderr
+    assert f"`event-ingest skip {source_name} --to-id N`" in stats["error"]
     assert "has no readable id" in stuck.stderr and "`event-ingest skip` moves past it" in stuck.stderr
 
     refused = cli("skip", source_name, "--to-id", "1", env=env)
@@ -294,9 +299,9 @@ def test_status_on_a_database_without_the_tables_changes_nothing(tmp_path, postg
         done = cli("status", env=env)
         assert done.returncode == 2
         assert done.stderr.strip().splitlines() == [
-            "event-ingest: the database holds no event-ingest tables, this event-ingest reads version 4; nothing "
-            "changed (the schema is made and upgraded by ingest runs and by the commands that write, e.g. "
-            "`event-ingest ingest`)"
+            "event-ingest: the database holds no event-ingest tables, this event-ingest reads version "
+            f"{SCHEMA_VERSION}; nothing changed (the schema is made and upgraded by ingest runs and by the "
+            "commands that write, e.g. `event-ingest ingest`)"
         ]
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
@@ -400,3 +405,83 @@ def test_quarantine_list_show_requeue_and_discard(tmp_path, make_mock, database_
     assert requeued["state"] == "requeued" and requeued["resolution_note"].startswith("requeued by an operator")
     missing = cli("quarantine", "show", "0", env=env)
     assert missing.returncode == 2 and missing.stderr.strip() == "event-ingest: quarantine item 0 does not exist"
+
+
+def commit_one(store, source, event_id):
+    """A page of one event through the fenced commit: the source counts as polled now."""
+    store.ensure_source(source)
+    epoch, cursor = store.begin_epoch(source)
+    store.commit_page(source, epoch=epoch, old_cursor=cursor, new_cursor=event_id, events=[Event(event_id, "{}")])
+
+
+def test_status_check_exits_1_with_one_line_per_late_source(tmp_path, database_url, store, source_name):
+    fresh, stale, never = f"{source_name}_fresh", f"{source_name}_stale", f"{source_name}_never"
+    for name in (fresh, stale):
+        commit_one(store, name, 1)
+    # The stale one was last polled two minutes ago (as if nothing had hosted it since).
+    store.conn.execute(
+        "UPDATE source_state SET last_ingest_at = now() - interval '120 s', last_poll_at = now() - interval '120 s' "
+        "WHERE source = %s",
+        (stale,),
+    )
+    store.conn.commit()
+    url = "http://127.0.0.1:1/events"
+    every = (
+        f"sources:\n  - name: {fresh}\n    url: {url}\n  - name: {stale}\n    url: {url}\n"
+        f"  - name: {never}\n    url: {url}\n    max_lag_s: 45\n"
+    )
+    # Postgres alone: no Redis URL in the environment.
+    env = {k: v for k, v in environment(tmp_path, database_url, "", every).items() if k != "EVENT_INGEST_REDIS_URL"}
+    late = cli("status", "--check", env=env)
+    assert (late.returncode, late.stderr) == (1, ""), late.stderr
+    [first, second] = late.stdout.splitlines()
+    assert first.startswith(f"{stale}: late: last successful poll 12") and first.endswith(" s ago (max_lag_s 30)")
+    assert second == f"{never}: late: never polled successfully (max_lag_s 45)"
+
+    (tmp_path / "sources.yaml").write_text(f"sources:\n  - name: {fresh}\n    url: {url}\n")
+    ok = cli("status", "--check", env=env)
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
+
+    (tmp_path / "sources.yaml").write_text(f"sources:\n  - name: {fresh}\n    url: {url}\n    max_lag_s: 0\n")
+    bad = cli("status", "--check", env=env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "max_lag_s" in bad.stderr
+    env["EVENT_INGEST_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/none"
+    (tmp_path / "sources.yaml").write_text(f"sources:\n  - name: {fresh}\n    url: {url}\n")
+    down = cli("status", "--check", env=env)
+    assert down.returncode == 2 and down.stderr.startswith("event-ingest: cannot connect to Postgres")
+
+
+def test_recount_repairs_the_drift_the_checks_name(tmp_path, database_url, store, source_name):
+    from event_ingest.core.checks import gap_check
+
+    store.ensure_source(source_name)
+    epoch, _ = store.begin_epoch(source_name)
+    store.commit_page(
+        source_name, epoch=epoch, old_cursor=0, new_cursor=50, events=[Event(i, "{}") for i in range(1, 51)]
+    )
+    store.conn.execute("SET session_replication_role = replica")  # the triggers do not see this delete
+    store.conn.execute("DELETE FROM events WHERE source = %s AND event_id = 25", (source_name,))
+    store.conn.execute("RESET session_replication_role")
+    store.conn.commit()
+    assert gap_check(store, source_name).passed  # the hidden gap
+    assert store.verify_counters(source_name).drift
+    env = environment(tmp_path, database_url, "", f"sources:\n  - name: {source_name}\n    url: http://h/e\n")
+    drift_line = (
+        f"{source_name}: counters disagree with the rows in blocks 0 (ids 0-65535: counted 50, rows 49); "
+        f"run `event-ingest recount {source_name}`"
+    )
+    assert drift_line in cli("status", env=env).stdout.splitlines()
+
+    done = cli("recount", source_name, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        f"source {source_name}: counters rebuilt from the rows; 1 blocks corrected (block 0: 50 -> 49); events 50 -> 49"
+    )
+    assert drift_line not in cli("status", env=env).stdout
+    found = gap_check(store, source_name)
+    assert (found.missing, found.listed) == (1, "25-25")
+    again = cli("recount", source_name, "--json", env=env)
+    assert json.loads(again.stdout)["changed"] == []
+    unknown = cli("recount", f"{source_name}_nope", env=env)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == f"event-ingest: refused: source '{source_name}_nope' has no state; nothing done"

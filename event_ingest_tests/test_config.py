@@ -237,6 +237,13 @@ ROOT = Path(__file__).resolve().parents[1]
             "source 'a': field 'ca_file': only used for https urls, and the url is not https",
         ),
         ("{name: a, url: 'https://h/e', ca_file: 7}", "source 'a': field 'ca_file': expected a file path"),
+        # a rule across fields: polled less often than its max_lag_s, a healthy source would be reported late
+        (
+            "{name: a, url: 'http://h/e', idle_poll_ms: 45000}",
+            "source 'a': field 'idle_poll_ms': 45000 is not valid; expected at most max_lag_s (30 s = 30000 ms): a "
+            "source polled less often than its max_lag_s is reported late while healthy (raise max_lag_s or lower "
+            "idle_poll_ms)",
+        ),
         # the shape around the sources
         ("5", "sources[0]: expected a mapping with 'name' and 'url', got int"),
     ],
@@ -301,11 +308,19 @@ def test_a_source_is_frozen_hashable_and_keeps_its_public_shape(monkeypatch):
         headers={"Authorization": {"env": "SOURCE1_TOKEN"}},
         min_interval_ms=250,
         idle_poll_ms=100_000,
+        max_lag_s=100.0,
     )
     assert (source.min_interval_s, source.idle_poll_s) == (0.25, 100.0)
     assert source.secret_values() == [f"Bearer {TOKEN}", TOKEN]
     assert hash(source) == hash(
-        SourceConfig(name="a", url="http://h/e", headers=source.headers, min_interval_ms=250, idle_poll_ms=100_000)
+        SourceConfig(
+            name="a",
+            url="http://h/e",
+            headers=source.headers,
+            min_interval_ms=250,
+            idle_poll_ms=100_000,
+            max_lag_s=100.0,
+        )
     )
     with pytest.raises(pydantic.ValidationError, match="frozen"):
         source.page_size = 5  # type: ignore[misc]

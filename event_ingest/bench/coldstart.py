@@ -96,5 +96,5 @@ def run(args: argparse.Namespace) -> int:
 def _drain(Drain, source, store, client, era_key, DrainOptions) -> None:
     """One drain to the head, its gate pointed at this run's own era key."""
     drain = Drain(source, store=store, redis_client=client, options=DrainOptions(max_seconds=60))
-    drain.gate.era_key = era_key
+    drain.client.gate.era_key = era_key
     drain.run()

@@ -24,18 +24,19 @@ import contextlib
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from . import report
+from .figures import gap_histogram, lag_chart, measure
 from .live import (
     Deployment,
     MockFleet,
     Sampler,
     create_database,
     drop_database,
-    gap_histogram,
-    lag_chart,
-    measure,
     postgres_connections,
     postgres_pids,
     redis_commands,
@@ -106,7 +107,34 @@ def run_live(args: argparse.Namespace, *, case: str, deployments: int, targets: 
     return 0 if correct else 1
 
 
-def measure_live(args: argparse.Namespace, *, case: str, deployments: int):
+@dataclass(frozen=True)
+class LiveStack:
+    """What is running during the window, for an observer to watch."""
+
+    deployments: list[Deployment]
+    fleet: Any  # MockFleet or outside.OutsideFleet
+    events_url: str
+    dagster_urls: list[str]
+    redis_url: str
+
+
+class Observer(Protocol):
+    """Watches the window beside the figures: started at its first moment, stopped at its last (before
+    anything is stopped); the caller reads what it saw afterwards."""
+
+    def start(self, live: LiveStack, t0: float) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def measure_live(
+    args: argparse.Namespace,
+    *,
+    case: str,
+    deployments: int,
+    fleet_factory: Callable[[list[str], float, Path], Any] = MockFleet,
+    observers: Sequence[Observer] = (),
+):
     """Start everything, measure one window, stop everything. Returns (result, figures, marks, t0)."""
     window_s = args.minutes * 60
     suffix = uuid.uuid4().hex[:6]
@@ -123,7 +151,7 @@ def measure_live(args: argparse.Namespace, *, case: str, deployments: int):
         if not args.keep:
             for url in [events_url, *dagster_urls]:
                 stack.callback(drop_database, server_url, url)
-        fleet = MockFleet(names, args.rate, work)
+        fleet = fleet_factory(names, args.rate, work)
         fleet.start()
         stack.callback(fleet.stop)
         sources_file = work / "sources.yaml"
@@ -155,7 +183,7 @@ def measure_live(args: argparse.Namespace, *, case: str, deployments: int):
             {
                 "ingest runs": lambda: [p for d in stacks for p in d.run_pids()],
                 "dagster (all, runs included)": lambda: [p for d in stacks for p in d.pids()],
-                "mock sources": lambda: fleet.pids,
+                fleet.LABEL: lambda: fleet.pids,
                 "postgres": lambda: postgres_pids(events_url) if pg_pids else [],
                 "redis": lambda: rd_pids,
             },
@@ -165,6 +193,9 @@ def measure_live(args: argparse.Namespace, *, case: str, deployments: int):
         log_rows0 = [d.event_log_rows() for d in stacks]
         commands0 = redis_commands(redis_url)
         sampler.start()
+        live = LiveStack(stacks, fleet, events_url, dagster_urls, redis_url)
+        for observer in observers:
+            observer.start(live, t0)
         killed_at = None
         if deployments > 1:
             time.sleep(window_s / 2)
@@ -183,6 +214,8 @@ def measure_live(args: argparse.Namespace, *, case: str, deployments: int):
         else:
             time.sleep(window_s)
         t1 = time.time()
+        for observer in observers:
+            observer.stop()
         commands = [b - a for a, b in zip(commands0, redis_commands(redis_url))]
         sampler.stop()
         figures = measure(fleet, events_url, t0, t1, killed_at=killed_at)

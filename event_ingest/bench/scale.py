@@ -2,6 +2,7 @@
 
     event-ingest bench scale [--sources 50] [--rate 20] [--minutes 10] [--sources-per-run 25]
                              [--run-seconds 300] [--handoff-s 60] [--curve 1,10,25,50] [--quick]
+                             [--outside [--per-process 5]] [--profile [--profile-seconds 60]]
 
 The continuity case's measurement (at the sources and in Postgres: ceiling ratio, pauses,
 lag, gaps under 200 ms) for N sources, plus what the whole thing costs, sampled from /proc
@@ -10,15 +11,21 @@ Postgres and Redis; connections to the events database; Redis commands/s; Dagste
 event-log rows/s - in all and per source. With --curve, one window per size, and a table
 and chart of the cost against the number of sources: the measured curve the scaling plan
 in the README rests on.
+
+Every window also reports CPU by part (run processes, Dagster's daemon, webserver and code
+server, Postgres, Redis, the sources) in cores and in ms of CPU per request at the sources.
+--outside serves the sources from a few shared processes that are not the project's mock, with
+kernel-stamped arrivals; --profile adds a py-spy profile of the busiest run process (outside.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from . import report
+from . import outside, report
 from .continuity import _verdicts, measure_live, print_result
-from .live import gap_histogram, lag_chart
+from .figures import gap_histogram, lag_chart
 
 HELP = "N live sources through the real sensors and runs: ceiling ratio, lag, and what each source costs"
 QUICK = {
@@ -52,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--handoff-s", type=float, default=60.0, help="successor asked this long before (default 60)")
     parser.add_argument("--curve", help="comma-separated sizes, one window each (e.g. 1,10,25,50)")
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
+    outside.add_arguments(parser)
     report.add_output_arguments(parser, "CI smoke run: 4 sources in 2 runs for 60 s; no target asserted")
 
 
@@ -97,6 +105,10 @@ def costs(result: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    error = outside.argument_error(args)
+    if error:
+        print(f"event-ingest bench scale: {error}", file=sys.stderr)
+        return 2
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
@@ -106,12 +118,16 @@ def run(args: argparse.Namespace) -> int:
     correct = True
     for size in sizes:
         args.sources = size
-        result, figures, marks, t0 = measure_live(args, case="scale", deployments=1)
+        watch = outside.WindowWatch(args, out, size)
+        result, figures, marks, t0 = measure_live(args, case="scale", deployments=1, **watch.options())
         result["targets"] = _verdicts(result["per_source"], TARGETS)
         result["costs"] = costs(result)
+        watch.complete(result, figures)
         windows.append(result)
         curve.append(result["costs"])
         print_result(result, f"scale ({size} sources)")
+        print()
+        watch.print(result)
         print()
         lag_chart(
             out / f"scale-{size}-lag.png",

@@ -20,6 +20,7 @@ removes the claim (``held-<consumer>-<source>``). Its lease keeps being renewed 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -112,6 +113,13 @@ def run_consumer(config_path: Path, name: str) -> int:
     from ..core.worker import Worker, WorkerOptions
 
     config = json.loads(config_path.read_text())
+    # Every request's gate slot, send and close (core/drain.py's trace), for the verdict to explain a gap with.
+    tracing = logging.FileHandler(Path(config["trace_dir"]) / f"trace-{name}.jsonl")
+    tracing.setFormatter(logging.Formatter("%(message)s"))
+    trace = logging.getLogger("event_ingest.trace")
+    trace.addHandler(tracing)
+    trace.setLevel(logging.DEBUG)
+    trace.propagate = False
     checkpoints = Checkpoints(Path(config["control_dir"]), name)
     checkpoints.install()
     sources = [SourceConfig(**s) for s in config["sources"]]

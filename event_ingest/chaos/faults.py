@@ -46,7 +46,8 @@ class Faults:
         self._malformed_sent = 0
 
     def inject(self, kind: str) -> bool:
-        t = time.monotonic() - self.h.started
+        began = time.monotonic()
+        t = began - self.h.started
         try:
             detail = getattr(self, f"_fault_{kind}")()
         except Exception as exc:  # a fault that failed to inject is reported, the run goes on
@@ -56,7 +57,10 @@ class Faults:
             log.warning("chaos: t=%5.1fs %s not injected", t, kind)
             return False
         self.injected[kind] += 1
-        self.fault_log.append({"t": round(t, 2), "kind": kind, "detail": detail})
+        # "from"/"until": this host's monotonic clock, the one the sources stamp arrivals on.
+        self.fault_log.append(
+            {"t": round(t, 2), "kind": kind, "detail": detail, "from": began, "until": time.monotonic()}
+        )
         log.info("chaos: t=%5.1fs %s: %s", t, kind, detail)
         return True
 

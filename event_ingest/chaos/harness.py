@@ -124,6 +124,7 @@ class Harness:
             "database_url": self.db_url,
             "redis_url": self.redis_url,
             "control_dir": str(self.dir / "control"),
+            "trace_dir": str(self.dir / "logs"),
             "sources": [
                 {
                     "name": m.name,

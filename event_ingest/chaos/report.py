@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .explain import format_violation
+
 
 def format_report(report: dict) -> str:
     t = report["totals"]
@@ -15,7 +17,8 @@ def format_report(report: dict) -> str:
         ("rows written twice in a commit", str(t["rows_written_twice_in_a_commit"])),
         ("ids written by two commits", str(t["ids_committed_twice"])),
         ("quarantined", str(t["quarantined"])),
-        ("spacing violations", str(t["spacing_violations"])),
+        ("spacing violations (arrival at the source)", str(t["spacing_violations"])),
+        ("gaps < 200 ms as the handler read them", str(t["spacing_gaps_by_handler_stamp"])),
         ("min gap at sources (ms)", gap),
         ("requests during a held response", str(t["requests_during_held_response"])),
         (
@@ -29,6 +32,8 @@ def format_report(report: dict) -> str:
     lines = [f"{'fault kind'.ljust(width)}  injected", f"{'-' * width}  --------"]
     lines += [f"{name.ljust(width)}  {value}" if name else "" for name, value in rows]
     failed = [name for name, passed in report["checks"].items() if not passed]
+    for violation in report.get("violations", []):
+        lines += ["", format_violation(violation)]
     lines.append("")
     lines.append(
         f"seed {report['seed']}, {report['seconds']:g}s, {report['consumers']} consumers, "

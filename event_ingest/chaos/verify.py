@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .explain import explain, read_traces
+
 if TYPE_CHECKING:
     from .harness import Harness
 
@@ -22,7 +24,7 @@ CHECKS = {
     "cursor_is_max_stored_id": "the cursor is the highest stored id (no id skipped past)",
     "no_row_written_twice_in_a_commit": "no commit wrote one row twice (write audit)",
     "no_id_committed_twice": "no id was written by two commits that both landed (write audit)",
-    "no_spacing_violation": "no two requests reached a source less than 200 ms apart",
+    "no_spacing_violation": "no two requests reached a source less than 200 ms apart (kernel receive times)",
     "gate_waits_after_state_lost": "no request reached a source while it held a response and Redis was flushed",
     "retry_after_honoured": "no request came back before a Retry-After ran out",
     "no_request_while_redis_down": "no request reached a source while Redis was down",
@@ -72,8 +74,11 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
     twice_in_commit = dict(h.sql(WRITTEN_TWICE_IN_A_COMMIT_SQL))
     committed_twice = dict(h.sql(COMMITTED_TWICE_SQL))
     sources = []
+    violations: list[dict] = []
+    traces = read_traces(h.dir / "logs")
     for mock in h.mocks:
-        seen = h.mock_stats(mock, ids=True)
+        seen = h.mock_stats(mock, ids=True, arrivals=True)
+        violations += explain(mock.name, seen["arrival_log"], seen["min_interval_ms"], traces, f.fault_log, h.started)
         served = set(seen["served_ids"])
         stored = {r[0] for r in h.sql("SELECT event_id FROM events WHERE source = %s", (mock.name,))}
         cursor, fenced = h.sql("SELECT cursor, fenced_commits FROM source_state WHERE source = %s", (mock.name,))[0]
@@ -101,6 +106,9 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
                 "fenced_commits": fenced,
                 "gaps_under_200ms": seen["gaps_under_200ms"],
                 "min_gap_ms": seen["min_gap_ms"],
+                "judged_on": seen["judged_on"],
+                "handler_gaps_under_200ms": seen["handler_gaps_under_200ms"],
+                "handler_min_gap_ms": seen["handler_min_gap_ms"],
                 "statuses": seen["statuses"],
             }
         )
@@ -113,6 +121,8 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
         "ids_committed_twice": sum(s["ids_committed_twice"] for s in sources),
         "quarantined": sum(s["quarantined"] for s in sources),
         "spacing_violations": sum(s["gaps_under_200ms"] for s in sources),
+        # Not judged (how late a busy source read its requests), shown beside: see mocksource/arrival.py.
+        "spacing_gaps_by_handler_stamp": sum(s["handler_gaps_under_200ms"] for s in sources),
         "requests_during_held_response": sum(t["requests_during_hold"] for t in f.flush_trials),
         "stale_commits_that_moved_something": sum(not t["commit_refused"] for t in f.fence_trials),
         "taker_leases_lost": sum(not t["lease_kept"] for t in f.fence_trials),
@@ -148,6 +158,7 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
         "totals": totals,
         "checks": checks,
         "per_source": sources,
+        "violations": violations,
         "fence_trials": f.fence_trials,
         "stops_not_taken_over": f.stops_not_taken_over,
         "flush_trials": f.flush_trials,

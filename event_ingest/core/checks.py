@@ -4,11 +4,22 @@
 the lowest to the highest. The counters (``id_blocks``, kept by triggers whoever writes) give the
 count per block of 65,536 ids; a block holding fewer ids than its share of the span has a gap, and
 the number missing is exact without reading a single id. Only when something is missing are the
-incomplete blocks read, a bounded number of them, to name the ranges.
+incomplete blocks read, a bounded number of them, to name the ranges. It also fails while the
+counter audit has found blocks whose counter disagrees with the rows (writes that bypassed the
+triggers), naming them and the recount that repairs them.
 
 ``cursor_check``: the cursor equals the highest id accounted for (two index probes).
 
 ``quarantine_check``: nothing was quarantined (a warning: the items are kept, not lost).
+
+Each check reads everything it compares in one snapshot (``Store.snapshot``: one REPEATABLE READ
+transaction), so a commit landing while it runs is wholly in what it reads or wholly out of it; two
+separate reads would let a commit fall between them and the arithmetic would be wrong either way (a
+real gap reported as none, a clean source reported failing).
+
+``verify_counters``: the counter audit, for a schedule: a bounded part of each source's counters
+recounted from the rows per call, going round them (the bound on how long drift can go unseen is in
+``core/store/audit.py``).
 
 Every result says what it saw in numbers a caller can show (Dagster metadata, the CLI); lists cut
 short say so ("first 20 of 57").
@@ -16,9 +27,21 @@ short say so ("first 20 of 57").
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .store import ID_BLOCK_BITS, ID_BLOCK_SIZE, Gap, Store
+from .store import (
+    COUNTER_BLOCKS_PER_CALL,
+    ID_BLOCK_BITS,
+    ID_BLOCK_SIZE,
+    BlockDrift,
+    CounterAudit,
+    Gap,
+    Reads,
+    Store,
+    StoreError,
+    drift_summary,
+)
 
 GAPS_LISTED = 20  # ranges named in a result; the counts are always whole
 BLOCKS_SCANNED = 16  # incomplete blocks read to name ranges: at most 16 x 65,536 ids per check
@@ -38,8 +61,11 @@ class GapCheck:
     blocks_incomplete: int = 0
     blocks_scanned: int = 0
     # Blocks the counters say hold more ids than they can: counters out of step with the rows
-    # (triggers bypassed); then gaps can hide, so the check fails until Store.recount() is run.
+    # (triggers bypassed); then gaps can hide, so the check fails until the source is recounted.
     blocks_overcounted: int = 0
+    # Blocks the counter audit found disagreeing with the rows, not recounted since: the check fails.
+    drift: tuple[BlockDrift, ...] = ()
+    source: str = ""
 
     @property
     def listed(self) -> str:
@@ -53,17 +79,20 @@ class GapCheck:
         return f"first {len(self.gaps)} of {of}: {text}"
 
     def summary(self) -> str:
+        if self.drift:
+            return drift_summary(self.source, self.drift)
+        recount = f"run `event-ingest recount {self.source}`"
         if self.blocks_overcounted:
             return (
                 f"id counters disagree with the stored rows in {self.blocks_overcounted} blocks "
-                "(writes that bypassed the triggers?): run Store.recount() for this source"
+                f"(writes that bypassed the triggers?): {recount}"
             )
         if self.missing == 0:
             return "no gaps" if self.highest is not None else "nothing stored yet"
         if self.ranges_complete and self.missing_located != self.missing:
             return (
                 f"id counters say {self.missing} ids are missing, the rows show {self.missing_located} "
-                "(writes that bypassed the triggers?): run Store.recount() for this source"
+                f"(writes that bypassed the triggers?): {recount}"
             )
         return f"{self.missing} ids missing in {self.ranges}{'' if self.ranges_complete else '+'} ranges: {self.listed}"
 
@@ -94,33 +123,51 @@ class _Window:
     whole: bool  # nothing in it is accounted for: all of it is missing, no need to read it
 
 
-def gap_check(store: Store, source: str, *, listed: int = GAPS_LISTED, scan_blocks: int = BLOCKS_SCANNED) -> GapCheck:
-    """Ids missing between the lowest and highest accounted-for id of a source.
+def gap_check(store: Reads, source: str, *, listed: int = GAPS_LISTED, scan_blocks: int = BLOCKS_SCANNED) -> GapCheck:
+    """Ids missing between the lowest and highest accounted-for id of a source, read in one snapshot.
 
-    Cost without gaps: four index probes and one row per block (458 at 30 million ids). With gaps,
+    Cost without gaps: five index probes and one row per block (458 at 30 million ids). With gaps,
     plus at most ``scan_blocks`` blocks read to name the ranges; ``scan_blocks=0`` counts only."""
-    span = store.id_span(source)
-    lowest, highest = span.lowest, span.highest
-    if lowest is None:
-        return GapCheck(passed=True, lowest=None, highest=None, accounted=0, missing=0)
-    blocks = store.accounted_blocks(source)
-    accounted = sum(n for _, n in blocks)
-    windows, overcounted = _incomplete_windows(blocks, lowest, highest)
-    seen = dict(
-        lowest=lowest, highest=highest, accounted=accounted, blocks_incomplete=sum(1 for w in windows if not w.whole)
-    )
-    if overcounted:
-        return GapCheck(
-            passed=False,
-            missing=max(highest - lowest + 1 - accounted, 0),
-            ranges_complete=False,
-            blocks_overcounted=overcounted,
-            **seen,
+    with store.snapshot() as snap:
+        drift = snap.counter_drift(source)
+        span = snap.id_span(source)
+        lowest, highest = span.lowest, span.highest
+        if lowest is None:
+            if drift is not None:  # rows the counters still count, though none are left
+                return GapCheck(
+                    passed=False,
+                    lowest=None,
+                    highest=None,
+                    accounted=0,
+                    missing=0,
+                    ranges_complete=False,
+                    drift=drift.blocks,
+                    source=source,
+                )
+            return GapCheck(passed=True, lowest=None, highest=None, accounted=0, missing=0, source=source)
+        blocks = snap.accounted_blocks(source)
+        accounted = sum(n for _, n in blocks)
+        windows, overcounted = _incomplete_windows(blocks, lowest, highest)
+        seen = dict(
+            lowest=lowest,
+            highest=highest,
+            accounted=accounted,
+            blocks_incomplete=sum(1 for w in windows if not w.whole),
+            drift=drift.blocks if drift is not None else (),
+            source=source,
         )
-    missing = highest - lowest + 1 - accounted  # >= 0: no block holds more than its share
-    if missing == 0:
-        return GapCheck(passed=True, missing=0, **seen)
-    gaps, scanned, complete = _locate(store, source, windows, scan_blocks)
+        if overcounted:
+            return GapCheck(
+                passed=False,
+                missing=max(highest - lowest + 1 - accounted, 0),
+                ranges_complete=False,
+                blocks_overcounted=overcounted,
+                **seen,
+            )
+        missing = highest - lowest + 1 - accounted  # >= 0: no block holds more than its share
+        if missing == 0:
+            return GapCheck(passed=drift is None, missing=0, **seen)
+        gaps, scanned, complete = _locate(snap, source, windows, scan_blocks)
     return GapCheck(
         passed=False,
         missing=missing,
@@ -156,7 +203,7 @@ def _incomplete_windows(blocks: list[tuple[int, int]], lowest: int, highest: int
     return windows, overcounted
 
 
-def _locate(store: Store, source: str, windows: list[_Window], scan_blocks: int) -> tuple[list[Gap], int, bool]:
+def _locate(store: Reads, source: str, windows: list[_Window], scan_blocks: int) -> tuple[list[Gap], int, bool]:
     """Name the missing ranges window by window, merging ranges that run across a window's edge;
     stop after reading ``scan_blocks`` blocks (the ranges found so far are then a lower bound)."""
     gaps: list[Gap] = []
@@ -177,15 +224,33 @@ def _locate(store: Store, source: str, windows: list[_Window], scan_blocks: int)
     return gaps, scanned, True
 
 
-def cursor_check(store: Store, source: str) -> CursorCheck:
-    """The cursor equals the highest id accounted for (stored or quarantined with its id)."""
-    status = store.source_status(source)
-    if status is None:
-        return CursorCheck(passed=True, cursor=None, highest=0)
-    highest = store.id_span(source).highest or 0
+def cursor_check(store: Reads, source: str) -> CursorCheck:
+    """The cursor equals the highest id accounted for (stored or quarantined with its id), read in one
+    snapshot: a commit moves both, and is seen by both reads or by neither."""
+    with store.snapshot() as snap:
+        status = snap.source_status(source)
+        if status is None:
+            return CursorCheck(passed=True, cursor=None, highest=0)
+        highest = snap.id_span(source).highest or 0
     return CursorCheck(passed=status.cursor == highest, cursor=status.cursor, highest=highest)
 
 
-def quarantine_check(store: Store, source: str) -> QuarantineCheck:
-    count, last_reason, _ = store.quarantine_summary(source)
+def quarantine_check(store: Reads, source: str) -> QuarantineCheck:
+    count, last_reason, _ = store.quarantine_summary(source)  # one statement: one snapshot
     return QuarantineCheck(passed=count == 0, quarantined=count, last_reason=last_reason)
+
+
+def verify_counters(
+    store: Store, sources: Iterable[str], *, blocks: int = COUNTER_BLOCKS_PER_CALL
+) -> dict[str, CounterAudit | StoreError]:
+    """The counter audit for a schedule: ``blocks`` blocks of each source recounted from its rows and
+    compared with the counters (``Store.verify_counters``); drift found is recorded, and ``no_gaps`` fails
+    naming it until ``event-ingest recount SOURCE``. A source whose audit failed (its partition gone,
+    Postgres refused) is reported as its error; the others are audited all the same."""
+    results: dict[str, CounterAudit | StoreError] = {}
+    for source in sources:
+        try:
+            results[source] = store.verify_counters(source, blocks=blocks)
+        except StoreError as exc:
+            results[source] = exc
+    return results

@@ -15,6 +15,7 @@ over within one lease poll of a handoff, or one lease TTL of a crash.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -36,9 +37,12 @@ from .client import Kind, SourceClient
 from .gate import Gate, GateUnavailable
 from .lease import Lease, LeaseUnavailable
 from .page import Page
-from .store import Fenced, Store, StoreError
+from .store import STOPS_BEFORE_PHRASE, Fenced, Store, StoreError
 
 log = logging.getLogger(__name__)
+# One JSON line per request at DEBUG (its gate slot, send and close times, epoch, cursor, outcome), for
+# whoever must explain a gap seen at a source (the chaos harness turns it on); off, it costs one check.
+trace = logging.getLogger("event_ingest.trace")
 
 
 class DrainStatus(str, Enum):
@@ -51,6 +55,7 @@ class DrainStatus(str, Enum):
     FENCED = "fenced"  # another consumer took over mid-drain; our last page was rolled back
     LEASE_LOST = "lease_lost"  # our lease expired/was taken; stopped before the next request
     SOURCE_ERROR = "source_error"  # the source kept failing (retries spent) or answered unusably
+    STUCK = "stuck"  # the page at the cursor stops before an item with no readable id: nothing can move
     REDIS_DOWN = "redis_unavailable"  # no gate, no lease: stop requesting rather than guess
     POSTGRES_DOWN = "postgres_unavailable"
 
@@ -72,6 +77,7 @@ CAUGHT_UP, BUDGET_SPENT, LEASE_BUSY, STOPPED = (
     DrainStatus.STOPPED,
 )
 FENCED, LEASE_LOST, SOURCE_ERROR = DrainStatus.FENCED, DrainStatus.LEASE_LOST, DrainStatus.SOURCE_ERROR
+STUCK = DrainStatus.STUCK
 REDIS_DOWN, POSTGRES_DOWN = DrainStatus.REDIS_DOWN, DrainStatus.POSTGRES_DOWN
 OK_STATUSES = frozenset(_OK)
 
@@ -104,6 +110,7 @@ class DrainStats:
     duration_s: float = 0.0
     lag_s: float | None = None  # age of the newest event committed, when its payload says when it was made
     caught_up: bool = False  # the last poll found nothing new
+    stuck: str | None = None  # the last page stopped before an item it cannot read, moving nothing: why
     last_error: str | None = None  # the latest failed attempt, even if a retry then worked
     warnings: list[str] = field(default_factory=list)
     warnings_dropped: int = 0  # beyond the first WARNINGS_KEPT
@@ -220,14 +227,14 @@ class Drain:
         self.log = _DrainLog(logger, self)
         self.lease = Lease(redis_client, source.name, ttl_s=options.lease_ttl_s, wait_s=options.lease_wait_s)
         # The reservation outlives the longest request: timeout plus one interval.
-        self.gate = Gate(
+        gate = Gate(
             redis_client,
             source.name,
             interval_s=source.min_interval_s,
             hold_s=source.timeout_s + source.min_interval_s,
             token=self.stats.consumer,
         )
-        self.client = SourceClient(source, self.gate)
+        self.client = SourceClient(source, gate)
         budget = options.max_seconds if options.max_seconds is not None else source.max_run_seconds
         self.budget_s = budget
         self.deadline = math.inf
@@ -301,7 +308,9 @@ class Drain:
             moved = self._commit(page)
             if self.hooks.after_commit:
                 self.hooks.after_commit(self.stats)
-            if not moved:
+            if not moved and _stops_before_unreadable(page):
+                self._stuck()
+            elif not moved:
                 # Only ids at or below the cursor: the source re-served old events. Asking again with
                 # the same lastId would get the same page; nothing is new.
                 self._warn(f"lastId={self.cursor}: page held no id above the cursor; treated as caught up")
@@ -342,6 +351,8 @@ class Drain:
         stats.events_already_stored += result.already_stored
         stats.quarantined += result.quarantined
         stats.caught_up = False
+        if moved:
+            stats.stuck = None
         stats.lag_s = _lag_s(page)
         if stats.lag_s is not None:
             stats.lag_samples.append((time.time(), stats.lag_s))
@@ -350,22 +361,49 @@ class Drain:
     def _caught_up(self) -> None:
         """Nothing new: end here, or (tailing) note it and poll again at the idle pace."""
         self.stats.caught_up = True
+        self.stats.stuck = None
         self.stats.lag_s = 0.0
         if not self.options.tail:
-            # Freshness and stuck detection see the poll; the drain's work is done whatever the mark says.
-            try:
-                self._mark_polled()
-            except _End as end:
-                self.log.warning("poll not marked in Postgres: %s", end.error)
-            raise _End(CAUGHT_UP)
+            self._end_polled(CAUGHT_UP)
+        self._poll_again()
+
+    def _stuck(self) -> None:
+        """The page at the cursor stops before an item that cannot be read and has no readable id (kept in
+        quarantine), so nothing moves: the source may hold good pages after it, and this drain cannot reach
+        them. A one-off drain ends here, not ok (asking again gets the same page); a tailing one says so and
+        polls on at the idle pace, so it moves on as soon as the source serves something else."""
+        name = self.source.name
+        reason = (
+            f"source {name!r} at lastId={self.cursor}: stuck before an item that cannot be read and has no "
+            f"readable id (kept in quarantine: `event-ingest quarantine list {name}`); move past it with "
+            f"`event-ingest skip {name} --to-id N`"
+        )
+        self.stats.caught_up = False
+        first, self.stats.stuck = self.stats.stuck is None, reason
+        if not self.options.tail:
+            self._end_polled(STUCK, reason)
+        if first:
+            self.log.warning("%s; polling on", reason)
+        self._poll_again()
+
+    def _end_polled(self, status: DrainStatus, error: str | None = None) -> None:
+        # Freshness and stuck detection see the poll; the drain's work is done whatever the mark says.
+        try:
+            self._mark_polled()
+        except _End as end:
+            self.log.warning("poll not marked in Postgres: %s", end.error)
+        raise _End(status, error)
+
+    def _poll_again(self) -> None:
+        """Tailing: count the poll, tell Postgres now and then, and wait out the source's idle pace."""
         self.stats.empty_polls += 1
         if time.monotonic() - self._last_marked >= self.options.mark_polled_every_s:
             self._mark_polled()
         # The gate already spaces polls by min_interval; a source that asks to be polled less often is
         # asked again idle_poll after this poll's response began (as the gate counts: the request reached
         # the source before its response came back, so the pace holds at the source too).
-        if self.source.idle_poll_s > self.source.min_interval_s and self.gate.last_closed is not None:
-            self._sleep(self.gate.last_closed + self.source.idle_poll_s - time.monotonic())
+        if self.source.idle_poll_s > self.source.min_interval_s and self.client.last_closed is not None:
+            self._sleep(self.client.last_closed + self.source.idle_poll_s - time.monotonic())
 
     def _mark_polled(self) -> None:
         requests = self._uncounted()
@@ -419,6 +457,20 @@ class Drain:
         except StoreError as exc:
             self.log.warning("last %d requests not counted in Postgres (%s)", requests, exc)
 
+    def _trace(self, outcome) -> None:
+        line = {
+            "src": self.source.name,
+            "consumer": self.stats.consumer,
+            "epoch": self.stats.epoch,
+            "last_id": self.cursor,
+            "kind": outcome.kind.value,
+            "sent": outcome.sent,
+            "status": outcome.status,
+            "reason": outcome.reason or None,
+            **(dataclasses.asdict(outcome.timeline) if outcome.timeline is not None else {}),
+        }
+        trace.debug("%s", json.dumps(line))
+
     def _sleep(self, seconds: float) -> None:
         """Sleep, but wake for a stop request or the deadline."""
         until = min(time.monotonic() + seconds, self.deadline)
@@ -441,19 +493,17 @@ class Drain:
                 None if math.isinf(self.deadline) else max(self.deadline - time.monotonic(), 0.0) + source.timeout_s
             )
             try:
-                grant = self.gate.acquire(
-                    max_wait_s=max_wait, should_stop=lambda: self.should_stop() or self.lease.lost
+                outcome = self.client.fetch(
+                    self.cursor, max_wait_s=max_wait, should_stop=lambda: self.should_stop() or self.lease.lost
                 )
             except GateUnavailable as exc:
                 raise _End(REDIS_DOWN, str(exc)) from None
-            if grant is None:
+            if outcome is None:
                 if self.lease.lost:
                     raise _End(LEASE_LOST, f"source {source.name!r}: lease lost while waiting for a slot")
                 raise _End(STOPPED if self.should_stop() else BUDGET_SPENT)
-            try:
-                outcome = self.client.attempt(grant, self.cursor)
-            except GateUnavailable as exc:  # the slot could not be closed: Redis went away mid-request
-                raise _End(REDIS_DOWN, str(exc)) from None
+            if trace.isEnabledFor(logging.DEBUG):
+                self._trace(outcome)
             if outcome.kind is Kind.OK:
                 return outcome.page
             if not outcome.sent:
@@ -484,6 +534,11 @@ class Drain:
                 continue  # the gate holds everyone back until then
             delay = min(self.options.backoff_max_s, self.options.backoff_base_s * 2 ** (attempt - 1))
             self._sleep(delay * random.uniform(0.5, 1.0))
+
+
+def _stops_before_unreadable(page: Page) -> bool:
+    """The page stopped before an item it could not read, whose id is unknown (page.py's salvage)."""
+    return any(q.event_id is None and STOPS_BEFORE_PHRASE in q.reason for q in page.quarantined)
 
 
 def drain(

@@ -32,11 +32,25 @@ Failure timeline it defends against:
    first request goes out at once.
 4. Redis is unreachable: no slot can be proven safe, so none is granted; the
    caller gets :class:`GateUnavailable` and stops requesting rather than guess.
+5. The holder pauses (SIGSTOP, a frozen VM, a long GC) after Redis granted it a
+   slot, perhaps before it even read the answer, for longer than the hold: its
+   reservation lapses and another consumer sends. A grant is therefore dated
+   from when it was *asked for* (``Grant.asked_monotonic``), never from when
+   its answer was read, and a request goes out only within half an interval of
+   that moment, checked where its first bytes are written (``http.py``); a
+   later one is given back unsent. Everything of a request then ends within
+   ``timeout_s`` of the same moment, so it is over before the hold can lapse.
+
+The slot has one owner from grant to close: ``with gate.slot() as slot:``
+(``SourceClient.fetch``) closes it on every way out, as an unanswered request
+if the holder left without closing.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
@@ -94,7 +108,7 @@ return {1, now}
 # ARGV[2] = interval_us
 # ARGV[3] = defer_us (Retry-After; 0 if none)
 # ARGV[4] = idle TTL in ms
-# Returns the microseconds until the next slot opens.
+# Returns {microseconds until the next slot opens, now on Redis' clock}.
 CLOSE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -108,7 +122,7 @@ if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'holder', 'hold_until')
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return next_at - now
+return {next_at - now, now}
 """
 
 
@@ -119,17 +133,43 @@ class GateUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class Grant:
     token: str
-    granted_monotonic: float
+    asked_monotonic: float  # when the question that got the grant was sent: the grant is no older than this
+    granted_monotonic: float  # when the answer was read (later, by a round trip or by a pause of this process)
     waited_s: float
     redis_time_us: int  # the grant on Redis' clock
+
+
+class Slot:
+    """One granted slot: the reservation a request is sent under. ``close()`` it when the response begins
+    (or the request failed); :meth:`Gate.slot` closes it, as unanswered, if the holder left without."""
+
+    def __init__(self, gate: Gate, grant: Grant) -> None:
+        self.gate = gate
+        self.grant = grant
+        self.closed = False
+
+    def send_by(self, fraction_of_interval: float = 0.5) -> float:
+        """The latest monotonic time a request may still be sent under this slot.
+
+        The reservation is held ``hold`` (timeout + interval) from the grant; counted from when the grant
+        was *asked for* (never later than the grant), a request sent by then and answered or given up
+        within ``timeout_s`` of the same moment is over before the reservation can lapse, so the next
+        grant (at the close + interval, or at the lapse) is at least an interval after it reached the source.
+        """
+        return self.grant.asked_monotonic + self.gate.interval_us / 1_000_000 * fraction_of_interval
+
+    def close(self, defer_s: float = 0.0) -> float:
+        """The response began (or the attempt is over): the next slot opens an interval (or ``defer_s``) from now."""
+        self.closed = True
+        return self.gate.close(defer_s)
 
 
 class Gate:
     """The spacing gate for one source.
 
-    ``acquire()`` blocks until a slot is granted (or ``max_wait_s`` passes),
-    ``close()`` must follow every request that was sent, with the ``Retry-After``
-    seconds if the source asked for a pause.
+    ``with gate.slot() as slot:`` takes a slot (blocking until one is granted, or ``max_wait_s``), and
+    ``slot.close()`` must follow every request that was sent, with the ``Retry-After`` seconds if the
+    source asked for a pause. ``acquire()``/``close()`` are the same steps, for tests and tools.
     """
 
     def __init__(
@@ -154,8 +194,13 @@ class Gate:
         self._redis = client
         self._not_before = 0.0  # monotonic; no slot before this, as our last close() was told
         self.last_closed: float | None = None  # monotonic time of our last close(): a response had begun
+        self.last_closed_redis_us: int | None = None  # the same on Redis' clock
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._close = client.register_script(CLOSE_LUA)
+
+    @property
+    def hold_s(self) -> float:
+        return self.hold_us / 1_000_000
 
     def _call(self, script, args: list, keys: list[str] | None = None) -> object:
         try:
@@ -184,10 +229,13 @@ class Gate:
                 return None
             time.sleep(min(early, self.interval_us / 1_000_000))
         while True:
+            # Read the clock *before* asking: a process paused after Redis granted but before it read the
+            # answer (SIGSTOP, a frozen VM, a long GC) must see its grant as old as the pause, not as new.
+            asked = time.monotonic()
             granted, value = self.try_acquire()
             now = time.monotonic()
             if granted:
-                return Grant(self.token, now, now - started, value)
+                return Grant(self.token, asked, now, now - started, value)
             wait_s = value / 1_000_000
             if should_stop is not None and should_stop():
                 return None
@@ -197,9 +245,28 @@ class Gate:
             # often: its close() usually comes long before the hold expires.
             time.sleep(min(max(wait_s, 0.0005), self.interval_us / 1_000_000))
 
+    @contextmanager
+    def slot(self, max_wait_s: float | None = None, should_stop=None) -> Iterator[Slot | None]:
+        """A granted slot (None if none came within ``max_wait_s`` or ``should_stop()`` said so).
+
+        Whatever ends the block, the slot is closed: a holder that leaves without closing (an exception
+        from anywhere) closes it as an unanswered request, which waits one more request's life.
+        """
+        grant = self.acquire(max_wait_s, should_stop)
+        if grant is None:
+            yield None
+            return
+        slot = Slot(self, grant)
+        try:
+            yield slot
+        finally:
+            if not slot.closed:
+                slot.close(defer_s=self.hold_s)
+
     def close(self, defer_s: float = 0.0) -> float:
         """The response (or the timeout) came back: the next slot opens interval (or defer) from now."""
-        wait_us = self._call(self._close, [self.token, self.interval_us, int(defer_s * 1_000_000), self.ttl_ms])
+        wait_us, now_us = self._call(self._close, [self.token, self.interval_us, int(defer_s * 1_000_000), self.ttl_ms])
         self.last_closed = time.monotonic()
+        self.last_closed_redis_us = int(now_us)
         self._not_before = self.last_closed + int(wait_us) / 1_000_000
         return int(wait_us) / 1_000_000

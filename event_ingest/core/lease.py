@@ -17,16 +17,21 @@ Failure timeline:
    lease (compare-and-delete).
 
 Waiting for a busy lease is how a standby stands by: a successor run, or a
-whole second deployment, polls ``SET NX`` every ``poll_s`` until the holder
-releases (a handoff: the lease passes within one poll) or dies (the TTL runs
-out: failover within ``ttl_s`` + one poll). Short TTLs make failover quick;
-renewal every ttl/3 keeps a live holder's lease through two missed renewals.
+whole second deployment, waits until the holder releases (a handoff) or dies
+(the TTL runs out: failover within ``ttl_s``). It does not poll: a holder that
+releases pushes a wake-up onto the source's *freed* list, and a standby blocks
+on that list (``BLPOP``) for as long as the lease has left to live (``PTTL``),
+at most ``block_s``; then it tries ``SET NX`` once. A handoff passes the lease
+at once; a dead holder's lease is taken as it expires; a wake-up nobody was
+waiting for (kept a TTL) costs a later standby one useless try. A standby costs
+about two calls per ``block_s``, where polling every 0.1 s cost ten a second.
+Short TTLs make failover quick; renewal every ttl/3 keeps a live holder's lease
+through two missed renewals.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +42,7 @@ from redis.exceptions import LockError
 from ..config import LEASE_TTL_S, LEASE_WAIT_S, is_valid_source_name
 
 KEY_PREFIX = "event-ingest:lease:"
+FREED_PREFIX = "event-ingest:lease-freed:"  # a list: one item pushed per release, for a standby to wake on
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,10 @@ class LeaseUnavailable(RuntimeError):
     """Redis could not be asked for the lease."""
 
 
-# How often a waiter asks for a busy lease: the longest a handoff adds to the pause at the source.
+# The longest a standby blocks before it looks again (and notices it was asked to stop). Kept under the
+# Redis client's socket timeout, which a blocking call must not reach.
+BLOCK_S = 2.0
+# A lease with no TTL (set by hand) is looked at this often.
 POLL_S = 0.1
 
 
@@ -57,7 +66,7 @@ class Lease:
         *,
         ttl_s: float = LEASE_TTL_S,
         wait_s: float = LEASE_WAIT_S,
-        poll_s: float = POLL_S,
+        block_s: float = BLOCK_S,
     ) -> None:
         if not is_valid_source_name(source):
             raise ValueError(f"invalid source name {source!r}: not used as a Redis key")
@@ -65,7 +74,11 @@ class Lease:
         self.key = KEY_PREFIX + source
         self.ttl_s = ttl_s
         self.wait_s = wait_s  # math.inf: stand by until the lease frees up or should_stop() says so
-        self.poll_s = poll_s
+        self.freed_key = FREED_PREFIX + source
+        # A blocking call must end before the client's socket timeout would cut it (and raise).
+        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self.block_s = min(block_s, socket_timeout * 0.75) if socket_timeout else block_s
+        self._redis = client
         # thread_local=False: the renewal thread must see the token the drain took.
         # Non-blocking: the wait loop is ours, so a standby can be stopped while it waits.
         self._lock = client.lock(self.key, timeout=ttl_s, blocking=False, thread_local=False)
@@ -88,22 +101,33 @@ class Lease:
         started = time.monotonic()
         while True:
             try:
-                acquired = self._lock.acquire()
+                if self._lock.acquire():
+                    break
+                waited = time.monotonic() - started
+                if waited >= self.wait_s or (should_stop is not None and should_stop()):
+                    return False
+                self._wait_until_freed(self.wait_s - waited)
             except redis.RedisError as exc:
                 raise LeaseUnavailable(
                     f"source {self.source!r}: cannot take the lease in Redis ({type(exc).__name__}: {exc})"
                 ) from exc
-            if acquired:
-                break
-            waited = time.monotonic() - started
-            if waited >= self.wait_s or (should_stop is not None and should_stop()):
-                return False
-            time.sleep(self.poll_s if math.isinf(self.wait_s) else min(self.poll_s, self.wait_s - waited))
         self._stop.clear()
         self._lost.clear()
         self._renewer = threading.Thread(target=self._renew_loop, name=f"lease-renew-{self.source}", daemon=True)
         self._renewer.start()
         return True
+
+    def _wait_until_freed(self, left_s: float) -> None:
+        """Block until the holder releases (a wake-up on the freed list) or its lease would expire."""
+        pttl_ms = self._redis.pttl(self.key)
+        if pttl_ms == -2:
+            return  # gone already: try at once
+        expires_in = pttl_ms / 1000 + 0.005 if pttl_ms >= 0 else POLL_S
+        block = min(expires_in, left_s, self.block_s)
+        if block < 0.01:
+            time.sleep(max(block, 0.0))
+            return
+        self._redis.blpop([self.freed_key], timeout=block)
 
     def _renew_loop(self) -> None:
         last_renewed = time.monotonic()
@@ -134,8 +158,19 @@ class Lease:
         except LockError:
             # Expired or taken by another holder: not ours to delete.
             self._lost.set()
+            return
         except redis.RedisError as exc:
             log.warning("source %r: lease release failed (it will expire): %s", self.source, exc)
+            return
+        try:
+            # Wake a standby: it takes the lease now instead of when it would have expired. Kept one TTL,
+            # so wake-ups nobody waited for do not pile up.
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.rpush(self.freed_key, 1)
+                pipe.pexpire(self.freed_key, max(int(self.ttl_s * 1000), 1))
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("source %r: standbys not woken (they take the lease within its TTL): %s", self.source, exc)
 
     def __enter__(self) -> Lease:
         return self

@@ -141,12 +141,11 @@ def _fetch(client: SourceClient, cursor: int, gate_wait_s: float) -> tuple[bytes
     name = client.source.name
     for _ in range(MAX_UNSENT_SLOTS):
         try:
-            grant = client.gate.acquire(max_wait_s=gate_wait_s)
+            outcome = client.fetch(cursor, max_wait_s=gate_wait_s)
         except GateUnavailable as exc:
             raise SkipFailed(str(exc)) from None
-        if grant is None:
+        if outcome is None:
             raise SkipFailed(f"source {name!r}: the spacing gate gave no slot within {gate_wait_s:g}s; nothing moved")
-        outcome = client.attempt(grant, cursor)
         if not outcome.sent:
             continue
         if outcome.status == 200 and outcome.body is not None:

@@ -1,8 +1,13 @@
-"""What an operator reads: per-source status, stuck sources, sources removed or renamed.
+"""What an operator reads: per-source status, stuck sources, late sources, sources removed or renamed.
 
-Nothing here writes. ``read_status`` needs Postgres only (a read-only transaction is enough, and is what
-``event-ingest status`` opens); Redis, when given and reachable, adds whether a drain holds each source's
-lease now - without it that column is unknown, not an error.
+Nothing here writes. ``read_status`` needs Postgres only, and reads it in one snapshot (one REPEATABLE
+READ, READ ONLY transaction), so every row and every figure in it is of the same moment: a commit landing
+meanwhile is in all of them or in none. Redis, when given and reachable, adds whether a drain holds each
+source's lease now - without it that column is unknown, not an error.
+
+Late: a configured source polled successfully longer ago than its ``max_lag_s``, or never
+(``late_sources``, what ``event-ingest status --check`` exits non-zero on). It is judged from Postgres
+alone, on Postgres' clock, so it turns red whether or not anything still runs to poll the source.
 
 Stuck: a source cannot get past its cursor because what is served there cannot be read (``Store.stuck``):
 an item with no readable id that the page stops before, or a body that is not a page, quarantined again
@@ -22,9 +27,10 @@ from datetime import datetime, timedelta
 
 import redis
 
+from ..config import SourceConfig
 from .checks import gap_check
 from .lease import KEY_PREFIX as LEASE_PREFIX
-from .store import SourceActivity, Store, Stuck
+from .store import Reads, SourceActivity, SourceStatus, Store, Stuck
 
 RENAME_WINDOW = timedelta(days=1)
 
@@ -47,7 +53,7 @@ class StuckCheck:
         )
 
 
-def stuck_check(store: Store, source: str) -> StuckCheck:
+def stuck_check(store: Reads, source: str) -> StuckCheck:
     """One index probe (see Store.stuck)."""
     stuck = store.stuck(source)
     return StuckCheck(source, passed=stuck is None, stuck=stuck)
@@ -111,6 +117,7 @@ class SourceRow:
     lease: bool | None = None  # a drain holds the lease now; None: unknown (no Redis)
     stuck: bool = False
     stuck_reason: str | None = None
+    counter_drift: str | None = None  # the counter audit found counters disagreeing with the rows
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -143,37 +150,41 @@ def read_status(
     redis_problem: str | None = None,
 ) -> StatusReport:
     """Every source with state, plus configured ones without; ``configured`` None: the sources file was not
-    read (removed/renamed unknown)."""
+    read (removed/renamed unknown). Postgres is read in one snapshot."""
     notes: list[str] = []
     rows: dict[str, SourceRow] = {}
-    for s in store.status():
-        config = "?" if configured is None else ("configured" if s.source in configured else "removed")
-        stuck = stuck_check(store, s.source)
-        rows[s.source] = SourceRow(
-            source=s.source,
-            config=config,
-            cursor=s.cursor,
-            events=s.events,
+    with store.snapshot() as snap:
+        for s in snap.status():
+            config = "?" if configured is None else ("configured" if s.source in configured else "removed")
+            stuck = stuck_check(snap, s.source)
             # Every missing id counted from the counters, none read.
-            gaps=gap_check(store, s.source, scan_blocks=0).missing,
-            lag_s=round(s.poll_age_s, 1) if s.poll_age_s is not None else None,
-            last_commit=_iso(s.last_ingest_at),
-            error_rate=round(s.recent_error_rate, 4) if s.recent_error_rate is not None else None,
-            requests=s.requests,
-            errors=s.errors,
-            last_error=s.last_error,
-            last_error_at=_iso(s.last_error_at),
-            quarantined=s.quarantined,
-            fenced=s.fenced_commits,
-            epoch=s.epoch,
-            stuck=not stuck.passed,
-            stuck_reason=None if stuck.passed else stuck.summary(),
-        )
+            gaps = gap_check(snap, s.source, scan_blocks=0)
+            rows[s.source] = SourceRow(
+                source=s.source,
+                config=config,
+                cursor=s.cursor,
+                events=s.events,
+                gaps=gaps.missing,
+                lag_s=round(s.poll_age_s, 1) if s.poll_age_s is not None else None,
+                last_commit=_iso(s.last_ingest_at),
+                error_rate=round(s.recent_error_rate, 4) if s.recent_error_rate is not None else None,
+                requests=s.requests,
+                errors=s.errors,
+                last_error=s.last_error,
+                last_error_at=_iso(s.last_error_at),
+                quarantined=s.quarantined,
+                fenced=s.fenced_commits,
+                epoch=s.epoch,
+                stuck=not stuck.passed,
+                stuck_reason=None if stuck.passed else stuck.summary(),
+                counter_drift=gaps.summary() if gaps.drift else None,
+            )
+        activity = snap.source_activity() if configured is not None else []
     for name in configured or ():
         rows.setdefault(name, SourceRow(source=name, config="not started"))
     renames: list[Rename] = []
     if configured is not None:
-        renames = suspected_renames(configured, store.source_activity())
+        renames = suspected_renames(configured, activity)
         for rename in renames:
             rows[rename.old].notes.append(f"possibly renamed to {rename.new!r}")
             rows[rename.new].notes.append(f"possibly {rename.old!r} renamed (started from zero)")
@@ -190,3 +201,29 @@ def read_status(
     if redis_problem:
         notes.append(f"lease unknown (?): {redis_problem}")
     return StatusReport(ordered, renames, notes)
+
+
+@dataclass(frozen=True)
+class Late:
+    """A configured source not polled successfully within its max_lag_s."""
+
+    source: str
+    max_lag_s: float
+    poll_age_s: float | None  # None: never polled successfully (or no state yet)
+
+    def summary(self) -> str:
+        if self.poll_age_s is None:
+            return f"{self.source}: late: never polled successfully (max_lag_s {self.max_lag_s:g})"
+        return f"{self.source}: late: last successful poll {self.poll_age_s:.1f} s ago (max_lag_s {self.max_lag_s:g})"
+
+
+def late_sources(statuses: list[SourceStatus], sources: list[SourceConfig]) -> list[Late]:
+    """The configured sources past their ``max_lag_s`` (or never polled), in the sources file's order.
+    ``statuses``: ``Store.status()`` (one statement: every age on Postgres' clock, of one moment)."""
+    ages = {s.source: s.poll_age_s for s in statuses}
+    late = []
+    for source in sources:
+        age = ages.get(source.name)
+        if age is None or age > source.max_lag_s:
+            late.append(Late(source.name, source.max_lag_s, age))
+    return late

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
+from event_ingest.mocksource import arrival
 from event_ingest.mocksource.config import _MAX_ID
 from event_ingest.mocksource.oneshots import _ONESHOTS
 from event_ingest.mocksource.spec import _JSON, _has_header
@@ -56,6 +58,8 @@ class _Server(ThreadingHTTPServer):
         # HTTPServer.server_bind does a reverse-DNS lookup (getfqdn), which can
         # stall start-up for seconds in sandboxes; the name is never used.
         socketserver.TCPServer.server_bind(self)
+        # Accepted sockets inherit it, so even a request that came with the connection is stamped.
+        arrival.enable(self.socket)
         host, port = self.server_address[:2]
         self.server_name = str(host)
         self.server_port = int(port)
@@ -95,6 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     # Set per request; True while answering /events so statuses get recorded.
     _is_events = False
+    # The socket's reader when the kernel stamps what it receives (arrival.py), else None.
+    _stamps: arrival.StampingReader | None = None
 
     @property
     def _server(self) -> _Server:
@@ -110,7 +116,16 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(self.request, ssl.SSLSocket):
             self.request.do_handshake()
         super().setup()
+        if not isinstance(self.connection, ssl.SSLSocket) and arrival.enable(self.connection):
+            self._stamps = arrival.StampingReader(self.connection)
+            plain, self.rfile = self.rfile, io.BufferedReader(self._stamps)
+            plain.close()  # the socket's own reader, unused: closing it lets the socket close with the connection
         self._server.track(self.connection, alive=True)
+
+    def handle_one_request(self) -> None:
+        if self._stamps is not None:
+            self._stamps.mark()
+        super().handle_one_request()
 
     def finish(self) -> None:
         self._server.track(self.connection, alive=False)
@@ -177,7 +192,8 @@ class _Handler(BaseHTTPRequestHandler):
         arrived = time.monotonic()
         url = urlsplit(self.path)
         if url.path == "/events":
-            self._state.recorder.arrival(arrived)
+            kernel = self._stamps.arrival() if self._stamps is not None else None
+            self._state.recorder.arrival(arrived, kernel, url.query)
             self._state.recorder.request_headers(self.headers)
             self._is_events = True
             try:

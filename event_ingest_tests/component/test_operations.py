@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 
 from event_ingest.component import build_definitions
+from event_ingest.component.checks import not_stuck
 from event_ingest.component.ingest_job import SLOT_TAG
 from event_ingest.component.renames import warn_of_renames
 from event_ingest.component.resources import IngestResource
@@ -108,7 +109,9 @@ def test_a_backfill_of_the_drain_job_drains_its_partitions_and_leaves_a_hosted_s
     mocks = {name(): make_mock(backlog=300) for _ in range(3)}
     hosted, *others = list(mocks)
     # The hosted source is polled once an hour when caught up: any later request to it is the backfill's.
-    text = sources_text([(n, m.url) for n, m in mocks.items()], extra="    idle_poll_ms: 3600000\n")
+    text = sources_text(
+        [(n, m.url) for n, m in mocks.items()], extra="    idle_poll_ms: 3600000\n    max_lag_s: 3600\n"
+    )
     (tmp_path / "sources.yaml").write_text(text)
     for variable, value in (
         ("EVENT_INGEST_SOURCES", str(tmp_path / "sources.yaml")),
@@ -266,8 +269,12 @@ def test_the_not_stuck_check_fails_in_the_ui_and_names_skip(make_mock, database_
     result = defs.resolve_job_def("drain").execute_in_process(
         partition_key=source.name, raise_on_error=False, instance=dg.DagsterInstance.ephemeral()
     )
-    assert result.success  # the drain itself is fine: it stops before what it cannot read
-    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "not_stuck"]
+    # The drain cannot get past what it cannot read, and good pages may wait behind it: the run fails, saying so.
+    assert not result.success
+    [failure] = result.get_step_failure_events()
+    assert f"`event-ingest skip {source.name} --to-id N`" in failure.step_failure_data.user_failure_data.description
+    with Store(database_url) as reader:
+        check = not_stuck(reader, source)
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
     assert f"`event-ingest skip {source.name} --to-id N`" in check.description
     assert check.metadata["cursor"].value == 2

@@ -130,3 +130,34 @@ def test_a_secret_never_shows(tmp_path, make_mock, store, redis_client, source_n
         assert SECRET not in text, f"the secret shows in {where}"
     assert source.to_dict()["headers"] == {"Authorization": {"env": TOKEN_ENV}, "X-Key": "***"}
     assert "upstream refused Authorization: ***" in caplog.text  # the line is there, redacted
+
+
+def test_a_request_is_never_written_after_its_slot_went_stale(make_mock):
+    """The send-by check sits where the request's first bytes go to the socket (core/http.py): a request
+    whose slot went stale is refused there, on a new connection and on one kept alive, and the source
+    sees nothing of it."""
+    import time
+
+    import pytest
+
+    from event_ingest.core.client import tls_context
+    from event_ingest.core.http import Connection, SlotWentStale
+    from event_ingest_tests.conftest import source_config
+
+    mock = make_mock(backlog=5)
+    conn = Connection(mock.url, [], tls_context(source_config("s", mock.url)))
+    try:
+        with pytest.raises(SlotWentStale):
+            with conn.get("lastId=0&limit=1", send_by=time.monotonic() - 0.001, deadline=time.monotonic() + 30):
+                pass
+        assert not conn.guard.written and mock.stats()["requests"] == 0
+        later = time.monotonic() + 30
+        with conn.get("lastId=0&limit=1", send_by=later, deadline=later) as response:
+            assert response.status == 200 and b"".join(response.iter_stream())
+        assert conn.guard.written and mock.stats()["requests"] == 1
+        with pytest.raises(SlotWentStale):  # the same connection, kept alive
+            with conn.get("lastId=1&limit=1", send_by=time.monotonic() - 0.001, deadline=time.monotonic() + 30):
+                pass
+        assert mock.stats()["requests"] == 1
+    finally:
+        conn.close()

@@ -237,7 +237,7 @@ def test_slots_given_back_unsent_use_up_no_attempt(make_mock, store, redis_clien
             stale_left[0] -= 1
             # As if the process had stopped for a whole interval right after the grant (the client's own
             # clock says so; nothing waits here).
-            grant = dataclasses.replace(grant, granted_monotonic=grant.granted_monotonic - source.min_interval_s)
+            grant = dataclasses.replace(grant, asked_monotonic=grant.asked_monotonic - source.min_interval_s)
         return grant
 
     monkeypatch.setattr(Gate, "acquire", paused_after_the_grant)

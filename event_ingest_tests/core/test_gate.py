@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import random
+import threading
 import time
 
 import pytest
@@ -129,27 +130,51 @@ def test_unreachable_redis_grants_nothing(source_name):
         gate.acquire(max_wait_s=1)
 
 
-def test_a_slot_that_went_stale_before_sending_is_given_back_unused(redis_client, source_name, make_mock):
-    """A consumer paused between its grant and its send must not send late into someone else's slot."""
+def test_a_slot_that_went_stale_before_sending_is_given_back_unused(redis_url, redis_client, source_name, make_mock):
+    """A consumer paused after Redis granted its slot but before it read the answer (SIGSTOP, a frozen VM)
+    must count the pause: meanwhile its reservation lapsed and another consumer took the next slot and sent.
+
+    The pause is real to the client: its Redis replies come through a forwarder that holds the grant's
+    answer for longer than the hold. The other consumer's request must be the only one at the source."""
+    from urllib.parse import urlsplit
+
     from event_ingest.core.client import Kind, SourceClient
     from event_ingest_tests.conftest import source_config
+    from event_ingest_tests.netproxy import DelayingProxy
 
     mock = make_mock(backlog=5)
     source = source_config(source_name, mock.url, timeout_s=1.0)
-    _warm(redis_client, source_name)
-    gate = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=1.2, token="paused")
-    client = SourceClient(source, gate)
+    hold_s = source.timeout_s + INTERVAL
+    _warm(redis_client, source_name)  # also loads the scripts: the paused client's grant is one round trip
+    parts = urlsplit(redis_url)
+    proxy = DelayingProxy(parts.hostname, parts.port)
+    slow_redis = connect_redis(f"redis://127.0.0.1:{proxy.port}{parts.path}")
+    paused = SourceClient(source, Gate(slow_redis, source_name, interval_s=INTERVAL, hold_s=hold_s, token="paused"))
+    other = SourceClient(source, Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=hold_s, token="other"))
+    outcomes = []
     try:
-        grant = gate.acquire(max_wait_s=WAIT_S)
-        time.sleep(INTERVAL)  # the "pause": longer than half an interval (a longer stall changes nothing)
-        outcome = client.attempt(grant, 0)
-        assert outcome.kind is Kind.RETRY and "stale" in outcome.reason and not outcome.sent
-        assert mock.stats()["requests"] == 0 and client.requests == 0
-        # The slot was closed, not left to expire: no reservation left in Redis.
-        assert redis_client.hmget(gate.key, "holder", "hold_until") == [None, None]
-        fresh = gate.acquire(max_wait_s=WAIT_S)
-        assert fresh is not None
-        assert client.attempt(fresh, 0).kind is Kind.OK
+        time.sleep(INTERVAL * 1.5)  # past the warm-up's slot: the held answer is the grant itself, not a "wait"
+        proxy.delay_next_reply(hold_s + 0.3)
+        worker = threading.Thread(target=lambda: outcomes.append(paused.fetch(0, max_wait_s=WAIT_S)))
+        worker.start()
+        key = paused.gate.key
+        give_up = time.monotonic() + WAIT_S
+        while redis_client.hget(key, "holder") != b"paused":  # granted in Redis; the answer is still held
+            assert time.monotonic() < give_up, "the paused consumer was never granted"
+            time.sleep(0.005)
+        taken = other.fetch(0, max_wait_s=WAIT_S)  # after the reservation lapsed
+        worker.join(WAIT_S)
+        [late] = outcomes
+        assert taken is not None and taken.kind is Kind.OK and taken.sent
+        assert late is not None and late.kind is Kind.RETRY and not late.sent and "stale" in late.reason, late
+        seen = mock.stats()
+        assert seen["requests"] == 1 and paused.requests == 0, seen
+        # Given back, not left to lapse: no reservation left in Redis.
+        assert redis_client.hmget(key, "holder", "hold_until") == [None, None]
+        assert paused.fetch(0, max_wait_s=WAIT_S).kind is Kind.OK  # asked again, it is served
+        assert mock.stats()["gaps_under_200ms"] == 0
     finally:
-        client.close()
-    assert mock.stats()["requests"] == 1
+        paused.close()
+        other.close()
+        slow_redis.close()
+        proxy.close()

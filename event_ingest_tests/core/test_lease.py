@@ -71,3 +71,42 @@ def test_a_holder_notices_it_was_taken_over(redis_client, source_name):
     wait_for(lambda: a.lost, "the holder to notice")
     a.release()
     assert redis_client.get(a.key) == b"someone-else"
+
+
+def test_a_standby_waits_on_a_wake_up_not_a_poll_and_takes_over_at_release(redis_url, redis_client, source_name):
+    """A standby blocks until the holder releases (or its lease would expire): watched in Redis (MONITOR),
+    it tries SET NX on the busy lease a handful of times over seconds, not ten times a second, and takes
+    the lease at the release, long before the holder's lease would have expired."""
+    import threading
+
+    from event_ingest.core import connect_redis
+
+    holder = Lease(redis_client, source_name, ttl_s=30, wait_s=0.1)
+    assert holder.acquire()
+    watcher = connect_redis(redis_url)
+    tries: list[float] = []
+    with watcher.monitor() as monitor:
+        standby_client = connect_redis(redis_url)
+        standby = Lease(standby_client, source_name, ttl_s=30, wait_s=WAIT_S)
+        took = []
+        thread = threading.Thread(target=lambda: took.append(standby.acquire()))
+        thread.start()
+        watched_s = 3.0
+        until = time.monotonic() + watched_s
+        for command in monitor.listen():
+            text = command.get("command", "")
+            if text.startswith("SET ") and holder.key in text and " NX" in text:
+                tries.append(time.monotonic())
+            if time.monotonic() >= until:
+                break
+        released_at = time.monotonic()
+        holder.release()
+        thread.join(WAIT_S)
+    assert took == [True] and redis_client.get(holder.key).decode() == standby.token
+    assert redis_client.pttl(holder.key) > 20_000, "taken at the release, not at the holder's expiry"
+    # Polling every 0.1 s would have tried ~30 times in 3 s; blocking tries once per block (2 s), plus the first.
+    assert 1 <= len(tries) <= 4, tries
+    assert time.monotonic() - released_at < 29, "the standby took over before the old lease could expire"
+    standby.release()
+    standby_client.close()
+    watcher.close()

@@ -10,7 +10,7 @@ import base64
 import pytest
 
 from event_ingest.core import Fenced, Lease, drain
-from event_ingest.core.drain import CAUGHT_UP
+from event_ingest.core.drain import CAUGHT_UP, STUCK
 from event_ingest.core.page import Event
 from event_ingest.core.skip import SkipFailed, SkipRefused, skip_page
 from event_ingest_tests.conftest import source_config
@@ -38,8 +38,8 @@ def stuck(make_mock, store, redis_client, source_name):
     )
     source = source_config(source_name, mock.url, timeout_s=1.0)
     stats = drain(source, store=store, redis_client=redis_client)
-    assert stats.status == CAUGHT_UP and stats.cursor_after == 2, stats.summary()
-    # The drain went on until the page at the cursor held nothing it could pass: it is stuck.
+    assert stats.status == STUCK and stats.cursor_after == 2, stats.summary()
+    # The drain went on until the page at the cursor held nothing it could pass: it ended stuck.
     assert mock.stats()["requests"] == 2 and mock.control({})["queued"] == ["body"]
     assert any("`event-ingest skip` moves past it" in w for w in stats.warnings), stats.warnings
     return source, mock, stats.epoch

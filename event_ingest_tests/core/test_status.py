@@ -11,6 +11,7 @@ import time
 import pytest
 
 from event_ingest.core import DrainOptions, Lease, Store, StoreError, drain
+from event_ingest.core.drain import Drain
 from event_ingest.core.skip import skip_page
 from event_ingest.core.status import read_status, stuck_check, suspected_renames
 from event_ingest_tests.conftest import source_config
@@ -102,6 +103,64 @@ def stuck_on_an_item(make_mock, store, redis_client, source_name):
     stats = drain(source, store=store, redis_client=redis_client)
     assert stats.cursor_after == 2, stats.summary()
     return source, mock
+
+
+def test_a_drain_stopped_before_an_unreadable_item_ends_stuck_not_caught_up(
+    make_mock, store, redis_client, source_name
+):
+    """Good pages may wait behind the item: the drain that cannot pass it says so and is not ok."""
+    mock = make_mock(backlog=6)
+    stuck_page = shot(b'{"events": [' + BAD_ITEM + b', {"id": 4, "payload": 4}]}')
+    mock.control({"next": [shot(b'{"events": [{"id": 1, "payload": 1}, {"id": 2, "payload": 2}]}'), stuck_page]})
+    stats = drain(source_config(source_name, mock.url, timeout_s=1.0), store=store, redis_client=redis_client)
+    assert (stats.status, stats.ok, stats.cursor_after, stats.caught_up) == ("stuck", False, 2, False)
+    assert stats.stuck == stats.error and stats.error.startswith(
+        f"source {source_name!r} at lastId=2: stuck before an item that cannot be read and has no readable id"
+    )
+    assert f"`event-ingest skip {source_name} --to-id N`" in stats.error
+    assert mock.stats()["requests"] == 2  # it did not ask for the same page again
+    assert store.source_status(source_name).last_poll_at is not None  # the source answered: it was polled
+
+
+def test_a_tailing_drain_stuck_before_an_item_says_so_and_moves_on_when_the_source_does(
+    make_mock, database_url, store, redis_client, source_name
+):
+    mock = make_mock(backlog=6)
+    stuck_page = shot(b'{"events": [' + BAD_ITEM + b', {"id": 4, "payload": 4}]}')
+    mock.control({"next": [shot(b'{"events": [{"id": 1, "payload": 1}, {"id": 2, "payload": 2}]}'), *[stuck_page] * 4]})
+    source = source_config(source_name, mock.url, timeout_s=1.0)
+    store.apply_schema([source_name])
+    stop = threading.Event()
+    with Store(database_url) as drain_store:
+        tailing = Drain(
+            source,
+            store=drain_store,
+            redis_client=redis_client,
+            options=DrainOptions(tail=True, max_seconds=math.inf),
+            should_stop=stop.is_set,
+        )
+        thread = threading.Thread(target=tailing.run)
+        thread.start()
+        try:
+            seen_stuck = wait_for(lambda: tailing.stats.stuck, "the drain to report the source stuck")
+            assert seen_stuck.startswith(f"source {source_name!r} at lastId=2: stuck before an item")
+            assert not tailing.stats.caught_up
+            # It polls on: once the source serves the good page again, it takes it and is no longer stuck.
+            wait_for(lambda: tailing.cursor == 6 and tailing.stats.caught_up, "the drain to move on with the source")
+            assert tailing.stats.stuck is None and tailing.stats.caught_up
+        finally:
+            stop.set()
+            thread.join(60)
+    assert tailing.stats.status == "stopped" and store.event_ids(source_name) == [1, 2, 3, 4, 5, 6]
+    assert mock.control({})["queued"] == []  # every stuck page was asked for: it kept polling
+
+
+def wait_for(condition, what, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
 
 
 def test_an_item_without_a_readable_id_at_the_cursor_is_stuck_until_skipped(stuck_on_an_item, store, redis_client):

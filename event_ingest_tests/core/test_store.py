@@ -13,7 +13,15 @@ from psycopg import sql
 
 from event_ingest.core.checks import gap_check
 from event_ingest.core.page import Event, Quarantined
-from event_ingest.core.store import SCHEMA_SQL, SCHEMA_VERSION, Fenced, Store, StoreError, partition_name
+from event_ingest.core.store import (
+    HOLD_FENCE_SQL,
+    SCHEMA_SQL,
+    SCHEMA_VERSION,
+    Fenced,
+    Store,
+    StoreError,
+    partition_name,
+)
 
 
 def events(*ids):
@@ -368,3 +376,27 @@ def test_a_broken_connection_is_replaced_by_the_next_operation(database_url, sto
     with pytest.raises(StoreError):
         store.begin_epoch(source_name)
     assert store.begin_epoch(source_name) == (1, 0)
+
+
+def test_ids_stored_while_a_commit_waits_on_the_fence_are_not_copied_again(database_url, source_name):
+    """The COPY/INSERT split reads the highest stored id after the fence's row lock is granted: a writer
+    holding the fence (as a requeue does: the same row lock, events stored, the cursor unchanged) commits
+    event 11 while this commit waits; the commit must see 11 stored and COPY only 12."""
+    app = f"fence-{uuid.uuid4().hex[:8]}"
+    with Store(database_url, application_name=app) as store, psycopg.connect(database_url) as holder:
+        store.apply_schema([source_name])
+        epoch, _ = store.begin_epoch(source_name)
+        store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=10, events=events(*range(1, 11)))
+        held = holder.execute(HOLD_FENCE_SQL, {"source": source_name, "epoch": epoch, "cursor": 10})
+        assert held.rowcount == 1
+        Store._store_page(holder.cursor(), source_name, events(11), (), None)  # not committed yet
+        done, outcome = run_in_thread(
+            lambda: store.commit_page(source_name, epoch=epoch, old_cursor=10, new_cursor=12, events=events(11, 12))
+        )
+        wait_for(lambda: any(w == "Lock" for _, w in backends(database_url, app)))  # queued on the fence
+        holder.commit()
+        assert done.wait(60)
+        assert "error" not in outcome, outcome.get("error")
+        result = outcome["value"]
+        assert (result.inserted, result.already_stored, result.copied) == (1, 1, 1)
+        assert store.event_ids(source_name) == list(range(1, 13))

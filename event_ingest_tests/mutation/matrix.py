@@ -30,7 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mutants", default=",".join(MUTANTS), help="comma-separated (default: all)")
     parser.add_argument("--faults", default=None, help="fault kinds of each run (default: all)")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        # No chaos run: every mutant would "pass" its row with nothing having tried to catch it.
+        parser.error(f"--seeds {args.seeds}: at least 1 chaos run per mutant is needed, or the matrix proves nothing")
     names = [n for n in args.mutants.split(",") if n]
+    unknown = [n for n in names if n not in MUTANTS]
+    if unknown:
+        parser.error(f"--mutants: no such mutant {', '.join(unknown)}; known: {', '.join(MUTANTS)}")
     faults = args.faults.split(",") if args.faults else None
     seeds = [4242 + i for i in range(args.seeds)]
     rows = []

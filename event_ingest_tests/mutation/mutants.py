@@ -8,6 +8,7 @@ change what it meant to: a mutant that silently breaks nothing would prove nothi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,6 +109,124 @@ def page_committed_twice() -> None:
     store.Store._store_page = staticmethod(twice)
 
 
+def stale_slot_timed_from_the_answer() -> None:
+    from event_ingest.core import gate
+
+    acquire = gate.Gate.acquire
+
+    def from_the_answer(self, *args, **kwargs):
+        grant = acquire(self, *args, **kwargs)
+        # A grant counted from when its answer was read: a pause before reading it goes unseen.
+        return grant and dataclasses.replace(grant, asked_monotonic=grant.granted_monotonic)
+
+    gate.Gate.acquire = from_the_answer
+
+
+def send_by_not_checked_at_the_write() -> None:
+    from event_ingest.core import http
+
+    def unchecked(self):
+        self.written = True
+
+    http.Guard.before_write = unchecked
+
+
+def unanswered_wait_only_after_timeouts() -> None:
+    import httpcore
+
+    from event_ingest.core import client
+
+    def timeouts_only(source, written, exc):
+        return (
+            source.timeout_s + source.min_interval_s if written and isinstance(exc, httpcore.TimeoutException) else 0.0
+        )
+
+    client.unanswered_defer = timeouts_only
+
+
+def check_reads_in_two_transactions() -> None:
+    import contextlib
+
+    from event_ingest.core.store import reads
+
+    @contextlib.contextmanager
+    def each_read_its_own(self):
+        yield self  # the Store itself: every read its own transaction, as before snapshots
+
+    reads.Reads.snapshot = each_read_its_own
+
+
+class _HighestReadFirst:
+    """A commit's cursor that reads the highest stored id before the fence's UPDATE (and answers the
+    split's own read with that early value): rows committed by a writer it queued behind are not seen."""
+
+    def __init__(self, cur, commit) -> None:
+        self._cur, self._commit = cur, commit
+        self._early = self._answer = None
+
+    def execute(self, query, params=None, **kwargs):
+        self._answer = None
+        if query == self._commit.ADVANCE_CURSOR_SQL:
+            self._early = self._cur.execute(self._commit.HIGHEST_STORED_ID_SQL, {"source": params["source"]}).fetchone()
+        elif query == self._commit.HIGHEST_STORED_ID_SQL and self._early is not None:
+            self._answer = self._early
+            return self
+        self._cur.execute(query, params, **kwargs)
+        return self
+
+    def fetchone(self):
+        return self._answer if self._answer is not None else self._cur.fetchone()
+
+    def __getattr__(self, name):
+        return getattr(self._cur, name)
+
+
+def highest_id_read_before_the_fence() -> None:
+    from event_ingest.core.store import commit, connections
+
+    run = connections.Connections._run
+    connections.Connections._run = lambda self, what, fn: run(
+        self, what, lambda cur: fn(_HighestReadFirst(cur, commit))
+    )
+
+
+def counting_trigger_off_by_one() -> None:
+    from event_ingest.core.store import schema  # where apply_schema reads the trigger functions
+
+    _replace(
+        schema,
+        "COUNTERS_SQL",
+        "count(*) AS events\n        FROM new_rows",
+        "count(*) + 1 AS events\n        FROM new_rows",
+    )
+
+
+def commit_lands_twice_across_a_retry() -> None:
+    from event_ingest.core.store import commit
+
+    commit_page = commit.Commits.commit_page
+
+    def retried(self, source, *, events, quarantined=(), **kwargs):
+        result = commit_page(self, source, events=events, quarantined=quarantined, **kwargs)
+        # "The acknowledgement was lost": the page written again in a transaction of its own, outside the fence.
+        self._run("retry", lambda cur: commit.Commits._store_page(cur, source, events, (), None))
+        return result
+
+    commit.Commits.commit_page = retried
+
+
+def audit_never_moves_on() -> None:
+    from event_ingest.core.store import audit
+
+    _replace(audit, "SAVE_AUDIT_SQL", "SET next_block = %(next_block)s,", "SET next_block = next_block,")
+
+
+def stuck_drain_ends_caught_up() -> None:
+    from event_ingest.core.drain import Drain  # (event_ingest.core.drain, not the function core exports)
+
+    Drain._stuck = Drain._caught_up
+
+
 MUTANTS = {
     m.name: m
     for m in (
@@ -162,6 +281,80 @@ MUTANTS = {
             "no_row_written_twice_in_a_commit",
             ("core/test_store.py::test_a_commit_writes_each_row_of_its_page_once",),
             page_committed_twice,
+        ),
+        Mutant(
+            "stale_slot_timed_from_the_answer",
+            "spacing gate: a slot's age counted from when it was asked for",
+            None,
+            ("core/test_gate.py::test_a_slot_that_went_stale_before_sending_is_given_back_unused",),
+            stale_slot_timed_from_the_answer,
+            note="chaos reaches it only when a SIGSTOP lands while a grant's answer is on its way (a few in a "
+            "hundred stops); the unit test holds the answer back on purpose",
+        ),
+        Mutant(
+            "send_by_not_checked_at_the_write",
+            "spacing gate: the slot checked where the request is written",
+            None,
+            ("core/test_client.py::test_a_request_is_never_written_after_its_slot_went_stale",),
+            send_by_not_checked_at_the_write,
+            note="the window it guards is microseconds wide unless connecting is slow: a unit test makes it so",
+        ),
+        Mutant(
+            "unanswered_wait_only_after_timeouts",
+            "spacing gate: the unanswered wait after any failure once the request was written",
+            None,
+            ("core/test_unanswered.py::test_a_reset_after_the_request_was_written_waits_as_long_as_a_timeout",),
+            unanswered_wait_only_after_timeouts,
+            note="seen at the source only when it reads a request late from its backlog",
+        ),
+        Mutant(
+            "check_reads_in_two_transactions",
+            "checks: one snapshot",
+            None,
+            ("core/test_checks_beside_commits.py",),
+            check_reads_in_two_transactions,
+            note="the ledger reads Postgres after the run, not the checks; a check reading two transactions is "
+            "wrong only while commits land beside it, as in its unit test",
+        ),
+        Mutant(
+            "highest_id_read_before_the_fence",
+            "commit: COPY/INSERT split read under the fence",
+            None,
+            ("core/test_store.py::test_ids_stored_while_a_commit_waits_on_the_fence_are_not_copied_again",),
+            highest_id_read_before_the_fence,
+            note="every other writer of a source bumps the epoch first, so a commit that queued behind one is "
+            "fenced before its split; it takes a writer holding the fence at the same epoch, as its unit test does",
+        ),
+        Mutant(
+            "counting_trigger_off_by_one",
+            "counting triggers",
+            None,
+            ("core/test_counter_audit.py::test_counters_agree_with_the_rows_after_every_kind_of_write",),
+            counting_trigger_off_by_one,
+            note="the ledger compares rows, ids and cursors, not the counters the checks add up",
+        ),
+        Mutant(
+            "commit_lands_twice_across_a_retry",
+            "one page, one commit",
+            "no_id_committed_twice",
+            ("core/test_store.py::test_a_commit_writes_each_row_of_its_page_once",),
+            commit_lands_twice_across_a_retry,
+        ),
+        Mutant(
+            "audit_never_moves_on",
+            "counter audit: goes round every block",
+            None,
+            ("core/test_counter_audit.py::test_the_audit_goes_round_every_block_within_its_bound",),
+            audit_never_moves_on,
+            note="the ledger makes no counter drift for the audit to find",
+        ),
+        Mutant(
+            "stuck_drain_ends_caught_up",
+            "drain: stuck is not caught up",
+            None,
+            ("core/test_status.py::test_a_drain_stopped_before_an_unreadable_item_ends_stuck_not_caught_up",),
+            stuck_drain_ends_caught_up,
+            note="the chaos schedule serves no item without a readable id",
         ),
     )
 }

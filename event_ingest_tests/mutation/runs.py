@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,31 +48,40 @@ def _run(cmd: list[str], env: dict, timeout: float, log_path: Path) -> tuple[int
 def chaos_run(
     mutant: str | None, *, seed: int, seconds: float, faults: list[str] | None = None, timeout: float | None = None
 ) -> dict:
-    """One chaos run; its report's verdict: {"ok", "failed": [checks], "returncode", "log"}."""
-    with tempfile.TemporaryDirectory(prefix="event-ingest-mutant-") as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "event_ingest.chaos",
-            "--seconds",
-            f"{seconds:g}",
-            "--seed",
-            str(seed),
-            "--json",
-            "--data-dir",
-            os.path.join(tmp, "state"),
-        ]
-        if faults:
-            cmd += ["--faults", ",".join(faults)]
-        log_path = Path(tmp) / "chaos.log"
-        code, out = _run(cmd, mutant_env(mutant), timeout or seconds * 4 + 180, log_path)
-        log_tail = log_path.read_text(errors="replace")[-3000:]
+    """One chaos run; its report's verdict: {"ok", "failed": [checks], "returncode", "log", "kept"}.
+
+    A mutant's run is removed whatever its verdict (failing is its point); the real core's is kept when
+    it fails, for a reader (``kept``: its state directory, with every consumer's request trace)."""
+    tmp = tempfile.mkdtemp(prefix="event-ingest-mutant-" if mutant else "event-ingest-real-core-")
+    cmd = [
+        sys.executable,
+        "-m",
+        "event_ingest.chaos",
+        "--seconds",
+        f"{seconds:g}",
+        "--seed",
+        str(seed),
+        "--json",
+        "--data-dir",
+        os.path.join(tmp, "state"),
+    ]
+    if faults:
+        cmd += ["--faults", ",".join(faults)]
+    log_path = Path(tmp) / "chaos.log"
+    code, out = _run(cmd, mutant_env(mutant), timeout or seconds * 4 + 180, log_path)
+    log_tail = log_path.read_text(errors="replace")[-3000:]
     try:
         report = json.loads(out)
     except ValueError:
-        return {"ok": False, "failed": ["(no report)"], "returncode": code, "log": log_tail, "report": None}
-    failed = [name for name, passed in report["checks"].items() if not passed]
-    return {"ok": report["ok"], "failed": failed, "returncode": code, "log": log_tail, "report": report}
+        report = None
+    failed = [name for name, passed in report["checks"].items() if not passed] if report else ["(no report)"]
+    ok = bool(report and report["ok"])
+    kept = None
+    if ok or mutant:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        kept = tmp
+    return {"ok": ok, "failed": failed, "returncode": code, "log": log_tail, "report": report, "kept": kept}
 
 
 def unit_run(mutant: str | None, tests: tuple[str, ...], timeout: float = 300) -> dict:

@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from event_ingest.chaos.explain import format_violation
+
 from .mutants import MUTANTS
 from .runs import chaos_run, unit_run
 
@@ -36,7 +38,8 @@ def results():
 @pytest.mark.timeout(400)
 def test_the_real_core_passes_the_short_chaos_run(results):
     run = results["chaos"][None]
-    assert run["ok"], f"failed: {run['failed']}\n{run['log']}"
+    explained = "\n".join(format_violation(v) for v in (run["report"] or {}).get("violations", []))
+    assert run["ok"], f"failed: {run['failed']} (state kept in {run['kept']})\n{explained}\n{run['log']}"
 
 
 @pytest.mark.timeout(400)

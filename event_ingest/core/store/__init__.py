@@ -5,15 +5,30 @@ One ``Store`` object; its statements live beside the queries they run, one modul
 - ``connections``: the small pool, one transaction per operation, ``StoreError``/``Fenced``/``StateConflict``;
 - ``schema``: tables, counting triggers and upgrades between versions, partitions per source;
 - ``commit``: the epoch bump and the fenced page commit (its failure timeline), poll marks, request counters;
-- ``reads``: status and the counters the checks and the rollup answer from, gaps;
-- ``operations``: what operators do through the fence - replay's rewind, quarantine requeue and discard,
-  finding a stuck source.
+- ``reads``: status and the counters the checks and the rollup answer from, gaps, stuck sources, and
+  ``snapshot()``: reads that are compared with each other, in one transaction;
+- ``audit``: the counter audit (counters verified against the rows, a bounded part per call) and the recount;
+- ``operations``: what operators do through the fence - replay's rewind, quarantine requeue and discard.
 
 Every name the single ``store`` module used to hold is importable from here as before.
 """
 
 from __future__ import annotations
 
+from .audit import (
+    BLOCK_COUNTS_SQL,
+    CLEAR_DRIFT_SQL,
+    COUNTER_BLOCKS_PER_CALL,
+    ENSURE_AUDIT_SQL,
+    LOCK_AUDIT_SQL,
+    LOCK_PARTITION_SQL,
+    SAVE_AUDIT_SQL,
+    VERIFY_BLOCKS_SQL,
+    Audit,
+    CounterAudit,
+    Recount,
+    drift_summary,
+)
 from .commit import (
     ADVANCE_CURSOR_SQL,
     BEGIN_EPOCH_SQL,
@@ -37,41 +52,48 @@ from .operations import (
     DELETE_EVENTS_FROM_SQL,
     LOCK_QUARANTINE_ITEM_SQL,
     LOCK_STATE_SQL,
-    MALFORMED_BODY_REASON,
     QUARANTINE_COLUMNS,
     QUARANTINE_COUNT_SQL,
     QUARANTINE_ITEM_SQL,
     QUARANTINE_LIST_SQL,
     RESOLVE_QUARANTINE_SQL,
     REWIND_SQL,
-    STOPS_BEFORE_REASON,
     STORED_IDS_SQL,
-    STUCK_AFTER_S,
-    STUCK_SIGHTINGS,
-    STUCK_SQL,
     Operations,
     QuarantineItem,
-    Stuck,
 )
 from .reads import (
     ACCOUNTED_BLOCKS_SQL,
+    COUNTER_DRIFT_SQL,
     GAPS_SQL,
     ID_SPAN_SQL,
+    MALFORMED_BODY_REASON,
     POLL_AGE_SQL,
     QUARANTINE_SUMMARY_SQL,
     RECENT_INGEST_TIMES_SQL,
     RECENT_MINUTES_SQL,
     ROW_COUNTS_SQL,
+    SNAPSHOT_SQL,
     SOURCE_ACTIVITY_SQL,
     STATUS_SQL,
+    STOPS_BEFORE_PHRASE,
+    STOPS_BEFORE_REASON,
+    STUCK_AFTER_S,
+    STUCK_SIGHTINGS,
+    STUCK_SQL,
     UPSERT_ROLLUP_SQL,
+    BlockDrift,
+    CounterDrift,
     Gap,
     IdSpan,
     Reads,
+    Snapshot,
     SourceActivity,
     SourceStatus,
+    Stuck,
 )
 from .schema import (
+    ADD_COUNTER_AUDIT_SQL,
     ADD_LAST_POLL_AT_SQL,
     ADD_OPERATIONS_COLUMNS_SQL,
     COUNTERS_SQL,
@@ -95,7 +117,7 @@ from .schema import (
 )
 
 
-class Store(Connections, Schema, Commits, Reads, Operations):
+class Store(Connections, Schema, Commits, Reads, Audit, Operations):
     """The statements the ingest needs, over a small pool of Postgres connections.
 
     Every operation borrows one connection, runs one transaction and gives it back, so one Store
@@ -118,6 +140,12 @@ __all__ = [
     "IdSpan",
     "QuarantineItem",
     "Stuck",
+    "Snapshot",
+    "BlockDrift",
+    "CounterDrift",
+    "CounterAudit",
+    "Recount",
+    "drift_summary",
     "partition_name",
     "quarantine_params",
     "request_counts",
@@ -126,6 +154,7 @@ __all__ = [
     "Schema",
     "Commits",
     "Reads",
+    "Audit",
     "Operations",
     # schema
     "SCHEMA_LOCK_KEY",
@@ -139,6 +168,7 @@ __all__ = [
     "COUNTING_TRIGGERS",
     "ADD_LAST_POLL_AT_SQL",
     "ADD_OPERATIONS_COLUMNS_SQL",
+    "ADD_COUNTER_AUDIT_SQL",
     "LOCK_EVENTS_SQL",
     "PARTITION_STATE_SQL",
     "RECOUNT_SQL",
@@ -171,6 +201,23 @@ __all__ = [
     "ROW_COUNTS_SQL",
     "QUARANTINE_SUMMARY_SQL",
     "SOURCE_ACTIVITY_SQL",
+    "SNAPSHOT_SQL",
+    "COUNTER_DRIFT_SQL",
+    "STUCK_SQL",
+    "STOPS_BEFORE_PHRASE",
+    "STOPS_BEFORE_REASON",
+    "MALFORMED_BODY_REASON",
+    "STUCK_SIGHTINGS",
+    "STUCK_AFTER_S",
+    # the counter audit
+    "COUNTER_BLOCKS_PER_CALL",
+    "ENSURE_AUDIT_SQL",
+    "LOCK_AUDIT_SQL",
+    "VERIFY_BLOCKS_SQL",
+    "SAVE_AUDIT_SQL",
+    "LOCK_PARTITION_SQL",
+    "BLOCK_COUNTS_SQL",
+    "CLEAR_DRIFT_SQL",
     # operations
     "LOCK_STATE_SQL",
     "REWIND_SQL",
@@ -182,9 +229,4 @@ __all__ = [
     "LOCK_QUARANTINE_ITEM_SQL",
     "STORED_IDS_SQL",
     "RESOLVE_QUARANTINE_SQL",
-    "STUCK_SQL",
-    "STOPS_BEFORE_REASON",
-    "MALFORMED_BODY_REASON",
-    "STUCK_SIGHTINGS",
-    "STUCK_AFTER_S",
 ]

@@ -3,6 +3,17 @@
 Every operation borrows one connection, runs one transaction and gives it back, so one Store
 can serve many threads (``pool_size`` connections at most; a thread waits when all are busy).
 A connection that broke is dropped and replaced by the next operation that needs one.
+
+Behind a pooler in transaction mode (PgBouncer's ``pool_mode = transaction``; the README advises it
+past a few hundred connections), each transaction may run on another server connection:
+
+1. The drain commits its fifth page; psycopg, seeing the statement run five times, prepares it
+   (``_pg3_0``) on the server connection the pooler lent for that transaction.
+2. The next commit runs on another server connection, where ``_pg3_0`` does not exist: the commit
+   fails (``prepared statement "_pg3_0" does not exist``), and so does every drain.
+
+With ``EVENT_INGEST_DATABASE_POOLER=transaction`` every connection has ``prepare_threshold=None``:
+nothing is prepared, and each statement is sent whole.
 """
 
 from __future__ import annotations
@@ -14,7 +25,10 @@ from typing import Self
 
 import psycopg
 
-from ...config import redact_url
+from ...config import database_pooler, redact_url
+
+# psycopg's own default: a statement run this many times on a connection is prepared there.
+PREPARE_THRESHOLD = 5
 
 
 class StoreError(RuntimeError):
@@ -43,10 +57,16 @@ class Connections:
         connect_timeout_s: int = 5,
         pool_size: int = 1,
         read_only: bool = False,
+        pooler: str | None = None,
     ) -> None:
+        """``pooler``: what sits before Postgres (config.POOLER_MODES); None: as $EVENT_INGEST_DATABASE_POOLER
+        says."""
         if pool_size < 1:
             raise ValueError(f"pool_size must be at least 1, got {pool_size}")
         self.url = url
+        self.pooler = database_pooler() if pooler is None else pooler
+        # Each transaction may run on another server connection: nothing may be prepared on one of them.
+        self._prepare_threshold = None if self.pooler == "transaction" else PREPARE_THRESHOLD
         self._application_name = application_name
         self._read_only = read_only  # every transaction BEGIN READ ONLY: Postgres refuses any write
         self._connect_timeout_s = connect_timeout_s
@@ -70,6 +90,7 @@ class Connections:
                 application_name=self._application_name,
                 connect_timeout=self._connect_timeout_s,
                 autocommit=False,
+                prepare_threshold=self._prepare_threshold,
             )
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to Postgres at {redact_url(self.url)}: {_first_line(exc)}") from None

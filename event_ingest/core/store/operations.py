@@ -1,5 +1,5 @@
 """What operators do through the fence: replay (rewind the cursor), the quarantine's listing, requeue and
-discard, and finding a source stuck at its cursor."""
+discard."""
 
 from __future__ import annotations
 
@@ -45,31 +45,6 @@ UPDATE quarantine SET resolution = %(resolution)s, resolved_at = now(), resoluti
 WHERE id = %(id)s
 """
 
-# A source that cannot get past its cursor because what is served there cannot be read: an open item
-# quarantined at the cursor that is either
-#   an item with no readable id the page stopped before (page.py: the cursor stays before it), or
-#   a whole body that is not a page, seen again and again there, with no successful poll since it was
-#   last seen nor for `after_s` (a body broken once and then served fine is not stuck).
-# One probe of the open-items index at (source, cursor).
-STUCK_SQL = """
-SELECT q.id, q.reason, q.at_cursor, q.seen_count, q.last_seen_at
-FROM source_state s
-JOIN quarantine q ON q.source = s.source AND q.at_cursor = s.cursor AND q.resolution IS NULL
-WHERE s.source = %(source)s
-  AND ((q.event_id IS NULL AND q.reason LIKE %(stops_before)s)
-       OR (q.reason LIKE %(malformed)s AND q.seen_count >= %(sightings)s
-           AND q.last_seen_at > coalesce(greatest(s.last_ingest_at, s.last_poll_at), '-infinity')
-           AND coalesce(greatest(s.last_ingest_at, s.last_poll_at), '-infinity')
-               < now() - make_interval(secs => %(after_s)s)))
-ORDER BY q.last_seen_at DESC
-LIMIT 1
-"""
-# The reasons page.py and client.py give those items (matched as LIKE patterns).
-STOPS_BEFORE_REASON = "%nor can its id, so the cursor stops before it%"
-MALFORMED_BODY_REASON = "malformed page at lastId=%"
-STUCK_SIGHTINGS = 2
-STUCK_AFTER_S = 60.0
-
 
 @dataclass(frozen=True)
 class QuarantineItem:
@@ -90,15 +65,6 @@ class QuarantineItem:
     @property
     def state(self) -> str:
         return self.resolution or "open"
-
-
-@dataclass(frozen=True)
-class Stuck:
-    quarantine_id: int
-    reason: str
-    at_cursor: int
-    seen_count: int
-    last_seen_at: datetime
 
 
 class Operations:
@@ -194,21 +160,3 @@ class Operations:
 
         self._run(f"discard of quarantine item {item_id}", mark)
         return self.quarantine_item(item_id)
-
-    def stuck(self, source: str, *, after_s: float = STUCK_AFTER_S) -> Stuck | None:
-        """The item that holds ``source`` at its cursor, if one does (see STUCK_SQL)."""
-
-        def read(cur):
-            row = cur.execute(
-                STUCK_SQL,
-                {
-                    "source": source,
-                    "stops_before": STOPS_BEFORE_REASON,
-                    "malformed": MALFORMED_BODY_REASON,
-                    "sightings": STUCK_SIGHTINGS,
-                    "after_s": after_s,
-                },
-            ).fetchone()
-            return None if row is None else Stuck(*row)
-
-        return self._run(f"stuck query for {source!r}", read)

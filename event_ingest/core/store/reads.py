@@ -2,14 +2,36 @@
 
 Every figure comes from counters and indexes (``id_blocks``, ``events_per_minute``, ``source_state``),
 so a read costs the same at any table size; only ``gaps_between`` and ``event_ids`` read rows.
+
+Each read on a ``Store`` is its own transaction. A caller that compares two reads takes them from one
+``snapshot()`` instead, or a commit can land between them and make the comparison say what was never
+true. The timeline it closes:
+
+1. A check reads the span of a source's ids: 1 to 30.
+2. A drain commits id 31 (the row and its counter, in one transaction).
+3. The check reads the counters: 31 ids in a span of 30. A block holds more ids than it can, so a
+   clean source is reported failing; or, where one id is really missing, 30 ids accounted for in a span
+   of 30 hides the gap.
+
+In one REPEATABLE READ transaction every read sees the same commits: the drain's commit is wholly
+before or wholly after the check.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+import psycopg
+
+from .connections import StoreError, _first_line
 from .schema import ID_BLOCK_BITS
+
+# The first statement of a snapshot: every read after it sees the commits made before it, and no other.
+# READ ONLY: a snapshot never writes (and Postgres skips the bookkeeping of serializable writes).
+SNAPSHOT_SQL = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
 # Lowest and highest stored id, lowest and highest quarantined id: four index probes.
 ID_SPAN_SQL = """
@@ -123,6 +145,37 @@ SOURCE_ACTIVITY_SQL = """
 SELECT source, created_at, greatest(last_ingest_at, last_poll_at, created_at) FROM source_state ORDER BY source
 """
 
+# A source that cannot get past its cursor because what is served there cannot be read: an open item
+# quarantined at the cursor that is either
+#   an item with no readable id the page stopped before (page.py: the cursor stays before it), or
+#   a whole body that is not a page, seen again and again there, with no successful poll since it was
+#   last seen nor for `after_s` (a body broken once and then served fine is not stuck).
+# One probe of the open-items index at (source, cursor).
+STUCK_SQL = """
+SELECT q.id, q.reason, q.at_cursor, q.seen_count, q.last_seen_at
+FROM source_state s
+JOIN quarantine q ON q.source = s.source AND q.at_cursor = s.cursor AND q.resolution IS NULL
+WHERE s.source = %(source)s
+  AND ((q.event_id IS NULL AND q.reason LIKE %(stops_before)s)
+       OR (q.reason LIKE %(malformed)s AND q.seen_count >= %(sightings)s
+           AND q.last_seen_at > coalesce(greatest(s.last_ingest_at, s.last_poll_at), '-infinity')
+           AND coalesce(greatest(s.last_ingest_at, s.last_poll_at), '-infinity')
+               < now() - make_interval(secs => %(after_s)s)))
+ORDER BY q.last_seen_at DESC
+LIMIT 1
+"""
+# The reasons page.py and client.py give those items (matched as LIKE patterns; the drain matches the phrase).
+STOPS_BEFORE_PHRASE = "nor can its id, so the cursor stops before it"
+STOPS_BEFORE_REASON = f"%{STOPS_BEFORE_PHRASE}%"
+MALFORMED_BODY_REASON = "malformed page at lastId=%"
+STUCK_SIGHTINGS = 2
+STUCK_AFTER_S = 60.0
+
+# What the counter audit (audit.py) last found wrong in a source's counters, until a recount clears it.
+COUNTER_DRIFT_SQL = """
+SELECT drift, drift_found_at FROM counter_audit WHERE source = %(source)s AND drift <> '[]'::jsonb
+"""
+
 
 @dataclass(frozen=True)
 class SourceStatus:
@@ -162,6 +215,38 @@ class Gap:
 
 
 @dataclass(frozen=True)
+class Stuck:
+    quarantine_id: int
+    reason: str
+    at_cursor: int
+    seen_count: int
+    last_seen_at: datetime
+
+
+@dataclass(frozen=True)
+class BlockDrift:
+    """A block whose counter disagrees with the rows it holds (as last verified)."""
+
+    block: int
+    counted: int  # ids id_blocks says the block holds
+    rows: int  # rows the block holds
+
+    @property
+    def first_id(self) -> int:
+        return self.block << ID_BLOCK_BITS
+
+    @property
+    def last_id(self) -> int:
+        return self.first_id + (1 << ID_BLOCK_BITS) - 1
+
+
+@dataclass(frozen=True)
+class CounterDrift:
+    blocks: tuple[BlockDrift, ...]
+    found_at: datetime  # when the audit last found one of them
+
+
+@dataclass(frozen=True)
 class IdSpan:
     """Lowest and highest id of a source among stored events and quarantined items (None: none)."""
 
@@ -180,7 +265,21 @@ class IdSpan:
 
 
 class Reads:
-    """Reads of state, counters and rows, and the rollup's upsert of per-minute counts (mixed into Store)."""
+    """Reads of state, counters and rows, and the rollup's upsert of per-minute counts (mixed into Store).
+
+    On a Store each read is one transaction; on the ``Snapshot`` that ``snapshot()`` yields, every read is
+    part of that snapshot's one transaction."""
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """One REPEATABLE READ, READ ONLY transaction for reads that are compared with each other."""
+        try:
+            with self._borrow() as conn, conn.transaction():
+                cur = conn.cursor()
+                cur.execute(SNAPSHOT_SQL)
+                yield Snapshot(cur)
+        except psycopg.Error as exc:
+            raise StoreError(f"Postgres snapshot failed: {_first_line(exc)}") from exc
 
     def status(self, source: str | None = None) -> list[SourceStatus]:
         """Per-source state and counts: every source, or only ``source``."""
@@ -257,10 +356,11 @@ class Reads:
 
         Sources need not start at 1, so ids below the first one seen are not called missing.
         """
-        span = self.id_span(source)
-        if span.lowest is None:
-            return []
-        return self.gaps_between(source, span.lowest, span.highest, limit)
+        with self.snapshot() as snap:
+            span = snap.id_span(source)
+            if span.lowest is None:
+                return []
+            return snap.gaps_between(source, span.lowest, span.highest, limit)
 
     def recent_ingest_times(self, source: str, hours: int = 1) -> list[datetime]:
         def read(cur):
@@ -296,3 +396,51 @@ class Reads:
         return self._run(
             "source listing", lambda cur: [SourceActivity(*r) for r in cur.execute(SOURCE_ACTIVITY_SQL).fetchall()]
         )
+
+    def stuck(self, source: str, *, after_s: float = STUCK_AFTER_S) -> Stuck | None:
+        """The item that holds ``source`` at its cursor, if one does (see STUCK_SQL)."""
+
+        def read(cur):
+            row = cur.execute(
+                STUCK_SQL,
+                {
+                    "source": source,
+                    "stops_before": STOPS_BEFORE_REASON,
+                    "malformed": MALFORMED_BODY_REASON,
+                    "sightings": STUCK_SIGHTINGS,
+                    "after_s": after_s,
+                },
+            ).fetchone()
+            return None if row is None else Stuck(*row)
+
+        return self._run(f"stuck query for {source!r}", read)
+
+    def counter_drift(self, source: str) -> CounterDrift | None:
+        """Blocks the counter audit found disagreeing with the rows, and not recounted since (None: none)."""
+
+        def read(cur):
+            row = cur.execute(COUNTER_DRIFT_SQL, {"source": source}).fetchone()
+            if row is None:
+                return None
+            drift, found_at = row
+            blocks = tuple(BlockDrift(int(b["block"]), int(b["counted"]), int(b["rows"])) for b in drift)
+            return CounterDrift(blocks, found_at)
+
+        return self._run(f"counter drift of {source!r}", read)
+
+
+class Snapshot(Reads):
+    """The reads of one open REPEATABLE READ transaction (``Reads.snapshot``): all see the same commits."""
+
+    def __init__(self, cur: psycopg.Cursor) -> None:
+        self._cur = cur
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        yield self  # already one
+
+    def _run(self, what: str, fn):
+        try:
+            return fn(self._cur)
+        except psycopg.Error as exc:
+            raise StoreError(f"Postgres {what} failed: {_first_line(exc)}") from exc

@@ -23,7 +23,7 @@ from ...config import is_valid_source_name
 SCHEMA_LOCK_KEY = 0x6576656E74696E
 
 # Bump with a new step in Store._upgrade when the schema changes; databases record theirs.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # id_blocks groups ids by event_id >> ID_BLOCK_BITS: a block is small enough to scan for the exact
 # missing ranges in milliseconds, and large enough that a source's block rows stay few (458 at 30M ids).
@@ -199,6 +199,18 @@ ADD_OPERATIONS_COLUMNS_SQL = (
     "CREATE INDEX IF NOT EXISTS quarantine_open_at_cursor ON quarantine (source, at_cursor) WHERE resolution IS NULL",
 )
 
+# Version 5: the counter audit (audit.py): where its round over each source's id blocks stands, and the
+# blocks it found disagreeing with the rows, kept until a recount (the checks fail naming them meanwhile).
+ADD_COUNTER_AUDIT_SQL = """
+CREATE TABLE IF NOT EXISTS counter_audit (
+    source            text        PRIMARY KEY,
+    next_block        bigint,     -- where the next call resumes (NULL: from the lowest block)
+    verified_at       timestamptz,  -- the last call
+    pass_completed_at timestamptz,  -- the last call that went past the highest block
+    drift             jsonb       NOT NULL DEFAULT '[]',  -- [{block, counted, rows}] found wrong, not recounted
+    drift_found_at    timestamptz
+)"""
+
 # Writers wait here while counters are rebuilt from the rows, so no row is counted twice or missed.
 LOCK_EVENTS_SQL = "LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"
 
@@ -209,7 +221,8 @@ SELECT to_regclass(quote_ident(%(partition)s)) IS NOT NULL,
         WHERE tgrelid = to_regclass(quote_ident(%(partition)s)) AND tgname = ANY(%(triggers)s))
 """
 
-# Counters rebuilt from the rows of one source (schema upgrade; a partition found without its triggers).
+# Counters rebuilt from the rows of one source (schema upgrade; a partition found without its triggers;
+# the operator's recount, audit.py).
 RECOUNT_SQL = (
     "DELETE FROM id_blocks WHERE source = %(source)s",
     f"""INSERT INTO id_blocks (source, block, events)
@@ -231,6 +244,7 @@ TABLES_FOUND_SQL = "SELECT to_regclass('source_state') IS NOT NULL, to_regclass(
 # no trigger, so its counters go explicitly.
 FORGET_SOURCE_SQL = (
     "DELETE FROM id_blocks WHERE source = %(source)s",
+    "DELETE FROM counter_audit WHERE source = %(source)s",
     "DELETE FROM events_per_minute WHERE source = %(source)s",
     "DELETE FROM quarantine WHERE source = %(source)s",
     "DELETE FROM source_state WHERE source = %(source)s",
@@ -283,6 +297,8 @@ class Schema:
         if version < 4:
             for statement in ADD_OPERATIONS_COLUMNS_SQL:
                 cur.execute(statement)
+        if version < 5:
+            cur.execute(ADD_COUNTER_AUDIT_SQL)
         cur.execute(WRITE_SCHEMA_VERSION_SQL, {"version": SCHEMA_VERSION})
 
     @staticmethod
@@ -325,17 +341,6 @@ class Schema:
             self._ensure_source(cur, source)
 
         self._run(f"setup of source {source!r}", ensure)
-
-    def recount(self, source: str) -> None:
-        """Rebuild a source's counters from its rows (O(rows)). Only needed after writes that bypass
-        triggers: session_replication_role = replica, DISABLE TRIGGER, a partition dropped or detached."""
-
-        def recount(cur):
-            cur.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(sql.Identifier(partition_name(source))))
-            for statement in RECOUNT_SQL:
-                cur.execute(statement, {"source": source})
-
-        self._run(f"recount of {source!r}", recount)
 
     def forget_source(self, source: str) -> None:
         """Drop a source's partition, counters, quarantine and state (benchmarks clean up with it)."""
