@@ -27,7 +27,7 @@ RUN pip install --no-deps . \
 
 # Instance config (Postgres storage, queued runs); compose also mounts it so an
 # edit takes effect on restart. The compose workspace points at the code server.
-COPY dagster.yaml ${DAGSTER_HOME}/dagster.yaml
+COPY deploy/dagster.yaml ${DAGSTER_HOME}/dagster.yaml
 COPY deploy/workspace.docker.yaml /opt/dagster/app/workspace.docker.yaml
 
 # Non-root. $DAGSTER_HOME/storage (compute logs) must be writable; it exists in
@@ -41,4 +41,4 @@ USER dagster
 # 3000 dagster-webserver, 4000 gRPC code server (mock sources use 3001-3003 in compose).
 EXPOSE 3000 4000
 
-CMD ["dagster", "api", "grpc", "-h", "0.0.0.0", "-p", "4000", "-m", "event_ingest.defs.definitions"]
+CMD ["dagster", "api", "grpc", "-h", "0.0.0.0", "-p", "4000", "-m", "event_ingest.definitions"]

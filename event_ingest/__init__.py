@@ -1,3 +1,22 @@
-"""event-ingest: many HTTP event sources into one Postgres table, orchestrated by Dagster."""
+"""event-ingest: many HTTP event sources into one Postgres table, orchestrated by Dagster.
+
+``event_ingest.EventSources`` is the Dagster component (``dg list components`` shows it; the
+``dagster_dg_cli.registry_modules`` entry point in pyproject.toml registers this package). It is
+imported on first use only, so that importing the engine (``event_ingest.core``) never imports Dagster.
+"""
 
 __version__ = "0.1.0"
+
+_DAGSTER_EXPORTS = ("EventSources", "IngestResource")
+
+
+def __getattr__(name: str):
+    if name in _DAGSTER_EXPORTS:
+        from . import component
+
+        return getattr(component, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_DAGSTER_EXPORTS])

@@ -17,6 +17,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -282,7 +283,7 @@ def required_env_names() -> set[str]:
         names.update(
             n for n in ENV_NAME_RE.findall(path.read_text(encoding="utf-8")) if not n.startswith(TEST_ONLY_ENV_PREFIX)
         )
-    instance = (ROOT / "dagster.yaml").read_text(encoding="utf-8")
+    instance = (ROOT / "deploy" / "dagster.yaml").read_text(encoding="utf-8")
     names.update(re.findall(r"\benv:\s*([A-Z_][A-Z0-9_]*)", instance))
     names.add("DAGSTER_HOME")
     return names
@@ -398,7 +399,9 @@ def test_files_the_containers_are_told_about_exist(services):
         env = environment(service)
         assert env["DAGSTER_HOME"] == image_env["DAGSTER_HOME"]
         instance = resolve_in_container(service, env["DAGSTER_HOME"].rstrip("/") + "/dagster.yaml")
-        assert instance == (ROOT / "dagster.yaml").resolve(), f"{name}: $DAGSTER_HOME/dagster.yaml is {instance}"
+        assert instance == (ROOT / "deploy" / "dagster.yaml").resolve(), (
+            f"{name}: $DAGSTER_HOME/dagster.yaml is {instance}"
+        )
         sources = resolve_in_container(service, env["EVENT_INGEST_SOURCES"])
         assert sources is not None and sources.is_file(), f"{name}: {env['EVENT_INGEST_SOURCES']} is not provided"
         workspace = option(as_argv(service.get("command")), "-w", "--workspace")
@@ -408,6 +411,18 @@ def test_files_the_containers_are_told_about_exist(services):
             )
     for name in ("webserver", "daemon"):
         assert option(as_argv(services[name]["command"]), "-w", "--workspace"), f"{name} needs -w"
+
+
+def test_every_entry_point_loads_the_same_code_location():
+    """workspace.yaml (`event-ingest dev`, `dagster dev -w`), pyproject's [tool.dagster] and [tool.dg] (`dagster dev`,
+    `dg dev`), the image's CMD and compose's code server: one module, Dagster 1.13's definitions.py over defs/."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]
+    project = pyproject["dg"]["project"]
+    assert LOCAL_MODULE == "event_ingest.definitions"
+    assert pyproject["dagster"]["module_name"] == project["code_location_target_module"] == LOCAL_MODULE
+    defs_folder = ROOT / Path(*project["defs_module"].split("."))
+    instances = [yaml.safe_load(p.read_text(encoding="utf-8")) for p in defs_folder.glob("*/defs.yaml")]
+    assert [i["type"] for i in instances] == ["event_ingest.EventSources"]
 
 
 def test_workspace_points_at_the_code_server(services):
@@ -535,7 +550,7 @@ def test_dockerfile_statically():
     exposed = {p for k, rest in instructions if k == "EXPOSE" for p in rest.split()}
     assert {"3000", "4000"} <= exposed
     assert dockerfile_env()["DAGSTER_HOME"] == "/opt/dagster/dagster_home"
-    assert image_paths()["/opt/dagster/dagster_home/dagster.yaml"] == ROOT / "dagster.yaml"
+    assert image_paths()["/opt/dagster/dagster_home/dagster.yaml"] == ROOT / "deploy" / "dagster.yaml"
     assert any(k == "RUN" and "pip install" in rest and re.search(r"\s\.(\s|$)", rest) for k, rest in instructions)
 
 
@@ -557,7 +572,13 @@ def test_dockerfile_copies_exist_and_are_not_dockerignored():
 def test_dockerignore_keeps_local_state_and_secrets_out():
     for rel in (".git", ".venv", ".event-ingest", ".env", "event_ingest/__pycache__", ".pytest_cache"):
         assert dockerignored(rel), f".dockerignore does not exclude {rel}"
-    for rel in ("pyproject.toml", "event_ingest/cli.py", "dagster.yaml", "deploy/workspace.docker.yaml"):
+    for rel in (
+        "pyproject.toml",
+        "event_ingest/cli.py",
+        "event_ingest/defs/event_sources/defs.yaml",
+        "deploy/dagster.yaml",
+        "deploy/workspace.docker.yaml",
+    ):
         assert not dockerignored(rel), f".dockerignore excludes {rel}, which the image needs"
 
 

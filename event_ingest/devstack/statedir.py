@@ -23,7 +23,7 @@ LOCK_FILE = "dev.lock"
 
 
 def project_dir() -> Path:
-    """The checkout the package runs from (it holds dagster.yaml and workspace.yaml)."""
+    """The checkout the package runs from (it holds deploy/dagster.yaml and workspace.yaml)."""
     return Path(event_ingest.__file__).resolve().parent.parent
 
 
@@ -32,7 +32,7 @@ class _StateDir:
 
     def _project_files(self) -> tuple[Path, Path]:
         root = project_dir()
-        dagster_yaml, workspace = root / "dagster.yaml", root / "workspace.yaml"
+        dagster_yaml, workspace = root / "deploy" / "dagster.yaml", root / "workspace.yaml"
         if not self.args.no_dagster:
             for f in (dagster_yaml, workspace):
                 if not f.is_file():

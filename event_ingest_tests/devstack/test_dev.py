@@ -29,7 +29,7 @@ ENV_VARS = (
     "DAGSTER_HOME",
 )
 SOURCES = ["source1", "source2", "source3"]
-ALERT_SENSORS = ["alert_on_run_failure", "alert_on_check_failure"]
+ALERT_SENSORS = ["alert_on_run_failure", "alert_on_run_recovery", "alert_on_check_failure"]
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -2,12 +2,13 @@
 
 The run is glue around :class:`event_ingest.core.worker.Worker`. What it adds from Dagster:
 
-* which of its sources to host: not those whose sensor an operator stopped in the UI, not
-  those the sources file no longer lists, not those a newer `ingest` run of this instance
-  already stands by for (a handoff);
-* progress: each source's window report becomes a materialization of its `events`
-  partition (events, cursor, lag, row count) at most every `runs.report_every_s` - never
-  one event-log row per page.
+* which of its sources to host: those whose sensor is running (hosting.py: the sensors renew a mark
+  in Redis; a stopped sensor, or a source removed from the configuration, lets its mark expire), not
+  those a newer `ingest` run of this job already stands by for (a handoff);
+* progress: each source's window report becomes a materialization of its `events` partition
+  (events, cursor, lag, row count) at most every `runs.report_every_s` - never one event-log row per
+  page;
+* at its start, a warning in its log when a source it hosts looks renamed (renames.py).
 
 Drain-level log lines go to the run's stderr (its compute log in the UI), not to the event
 log: 50 sources x 5 pages/s must not become 250 event-log rows a second.
@@ -17,20 +18,24 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import dagster as dg
 
-from ..config import ConfigError, IngestConfig, load_config, sources_path
+from ..config import IngestConfig
 from ..core import StoreError
 from ..core.worker import SourceReport, Worker, WorkerOptions, read_heartbeats, slot_members, sources_to_host
 from .checks import evaluate_checks
-from .resources import IngestResource
+from .hosting import WANTED_TTL_S, wanted
+from .names import Names
+from .renames import warn_of_renames
+from .resources import IngestResource, ingest_of
 
-JOB_NAME = "ingest"
-SLOT_TAG = "event_ingest/slot"
+SLOT_TAG = "event_ingest/slot"  # the slot's number within its job
+# The slot across every instance in the Dagster deployment (`<job>/<slot>`): dagster.yaml's per-slot run
+# limit counts on this one, so two instances' slot 0 are two slots.
+RUN_SLOT_TAG = "event_ingest/run_slot"
 SOURCES_TAG = "event_ingest/sources"
-SENSOR_PREFIX = "ingest_"
 
 ACTIVE_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
@@ -39,10 +44,14 @@ ACTIVE_STATUSES = [
     dg.DagsterRunStatus.STARTED,
 ]
 
-# Re-read the instance (paused sensors, newer runs) at most this often; a worker polls every second.
+# Re-read the instance (newer runs) and the sensors' marks at most this often; a worker polls every second.
 PLAN_REFRESH_S = 2.0
 # Publish an unchanged check result again this often (fresh metadata), never every window.
 CHECK_REPUBLISH_S = 300
+NOT_WANTED = (
+    f"not wanted: its sensor has not ticked for {WANTED_TTL_S} s (stopped in the UI, the source removed from "
+    "the configuration, or the daemon down)"
+)
 
 
 class IngestRunConfig(dg.Config):
@@ -80,62 +89,30 @@ def report_metadata(report: SourceReport, row_count: int | None) -> dict:
 
 
 class _Plan:
-    """Answers the worker's "what should I host now?" from the Dagster instance, cached briefly."""
+    """Answers the worker's "what should I host now?" from the sensors' marks and the instance, cached briefly."""
 
-    def __init__(self, context: dg.OpExecutionContext, members: list[str], redis_client, sources_file: Path):
+    def __init__(self, context: dg.OpExecutionContext, members: list[str], redis_client):
         self.context = context
         self.members = members
         self.redis = redis_client
-        self.sources_file = sources_file
-        origin = context.dagster_run.remote_job_origin
-        self.location = origin.location_name if origin is not None else None
         self._cached_at = -1e9
-        self.paused: set[str] = set()
+        self.unwanted: set[str] = set()
         self._peer_ids: list[str] = []
-        self._file_mtime: float | None = None
-        self._configured: set[str] | None = None
 
     def __call__(self, worker: Worker) -> set[str]:
         now = time.monotonic()
         if now - self._cached_at >= PLAN_REFRESH_S:
-            self.paused = self._paused_sources()
+            self.unwanted = set(self.members) - wanted(self.redis, self.members)
             self._peer_ids = self._peer_runs()
-            self._configured = self._configured_sources()
             self._cached_at = now
         peers = read_heartbeats(self.redis, self._peer_ids).values() if self._peer_ids else ()
-        return sources_to_host(
-            self.members, paused=self.paused, configured=self._configured, me=worker.heartbeat, peers=peers
-        )
-
-    def _paused_sources(self) -> set[str]:
-        from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType
-
-        paused = set()
-        for state in self.context.instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
-            if state.status != InstigatorStatus.STOPPED or not state.name.startswith(SENSOR_PREFIX):
-                continue
-            if self.location is not None and state.origin.location_name != self.location:
-                continue
-            paused.add(state.name[len(SENSOR_PREFIX) :])
-        return paused
+        return sources_to_host(self.members, paused=self.unwanted, configured=None, me=worker.heartbeat, peers=peers)
 
     def _peer_runs(self) -> list[str]:
         records = self.context.instance.get_run_records(
-            filters=dg.RunsFilter(job_name=JOB_NAME, statuses=[dg.DagsterRunStatus.STARTED])
+            filters=dg.RunsFilter(job_name=self.context.job_name, statuses=[dg.DagsterRunStatus.STARTED])
         )
         return [r.dagster_run.run_id for r in records if r.dagster_run.run_id != self.context.run_id]
-
-    def _configured_sources(self) -> set[str] | None:
-        """Names in the sources file now (a source removed from it stops here too); None if unreadable."""
-        try:
-            mtime = self.sources_file.stat().st_mtime
-            if mtime != self._file_mtime:
-                self._configured = {s.name for s in load_config(self.sources_file).sources}
-                self._file_mtime = mtime
-            return self._configured
-        except (OSError, ConfigError) as exc:
-            self.context.log.warning(f"sources file {self.sources_file} unreadable now ({exc}); keeping every source")
-            return None
 
 
 class _Publisher:
@@ -143,12 +120,17 @@ class _Publisher:
 
     * a materialization of the source's `events` partition for every window that stored events;
     * the source's checks (O(1) queries), published when a result changes or every few minutes;
-      a source let go because its sensor was stopped is published as not fresh ("paused");
+    * for each source of the slot its sensor no longer keeps wanted (stopped, removed), `fresh` as
+      failed ("not wanted"), whether or not it was hosted: the window reports do not list a host
+      once it has stopped, and a source paused before the run began never had one;
     * one log line per window for the whole run.
     """
 
-    def __init__(self, context: dg.OpExecutionContext, ingest: IngestResource, sources: dict, plan: "_Plan"):
+    def __init__(
+        self, context: dg.OpExecutionContext, ingest: IngestResource, sources: dict, plan: "_Plan", names: Names
+    ):
         self.context = context
+        self.names = names
         self.ingest = ingest
         self.sources = sources
         self.plan = plan
@@ -161,13 +143,22 @@ class _Publisher:
                 if r.events:
                     self.context.log_event(
                         dg.AssetMaterialization(
-                            asset_key="events",
+                            asset_key=self.names.events,
                             partition=r.source,
                             metadata=report_metadata(r, counts.get(r.source)),
                             description=f"{r.events} events in {r.window_s:g} s",
                         )
                     )
                 self._checks(store, r)
+        for name in sorted(self.plan.unwanted):
+            self._publish(
+                name,
+                {
+                    "fresh": dg.AssetCheckResult(
+                        passed=False, description=NOT_WANTED, metadata={"note": "paused (sensor stopped) or removed"}
+                    )
+                },
+            )
         states: dict[str, int] = {}
         for r in reports:
             states[r.state] = states.get(r.state, 0) + 1
@@ -181,40 +172,34 @@ class _Publisher:
         )
 
     def _checks(self, store, report: SourceReport) -> None:
+        if report.state == "stopped" or report.source in self.plan.unwanted:
+            return  # handed over (the next host publishes), or not wanted (published as such)
         source = self.sources[report.source]
-        if report.state == "stopped" and report.source in self.plan.paused:
-            results = {
-                "fresh": dg.AssetCheckResult(
-                    passed=False,
-                    description="paused: its sensor is stopped",
-                    metadata={"note": "paused by an operator"},
-                )
-            }
-        elif report.state == "stopped":
-            return  # handed over: the next host publishes
-        else:
-            try:
-                results = evaluate_checks(store, source)
-            except StoreError as exc:
-                self.context.log.warning(f"checks of {source.name} not evaluated: {exc}")
-                return
+        try:
+            results = evaluate_checks(store, source)
+        except StoreError as exc:
+            self.context.log.warning(f"checks of {source.name} not evaluated: {exc}")
+            return
+        self._publish(source.name, results)
+
+    def _publish(self, source: str, results: dict[str, dg.AssetCheckResult]) -> None:
         now = time.monotonic()
         for name, result in results.items():
-            last = self.published.get((source.name, name))
+            last = self.published.get((source, name))
             if last is not None and last[0] == result.passed and now - last[1] < CHECK_REPUBLISH_S:
                 continue
             self.context.log_event(
                 dg.AssetCheckEvaluation(
-                    asset_key=dg.AssetKey("events"),
+                    asset_key=self.names.events,
                     check_name=name,
                     passed=result.passed,
-                    partition=source.name,
+                    partition=source,
                     metadata=result.metadata,
                     severity=result.severity,
                     description=result.description,
                 )
             )
-            self.published[(source.name, name)] = (result.passed, now)
+            self.published[(source, name)] = (result.passed, now)
 
 
 def _stderr_logger(run_id: str) -> logging.Logger:
@@ -228,26 +213,36 @@ def _stderr_logger(run_id: str) -> logging.Logger:
     return logger
 
 
-def build_ingest_job(config: IngestConfig, sources_file: Path | None = None) -> dg.JobDefinition:
+def build_ingest_job(
+    config: IngestConfig, names: Names = Names(), configured: Callable[[], set[str]] | None = None
+) -> dg.JobDefinition:
+    """``configured``: every source name configured in this code location now (for the rename warning);
+    by default this instance's own."""
     by_name = {s.name: s for s in config.sources}
-    names = [s.name for s in config.sources]
+    source_names = [s.name for s in config.sources]
     per_run = config.runs.sources_per_run
     config_runs = config.runs
-    file = Path(sources_file) if sources_file is not None else sources_path()
 
-    @dg.op(name="host_sources", description="Host one slot of sources: tail each, hand over to a successor run.")
-    def host_sources(context: dg.OpExecutionContext, config: IngestRunConfig, ingest: IngestResource) -> None:
-        members = slot_members(names, per_run, config.slot)
+    @dg.op(
+        name=names.of("host_sources"),  # op names are unique in a code location, like job names
+        description="Host one slot of sources: tail each, hand over to a successor run.",
+        required_resource_keys={names.resource_key},
+    )
+    def host_sources(context: dg.OpExecutionContext, config: IngestRunConfig) -> None:
+        ingest = ingest_of(context, names)
+        members = slot_members(source_names, per_run, config.slot)
         if not members:
             raise dg.Failure(
-                description=f"slot {config.slot} holds no source ({len(names)} sources, {per_run} per run)"
+                description=f"slot {config.slot} holds no source ({len(source_names)} sources, {per_run} per run)"
             )
+        # Before prepare(): a renamed source is one without state yet.
+        warn_of_renames(ingest, configured() if configured else set(source_names), members, context.log)
         ingest.prepare(members)
         redis_client = ingest.redis()
         log = _stderr_logger(context.run_id)
-        plan = _Plan(context, members, redis_client, file)
+        plan = _Plan(context, members, redis_client)
 
-        publisher = _Publisher(context, ingest, by_name, plan)
+        publisher = _Publisher(context, ingest, by_name, plan, names)
         worker = Worker(
             context.run_id,
             [by_name[m] for m in members],
@@ -265,7 +260,7 @@ def build_ingest_job(config: IngestConfig, sources_file: Path | None = None) -> 
         context.log.info(f"ended: {reason}")
 
     @dg.job(
-        name=JOB_NAME,
+        name=names.of("ingest"),
         description="Long-lived ingest: one run hosts one slot of sources, tails them, and hands them to its "
         "successor without a pause. Started by the sources' sensors.",
         executor_def=dg.in_process_executor,

@@ -18,10 +18,11 @@ import redis
 
 from ..config import IngestConfig, SourceConfig, redact_url
 from ..core.worker import Heartbeat, read_heartbeats, slot_members, slot_of
-from .ingest_job import ACTIVE_STATUSES, SENSOR_PREFIX, SLOT_TAG, SOURCES_TAG
-from .resources import IngestResource
+from .hosting import SENSOR_INTERVAL_S, mark_wanted
+from .ingest_job import ACTIVE_STATUSES, RUN_SLOT_TAG, SLOT_TAG, SOURCES_TAG
+from .names import Names
+from .resources import ingest_of
 
-SENSOR_INTERVAL_S = 10
 # A run that is STARTED but has not heartbeated for this long is taken for dead (it never got going).
 STARTUP_GRACE_S = 180
 
@@ -60,10 +61,10 @@ def decide(
     return True, "no live run hosts it"
 
 
-def _run_views(instance: dg.DagsterInstance) -> list[RunView]:
+def _run_views(instance: dg.DagsterInstance, job_name: str) -> list[RunView]:
     now = time.time()
     views = []
-    for record in instance.get_run_records(filters=dg.RunsFilter(job_name="ingest", statuses=ACTIVE_STATUSES)):
+    for record in instance.get_run_records(filters=dg.RunsFilter(job_name=job_name, statuses=ACTIVE_STATUSES)):
         run = record.dagster_run
         slot = run.tags.get(SLOT_TAG)
         views.append(
@@ -77,37 +78,50 @@ def _run_views(instance: dg.DagsterInstance) -> list[RunView]:
     return views
 
 
-def build_source_sensor(source: SourceConfig, config: IngestConfig, job) -> dg.SensorDefinition:
-    names = [s.name for s in config.sources]
+def build_source_sensor(
+    source: SourceConfig, config: IngestConfig, job: dg.JobDefinition, names: Names = Names()
+) -> dg.SensorDefinition:
+    source_names = [s.name for s in config.sources]
     per_run = config.runs.sources_per_run
-    slot = slot_of(names, per_run, source.name)
-    members = slot_members(names, per_run, slot)
+    slot = slot_of(source_names, per_run, source.name)
+    members = slot_members(source_names, per_run, slot)
     # A run that is never handed over still ends: twice its planned life, then run monitoring.
     max_runtime = int(config.runs.run_seconds * 2 + 600)
+    sensor_name = names.source_sensor(source.name)
 
     @dg.sensor(
-        name=f"{SENSOR_PREFIX}{source.name}",
+        name=sensor_name,
         job=job,
         minimum_interval_seconds=SENSOR_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Keeps source {source.name!r} hosted by a live `ingest` run (slot {slot}). Stop it to pause "
-        "the source: the run hosting it lets go within seconds.",
+        required_resource_keys={names.resource_key},
+        description=f"Keeps source {source.name!r} hosted by a live `{job.name}` run (slot {slot}). Stop it to "
+        "pause the source: the run hosting it lets go within a minute.",
     )
-    def _sensor(context: dg.SensorEvaluationContext, ingest: IngestResource):
-        runs = _run_views(context.instance)
+    def _sensor(context: dg.SensorEvaluationContext):
+        ingest = ingest_of(context, names)
         try:
-            beats = read_heartbeats(ingest.shared_redis(), [r.run_id for r in runs])
+            client = ingest.shared_redis()
+            # First: the mark says the sensor runs, whatever else this tick runs into.
+            mark_wanted(client, source.name, sensor_name)
+            runs = _run_views(context.instance, job.name)
+            beats = read_heartbeats(client, [r.run_id for r in runs])
         except redis.RedisError as exc:
             raise RuntimeError(
-                f"cannot read the runs' heartbeats in Redis at {redact_url(ingest.redis_url)}: {exc}"
+                f"cannot reach Redis at {redact_url(ingest.redis_url)} (the wanted mark, heartbeats): {exc}"
             ) from None
         ask, why = decide(source.name, slot, runs, beats)
         if not ask:
             return dg.SkipReason(why)
-        context.log.info(f"asking for an ingest run for slot {slot}: {why}")
+        context.log.info(f"asking for a {job.name} run for slot {slot}: {why}")
         return dg.RunRequest(
-            run_config={"ops": {"host_sources": {"config": {"slot": slot}}}},
-            tags={SLOT_TAG: str(slot), SOURCES_TAG: ",".join(members)[:200], "dagster/max_runtime": str(max_runtime)},
+            run_config={"ops": {names.of("host_sources"): {"config": {"slot": slot}}}},
+            tags={
+                SLOT_TAG: str(slot),
+                RUN_SLOT_TAG: f"{job.name}/{slot}",
+                SOURCES_TAG: ",".join(members)[:200],
+                "dagster/max_runtime": str(max_runtime),
+            },
         )
 
     return _sensor

@@ -71,8 +71,14 @@ def retention_limits(config: RunRetentionConfig) -> tuple[float, float]:
     return keep, keep_failed
 
 
-def build_retention() -> dg.Definitions:
-    @dg.op(description="Delete finished runs (and their event logs) older than the retention limits.")
+def build_retention(prefix: str = "") -> dg.Definitions:
+    """The job and its hourly schedule. They act on the whole Dagster instance (every job's runs), so a
+    project builds them once: the component's ``run_retention`` is off unless asked for."""
+
+    @dg.op(
+        name=f"{prefix}delete_runs_past_retention",
+        description="Delete finished runs (and their event logs) older than the retention limits.",
+    )
     def delete_runs_past_retention(context: dg.OpExecutionContext, config: RunRetentionConfig) -> dg.Output:
         keep, keep_failed = retention_limits(config)
         now = datetime.now(UTC)
@@ -111,7 +117,7 @@ def build_retention() -> dg.Definitions:
         )
 
     @dg.job(
-        name="delete_old_runs",
+        name=f"{prefix}delete_old_runs",
         executor_def=dg.in_process_executor,
         description="Retention of Dagster's run storage: finished runs older than the limits are deleted.",
     )
@@ -119,7 +125,7 @@ def build_retention() -> dg.Definitions:
         delete_runs_past_retention()
 
     schedule = dg.ScheduleDefinition(
-        name="delete_old_runs_hourly",
+        name=f"{prefix}delete_old_runs_hourly",
         job=cleanup_job,
         cron_schedule="17 * * * *",
         default_status=dg.DefaultScheduleStatus.RUNNING,

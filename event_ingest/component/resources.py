@@ -1,4 +1,5 @@
-"""Dagster resources: where Postgres and Redis are. URLs come from the environment."""
+"""Dagster resources: where Postgres and Redis are. URLs come from the environment (``dg.EnvVar``),
+read when a run or a sensor tick starts, never when the definitions load."""
 
 import logging
 import threading
@@ -8,6 +9,7 @@ from redis import Redis
 
 from ..config import DATABASE_URL_ENV, REDIS_URL_ENV, SourceConfig
 from ..core import DrainOptions, DrainStats, RedisUnavailable, Store, StoreError, connect_redis, drain
+from .names import Names
 
 # Sensors tick every few seconds, one per source, in one long-lived code server: they share one client
 # (and its connection pool) per URL rather than connecting on every tick.
@@ -68,5 +70,22 @@ class IngestResource(dg.ConfigurableResource):
             redis_client.close()
 
 
+# One object per key: Dagster merges the definitions of several instances and accepts a resource key
+# twice only when it is the very same object (two equal-looking resources are a conflict).
+_defaults: dict[str, IngestResource] = {}
+
+
 def ingest_resource_from_env() -> IngestResource:
     return IngestResource(database_url=dg.EnvVar(DATABASE_URL_ENV), redis_url=dg.EnvVar(REDIS_URL_ENV))
+
+
+def default_resource(key: str) -> IngestResource:
+    """The resource an instance binds under ``key`` unless told not to: URLs from EVENT_INGEST_DATABASE_URL
+    and EVENT_INGEST_REDIS_URL, read when a run or tick starts."""
+    with _shared_lock:
+        return _defaults.setdefault(key, ingest_resource_from_env())
+
+
+def ingest_of(context, names: Names) -> IngestResource:
+    """The instance's resource, from an asset, op, check or sensor context."""
+    return getattr(context.resources, names.resource_key)

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.events import DagsterEventType
 
+from event_ingest.component import build_definitions
+from event_ingest.component.ingest_job import SLOT_TAG
+from event_ingest.component.resources import IngestResource
+from event_ingest.component.sensors import RunView, decide
 from event_ingest.config import IngestConfig, RunSettings, SourceConfig
 from event_ingest.core import Store
 from event_ingest.core.worker import Heartbeat
-from event_ingest.defs import build_definitions
-from event_ingest.defs.ingest_job import SLOT_TAG
-from event_ingest.defs.resources import IngestResource
-from event_ingest.defs.sensors import RunView, decide
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,9 +54,10 @@ def test_definitions_are_loadable(defs, sources):
     dg.Definitions.validate_loadable(defs)
     assert {s.name for s in defs.sensors} == {f"ingest_{s.name}" for s in sources} | {
         "alert_on_run_failure",
+        "alert_on_run_recovery",
         "alert_on_check_failure",
     }
-    assert {"ingest", "drain", "replay", "delete_old_runs"} <= {j.name for j in defs.jobs}
+    assert {j.name for j in defs.jobs} == {"ingest", "drain", "replay", "rollup"}  # retention only when asked
     events = defs.resolve_assets_def("events")
     assert set(events.partitions_def.get_partition_keys()) == {s.name for s in sources}
 
@@ -161,8 +161,8 @@ def test_checks_fail_on_a_planted_gap(defs, sources, database_url):
 def test_no_gaps_counts_every_missing_id_and_says_the_list_is_cut(make_mock, store, redis_client):
     """137 ranges missing: the metadata counts all of them and every missing id; the ranges named are the
     first 20, and the text says so."""
+    from event_ingest.component.checks import no_gaps
     from event_ingest.core import drain
-    from event_ingest.defs.checks import no_gaps
 
     served = range(1, 276, 2)  # 2, 4, ..., 274 missing: 137 ranges of one id
     mock = make_mock(backlog=0)
@@ -195,7 +195,7 @@ def test_a_sensor_asks_for_a_run_for_its_slot_only_when_nothing_hosts_its_source
     defs = build_definitions(config, IngestResource(database_url=database_url, redis_url=redis_url))
     first, second = sources
     sensor = next(s for s in defs.sensors if s.name == f"ingest_{second.name}")
-    resources = {"ingest": IngestResource(database_url=database_url, redis_url=redis_url)}
+    resources = {"event_ingest": IngestResource(database_url=database_url, redis_url=redis_url)}
 
     def context(instance):
         return dg.build_sensor_context(instance=instance, definitions=defs, resources=resources)
@@ -212,7 +212,7 @@ def test_a_sensor_asks_for_a_run_for_its_slot_only_when_nothing_hosts_its_source
         # The run's heartbeat says it hosts the source: still nothing to ask for.
         beat = Heartbeat(run.run_id, started=1.0, retiring=False, hosting=[second.name], members=[second.name])
         redis_client.set(f"event-ingest:worker:{run.run_id}", beat.to_json(), px=30_000)
-        instance.handle_run_event(run.run_id, dg.DagsterEvent(DagsterEventType.RUN_START.value, "ingest"))
+        instance.handle_run_event(run.run_id, dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, "ingest"))
         hosted = sensor.evaluate_tick(context(instance))
         assert not hosted.run_requests and "hosted by run" in hosted.skip_message
         # Retiring: the sensor asks for the successor.

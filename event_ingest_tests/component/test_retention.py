@@ -14,8 +14,8 @@ from dagster._core.remote_origin import GrpcServerCodeLocationOrigin, RemoteJobO
 from dagster._core.scheduler.instigation import TickStatus
 from dagster._core.utils import make_new_run_id
 
+from event_ingest.component.retention import build_retention
 from event_ingest.config import FAILED_RUN_RETENTION_DAYS_ENV, RUN_RETENTION_DAYS_ENV
-from event_ingest.defs.retention import build_retention
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSING = {"ok": True}
@@ -34,7 +34,7 @@ def some_job() -> None:
 
 
 def test_dagster_yaml_purges_every_kind_of_tick(tmp_path, dagster_storage_url, monkeypatch):
-    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    shutil.copy(ROOT / "deploy" / "dagster.yaml", tmp_path / "dagster.yaml")
     monkeypatch.setenv("EVENT_INGEST_DAGSTER_DATABASE_URL", dagster_storage_url)
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         sensors = instance.get_tick_retention_settings(InstigatorType.SENSOR)

@@ -12,7 +12,8 @@ import pandas as pd
 
 from ..config import SourceConfig
 from ..core.drain import DrainStats
-from .resources import IngestResource
+from .names import Names
+from .resources import ingest_of
 
 
 def drain_metadata(stats: DrainStats) -> dict:
@@ -40,18 +41,22 @@ def drain_metadata(stats: DrainStats) -> dict:
     return metadata
 
 
-def build_events_asset(sources: list[SourceConfig], partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+def build_events_asset(
+    sources: list[SourceConfig], partitions: dg.PartitionsDefinition, names: Names = Names()
+) -> dg.AssetsDefinition:
     by_name = {s.name: s for s in sources}
 
     @dg.asset(
-        name="events",
+        key=names.events,
         partitions_def=partitions,
-        group_name="ingest",
+        group_name=names.group,
+        required_resource_keys={names.resource_key},
         kinds={"postgres", "python"},
         description="Events of every configured source, one partition per source. Materializing a partition "
         "drains that source (lease, fence, 200 ms spacing gate) until caught up or out of time.",
     )
-    def events(context: dg.AssetExecutionContext, ingest: IngestResource) -> dg.MaterializeResult:
+    def events(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        ingest = ingest_of(context, names)
         source = by_name[context.partition_key]
         stats = ingest.drain(source, logger=context.log)
         metadata = drain_metadata(stats)
@@ -69,34 +74,36 @@ def build_events_asset(sources: list[SourceConfig], partitions: dg.PartitionsDef
     return events
 
 
-def build_rollup_asset(sources: list[SourceConfig]) -> dg.AssetsDefinition:
-    names = [s.name for s in sources]
+def build_rollup_asset(sources: list[SourceConfig], names: Names = Names()) -> dg.AssetsDefinition:
+    sources_names = [s.name for s in sources]
 
     @dg.asset(
-        name="events_per_minute",
-        deps=["events"],
-        group_name="ingest",
+        key=names.rollup,
+        deps=[names.events],
+        group_name=names.group,
+        required_resource_keys={names.resource_key},
         kinds={"pandas", "postgres"},
         description="Events ingested per minute over the last hour, every source side by side (pandas), from the "
         "table events_per_minute that Postgres keeps as events are written and deleted. Refreshed by the "
-        "schedule `events_per_minute_every_10_minutes`: one small run for all sources, not one per source.",
+        "schedule `events_per_minute_every_10_minutes` (its name prefixed like the jobs'): one small run for all "
+        "sources, not one per source.",
     )
-    def events_per_minute(context: dg.AssetExecutionContext, ingest: IngestResource) -> dg.MaterializeResult:
-        with ingest.store() as store:
+    def events_per_minute(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        with ingest_of(context, names).store() as store:
             # At most 61 rows per source, whatever the table holds: the counts are kept as rows land.
-            rows = [(name, minute, n) for name in names for minute, n in store.recent_minutes(name, hours=1)]
+            rows = [(name, minute, n) for name in sources_names for minute, n in store.recent_minutes(name, hours=1)]
         frame = pd.DataFrame(rows, columns=["source", "minute", "events"])
         per_source = (
-            frame.groupby("source")["events"].agg(["sum", "max"]).reindex(names, fill_value=0)
+            frame.groupby("source")["events"].agg(["sum", "max"]).reindex(sources_names, fill_value=0)
             if len(frame)
-            else pd.DataFrame({"sum": 0, "max": 0}, index=names)
+            else pd.DataFrame({"sum": 0, "max": 0}, index=sources_names)
         )
         table = "| source | events, last hour | peak minute |\n|---|---:|---:|\n" + "\n".join(
             f"| {name} | {int(row['sum'])} | {int(row['max'])} |" for name, row in per_source.iterrows()
         )
         return dg.MaterializeResult(
             metadata={
-                "sources": dg.MetadataValue.int(len(names)),
+                "sources": dg.MetadataValue.int(len(sources_names)),
                 "events_last_hour": dg.MetadataValue.int(int(per_source["sum"].sum())),
                 "peak_per_minute": dg.MetadataValue.int(
                     int(frame.groupby("minute")["events"].sum().max()) if len(frame) else 0

@@ -13,13 +13,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from event_ingest.component import build_definitions
+from event_ingest.component.checks import not_stuck
+from event_ingest.component.ingest_job import SLOT_TAG
+from event_ingest.component.renames import warn_of_renames
+from event_ingest.component.resources import IngestResource
 from event_ingest.config import load_config
 from event_ingest.core import Store, drain
 from event_ingest.core.host import SourceHost
-from event_ingest.defs import build_definitions
-from event_ingest.defs.checks import not_stuck
-from event_ingest.defs.ingest_job import SLOT_TAG
-from event_ingest.defs.resources import IngestResource
 from event_ingest_tests.conftest import source_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,7 +140,7 @@ def test_a_backfill_of_the_drain_job_drains_its_partitions_and_leaves_a_hosted_s
         with (
             dg.instance_for_test(overrides=overrides) as instance,
             create_test_daemon_workspace_context(
-                ModuleTarget("event_ingest.defs.definitions", None, str(ROOT), "event_ingest"), instance
+                ModuleTarget("event_ingest.definitions", None, str(ROOT), "event_ingest"), instance
             ) as context,
         ):
             location = context.create_request_context().get_code_location("event_ingest")
@@ -191,9 +192,9 @@ def test_a_backfill_of_the_drain_job_drains_its_partitions_and_leaves_a_hosted_s
 
 
 def test_sources_come_and_go_by_editing_the_sources_file(
-    tmp_path, monkeypatch, make_mock, database_url, redis_url, redis_client, store, dagster_instance, caplog
+    tmp_path, monkeypatch, make_mock, database_url, redis_url, redis_client, store, dagster_instance
 ):
-    from event_ingest.defs.definitions import defs as load_definitions
+    from event_ingest.definitions import defs as load_definitions
 
     first, second = name(), name()
     mock = make_mock(backlog=10)
@@ -224,7 +225,7 @@ def test_sources_come_and_go_by_editing_the_sources_file(
         dg.build_sensor_context(
             instance=dagster_instance,
             definitions=after,
-            resources={"ingest": IngestResource(database_url=database_url, redis_url=redis_url)},
+            resources={"event_ingest": IngestResource(database_url=database_url, redis_url=redis_url)},
         )
     )
     [request] = tick.run_requests
@@ -236,8 +237,7 @@ def test_sources_come_and_go_by_editing_the_sources_file(
 
     # Removed: no sensor, no partition; its data stays, and status calls it removed.
     file.write_text(sources_text([(second, mock.url)]))
-    with caplog.at_level(logging.WARNING, logger="event_ingest.defs"):
-        removed = load_definitions()
+    removed = load_definitions()
     assert f"ingest_{first}" not in {s.name for s in removed.sensors}
     assert first not in removed.resolve_assets_def("events").partitions_def.get_partition_keys()
     assert store.event_ids(first) == list(range(1, 11))
@@ -245,9 +245,16 @@ def test_sources_come_and_go_by_editing_the_sources_file(
 
     rows = {r.source: r for r in read_status(store, [second]).rows}
     assert (rows[first].config, rows[first].events) == ("removed", 10)
-    # `second` has no state yet and `first` (with state) went from the file at the same time: a rename?
-    warned = [r.getMessage() for r in caplog.records if first in r.getMessage() and second in r.getMessage()]
-    assert len(warned) == 1 and "possible rename" in warned[0] and "put the old name back" in warned[0]
+    # `second` has no state yet and `first` (with state) went from the file at the same time: a rename? The
+    # `ingest` run hosting `second` says so in its log when it starts (loading the definitions reads no state).
+    log = logging.getLogger("test.renames")
+    with_state = store.source_activity()
+    ingest = IngestResource(database_url=database_url, redis_url=redis_url)
+    renames = warn_of_renames(ingest, {second}, [second], log)
+    assert [(r.old, r.new) for r in renames if r.old == first] == [(first, second)]
+    assert "put the old name back" in renames[0].summary()
+    assert warn_of_renames(ingest, {second}, ["another_source"], log) == []  # only the run's own sources
+    assert {a.source for a in with_state} >= {first}
     # (Other tests' sources in this session's database are "removed" here too, so more pairs may show.)
     assert f"possibly {first!r} renamed (started from zero)" in rows[second].notes
 

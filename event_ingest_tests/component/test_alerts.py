@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import dagster as dg
 import pytest
 
+from event_ingest.component.alerts import build_alerts
 from event_ingest.config import ALERT_WEBHOOK_URL_ENV, DAGSTER_UI_URL_ENV, SourceConfig
-from event_ingest.defs.alerts import build_alerts
 
 SECRET = "alert-s3cr3t-5e0c2b91"
 PARTITIONS = dg.StaticPartitionsDefinition(["source_a", "source_b"])
@@ -78,7 +78,7 @@ def ingest_like() -> None:
     ingest_step()
 
 
-@dg.asset(partitions_def=PARTITIONS)
+@dg.asset(name="events", partitions_def=PARTITIONS)
 def events_like() -> None:
     return None
 
@@ -89,17 +89,38 @@ def no_gaps_like(context) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=not failing, metadata={"missing_ids": 11 if failing else 0})
 
 
+@dg.asset
+def not_ours() -> None:
+    return None
+
+
+@dg.asset_check(asset=not_ours)
+def not_ours_check() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=False)
+
+
+@dg.op
+def always_fails() -> None:
+    raise RuntimeError("a job of the project's own, not event-ingest's")
+
+
+@dg.job
+def not_monitored() -> None:
+    always_fails()
+
+
 @pytest.fixture
 def defs():
     FAILING.update(source_a=False, source_b=False)
     source = SourceConfig(name="source_a", url="http://h/e", headers={"Authorization": f"Bearer {SECRET}"})
+    materialize = dg.define_asset_job("materialize", [events_like])
     return dg.Definitions.merge(
         dg.Definitions(
-            jobs=[ingest_like, dg.define_asset_job("materialize", [events_like])],
-            assets=[events_like],
-            asset_checks=[no_gaps_like],
+            jobs=[ingest_like, materialize, not_monitored, dg.define_asset_job("theirs", [not_ours])],
+            assets=[events_like, not_ours],
+            asset_checks=[no_gaps_like, not_ours_check],
         ),
-        build_alerts([source]),
+        build_alerts([source], [ingest_like, materialize]),
     )
 
 
@@ -118,6 +139,18 @@ class Ticker:
         return result.skip_message or ""
 
 
+class RunAlerts:
+    """The two run sensors (failure, recovery), ticked together as the daemon would."""
+
+    def __init__(self, defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+        self.failure = Ticker(defs, "alert_on_run_failure", instance)
+        self.recovery = Ticker(defs, "alert_on_run_recovery", instance)
+
+    def __call__(self) -> None:
+        self.failure()
+        self.recovery()
+
+
 def run(defs, instance, job: str, partition: str, fail: bool) -> str:
     FAILING[partition] = fail
     result = defs.resolve_job_def(job).execute_in_process(
@@ -127,11 +160,13 @@ def run(defs, instance, job: str, partition: str, fail: bool) -> str:
     return result.run_id
 
 
-def test_one_message_per_run_failure_incident(defs, dagster_instance, webhook):
-    tick = Ticker(defs, "alert_on_run_failure", dagster_instance)
-    run(defs, dagster_instance, "ingest_like", "source_a", fail=True)  # before the sensor ever ran: history
-    assert tick() == "watching from now on" and webhook.take() == []
+def states(messages: list[dict]) -> list[tuple]:
+    return [(m["source"], m["state"], m["run_id"]) for m in messages]
 
+
+def test_one_message_per_run_failure_incident(defs, dagster_instance, webhook):
+    tick = RunAlerts(defs, dagster_instance)
+    tick()  # the sensors start watching: what happened before is history
     first = run(defs, dagster_instance, "ingest_like", "source_a", fail=True)
     run(defs, dagster_instance, "ingest_like", "source_a", fail=True)  # the same incident, still failing
     tick()
@@ -152,25 +187,63 @@ def test_one_message_per_run_failure_incident(defs, dagster_instance, webhook):
 
     run(defs, dagster_instance, "ingest_like", "source_a", fail=True)
     other = run(defs, dagster_instance, "ingest_like", "source_b", fail=True)  # another partition: its own
-    assert tick() and [(m["source"], m["state"], m["run_id"]) for m in webhook.take()] == [
-        ("source_b", "opened", other)
-    ]
+    tick()
+    assert states(webhook.take()) == [("source_b", "opened", other)]
 
     fixed = run(defs, dagster_instance, "ingest_like", "source_a", fail=False)
     run(defs, dagster_instance, "ingest_like", "source_a", fail=False)
     tick()
-    assert [(m["source"], m["state"], m["run_id"]) for m in webhook.take()] == [("source_a", "resolved", fixed)]
+    assert states(webhook.take()) == [("source_a", "resolved", fixed)]
 
     again = run(defs, dagster_instance, "ingest_like", "source_a", fail=True)  # a new incident
     tick()
-    assert [(m["source"], m["state"], m["run_id"]) for m in webhook.take()] == [("source_a", "opened", again)]
-    assert tick().startswith("0 results read, 0 messages sent")  # nothing new: nothing sent
+    assert states(webhook.take()) == [("source_a", "opened", again)]
+    tick()
+    assert webhook.take() == []  # nothing new: nothing sent
 
 
-def test_an_undelivered_message_waits_for_the_next_tick(defs, dagster_instance, webhook):
-    tick = Ticker(defs, "alert_on_run_failure", dagster_instance)
+def test_an_incident_open_before_the_sensors_watch_is_announced_when_it_ends(defs, dagster_instance, webhook):
+    """Whether a failure opens an incident is read from the run history, which goes back further than the
+    sensors: a key failing before they first ran stays quiet until it recovers."""
+    run(defs, dagster_instance, "ingest_like", "source_a", fail=True)
+    tick = RunAlerts(defs, dagster_instance)
+    tick()
+    run(defs, dagster_instance, "ingest_like", "source_a", fail=True)
+    tick()
+    assert webhook.take() == []
+    fixed = run(defs, dagster_instance, "ingest_like", "source_a", fail=False)
+    tick()
+    assert states(webhook.take()) == [("source_a", "resolved", fixed)]
+
+
+def test_only_the_instance_s_own_jobs_are_watched(defs, dagster_instance, webhook):
+    tick = RunAlerts(defs, dagster_instance)
+    tick()
+    checks = Ticker(defs, "alert_on_check_failure", dagster_instance)
+    checks()
+    result = defs.resolve_job_def("not_monitored").execute_in_process(instance=dagster_instance, raise_on_error=False)
+    assert not result.success
+    theirs = defs.resolve_job_def("theirs").execute_in_process(instance=dagster_instance)
+    assert not theirs.get_asset_check_evaluations()[0].passed  # another asset's check failing
+    failed = run(defs, dagster_instance, "ingest_like", "source_a", fail=True)
+    tick()
+    checks()
+    assert states(webhook.take()) == [("source_a", "opened", failed)]
+
+
+def test_a_run_alert_the_webhook_refuses_is_tried_again_within_the_tick(defs, dagster_instance, webhook):
+    tick = RunAlerts(defs, dagster_instance)
     tick()
     failed = run(defs, dagster_instance, "ingest_like", "source_b", fail=True)
+    webhook.refuse_next = 2
+    tick()
+    assert states(webhook.take()) == [("source_b", "opened", failed)]
+
+
+def test_an_undelivered_check_message_waits_for_the_next_tick(defs, dagster_instance, webhook):
+    tick = Ticker(defs, "alert_on_check_failure", dagster_instance)
+    tick()
+    failed = run(defs, dagster_instance, "materialize", "source_b", fail=True)
     webhook.refuse_next = 1
     assert "0 messages sent, 1 waiting" in tick() and webhook.take() == []
     assert "1 messages sent, 0 waiting" in tick()
@@ -179,9 +252,12 @@ def test_an_undelivered_message_waits_for_the_next_tick(defs, dagster_instance, 
 
 def test_alerts_are_off_without_the_url(defs, dagster_instance, webhook, monkeypatch):
     monkeypatch.delenv(ALERT_WEBHOOK_URL_ENV)
-    tick = Ticker(defs, "alert_on_run_failure", dagster_instance)
+    tick = RunAlerts(defs, dagster_instance)
+    tick()
     run(defs, dagster_instance, "ingest_like", "source_a", fail=True)
-    assert tick() == f"alerts are off: {ALERT_WEBHOOK_URL_ENV} is not set"
+    tick()
+    checks = Ticker(defs, "alert_on_check_failure", dagster_instance)
+    assert checks() == f"alerts are off: {ALERT_WEBHOOK_URL_ENV} is not set"
     assert webhook.take() == []
 
 
@@ -201,7 +277,7 @@ def test_one_message_per_check_failure_incident(defs, dagster_instance, webhook)
         opened["source"],
         opened["run_id"],
         opened["severity"],
-    ) == ("check_failure", "opened", "no_gaps_like", "events_like", "source_b", first, "ERROR")
+    ) == ("check_failure", "opened", "no_gaps_like", "events", "source_b", first, "ERROR")
     assert opened["description"] == "missing_ids: 11"
     fixed = run(defs, dagster_instance, "materialize", "source_b", fail=False)
     tick()
@@ -211,7 +287,7 @@ def test_one_message_per_check_failure_incident(defs, dagster_instance, webhook)
 
 
 def test_no_secret_leaves(defs, dagster_instance, webhook):
-    tick = Ticker(defs, "alert_on_run_failure", dagster_instance)
+    tick = RunAlerts(defs, dagster_instance)
     tick()
     run(defs, dagster_instance, "ingest_like", "source_a", fail=True)
     tick()
@@ -222,14 +298,14 @@ def test_no_secret_leaves(defs, dagster_instance, webhook):
 def test_the_project_s_own_ingest_run_failing_is_alerted_with_the_drain_s_reason(
     make_mock, database_url, redis_url, dagster_instance, webhook, source_name
 ):
-    from event_ingest.defs import build_definitions
-    from event_ingest.defs.resources import IngestResource
+    from event_ingest.component import build_definitions
+    from event_ingest.component.resources import IngestResource
 
     mock = make_mock(backlog=3)
     mock.control({"next": [{"kind": "status", "status": 401, "body": f"token {SECRET} expired"}]})
     source = SourceConfig(name=source_name, url=mock.url, timeout_s=1.0, headers={"X-Token": SECRET})
     project = build_definitions([source], IngestResource(database_url=database_url, redis_url=redis_url))
-    tick = Ticker(project, "alert_on_run_failure", dagster_instance)
+    tick = RunAlerts(project, dagster_instance)
     tick()
     result = project.resolve_job_def("drain").execute_in_process(
         instance=dagster_instance, partition_key=source_name, raise_on_error=False

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
+from event_ingest.component.checks import fresh
 from event_ingest.core import DrainOptions, drain
-from event_ingest.defs.checks import fresh
 from event_ingest_tests.conftest import source_config
 
 MAX_LAG_S = 1.0

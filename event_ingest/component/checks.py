@@ -21,7 +21,8 @@ from ..core.status import stuck_check
 # (one check result per source), so the warning is noise in every log.
 warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*", category=dg.PreviewWarning)
 
-from .resources import IngestResource  # noqa: E402
+from .names import Names  # noqa: E402
+from .resources import ingest_of  # noqa: E402
 
 
 def no_gaps(store: Store, source: SourceConfig) -> dg.AssetCheckResult:
@@ -114,13 +115,21 @@ def evaluate_checks(store: Store, source: SourceConfig) -> dict[str, dg.AssetChe
     return {name: fn(store, source) for name, (fn, _) in CHECKS.items()}
 
 
-def build_checks(partitions: dg.PartitionsDefinition, sources: list[SourceConfig]) -> list[dg.AssetChecksDefinition]:
+def build_checks(
+    partitions: dg.PartitionsDefinition, sources: list[SourceConfig], names: Names = Names()
+) -> list[dg.AssetChecksDefinition]:
     by_name = {s.name: s for s in sources}
 
     def make(name: str, fn, description: str) -> dg.AssetChecksDefinition:
-        @dg.asset_check(asset="events", name=name, partitions_def=partitions, description=description)
-        def _check(context: dg.AssetCheckExecutionContext, ingest: IngestResource) -> dg.AssetCheckResult:
-            with ingest.store() as store:
+        @dg.asset_check(
+            asset=names.events,
+            name=name,
+            partitions_def=partitions,
+            description=description,
+            required_resource_keys={names.resource_key},
+        )
+        def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+            with ingest_of(context, names).store() as store:
                 return fn(store, by_name[context.partition_key])
 
         return _check

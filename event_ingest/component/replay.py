@@ -12,7 +12,8 @@ import dagster as dg
 
 from ..config import SourceConfig
 from ..core.replay import ReplayRefused, replay
-from .resources import IngestResource
+from .names import Names
+from .resources import ingest_of
 
 
 class ReplayConfig(dg.Config):
@@ -21,21 +22,22 @@ class ReplayConfig(dg.Config):
     delete_from: int | None = None  # only to delete: events with ids >= delete_from
 
 
-def build_replay(sources: list[SourceConfig]) -> dg.Definitions:
-    names = [s.name for s in sources]
+def build_replay(sources: list[SourceConfig], names: Names = Names()) -> dg.Definitions:
+    source_names = [s.name for s in sources]
 
     @dg.op(
-        name="rewind_cursor",
+        name=names.of("rewind_cursor"),  # op names are unique in a code location, like job names
         description="Rewind one source's cursor through the fence (and delete ids >= "
         "delete_from, if given), in one transaction.",
+        required_resource_keys={names.resource_key},
     )
-    def rewind_cursor(context: dg.OpExecutionContext, config: ReplayConfig, ingest: IngestResource) -> dg.Output:
-        if config.source not in names:
+    def rewind_cursor(context: dg.OpExecutionContext, config: ReplayConfig) -> dg.Output:
+        if config.source not in source_names:
             raise dg.Failure(
                 description=f"source {config.source!r} is not configured (configured: "
-                f"{', '.join(names) or 'none'}); nothing done"
+                f"{', '.join(source_names) or 'none'}); nothing done"
             )
-        with ingest.store(application_name="event-ingest-replay") as store:
+        with ingest_of(context, names).store(application_name="event-ingest-replay") as store:
             try:
                 result = replay(store, config.source, from_id=config.from_id, delete_from=config.delete_from)
             except ReplayRefused as exc:
@@ -53,7 +55,7 @@ def build_replay(sources: list[SourceConfig]) -> dg.Definitions:
         return dg.Output(None, metadata=metadata)
 
     @dg.job(
-        name="replay",
+        name=names.of("replay"),
         executor_def=dg.in_process_executor,
         description="Read one source again from an id: set source and from_id (and delete_from, only to delete "
         "stored events at or above it) in the run config. Goes through the fence; stored events are "
