@@ -15,10 +15,13 @@ Timeline of what lets a source go, and what does not:
   ended meanwhile with nothing to host, the sensor asks for a new one, as after a crash);
 * a new run (a successor, or after a crash) sees the marks at once: it never hosts a paused source,
   not even for a moment;
-* the daemon down or restarting for longer than ``WANTED_TTL_S``: every mark expires and the runs let
-  go (and end a minute later, hosting nothing); the first ticks after the daemon returns bring the
-  sources back, asking for runs where none is left. (Without the daemon no successor run could start
-  either: it already is what keeps ingestion going past a run's life.)
+* the daemon down or restarting (a deploy, a rescheduled pod): the marks lapse, but that proves nothing
+  about any source, so a run trusts a lapsed mark only while the sensor daemon is alive - its heartbeat
+  in the instance (``DagsterInstance.get_daemon_heartbeats()``, written every 30 s) younger than
+  ``DAEMON_ALIVE_S``. Otherwise it keeps hosting what it hosted (a source paused before the outage stays
+  paused) and ingestion goes on through the outage, until the run's planned life and its overstay end;
+  the sensors ask for successors when the daemon returns. A run started with no daemon at all (`dg
+  launch` of the `ingest` job) hosts its whole slot;
 * Redis losing its memory: the marks go with it, and come back within one tick; the gate makes every
   source wait out one request's life after such a loss anyway.
 
@@ -29,12 +32,17 @@ them may host it: the lease decides who drains).
 
 from __future__ import annotations
 
+import time
+
+import dagster as dg
 import redis
 
 WANTED_PREFIX = "event-ingest:wanted:"
 SENSOR_INTERVAL_S = 10
 # Six ticks: a tick or two late (a busy daemon, a code location reload) must not pause a source.
 WANTED_TTL_S = 6 * SENSOR_INTERVAL_S
+# The sensor daemon beats every 30 s: a beat older than this means it is down (or stalled).
+DAEMON_ALIVE_S = 45
 
 
 def mark_wanted(client: redis.Redis, source: str, sensor: str) -> None:
@@ -47,3 +55,9 @@ def wanted(client: redis.Redis, sources: list[str]) -> set[str]:
     if not sources:
         return set()
     return {s for s, mark in zip(sources, client.mget([WANTED_PREFIX + s for s in sources])) if mark is not None}
+
+
+def sensors_ticking(instance: dg.DagsterInstance) -> bool:
+    """Whether the sensor daemon is alive, so that a mark that lapsed means its sensor stopped."""
+    beat = instance.get_daemon_heartbeats().get("SENSOR")
+    return beat is not None and time.time() - beat.timestamp < DAEMON_ALIVE_S

@@ -26,7 +26,7 @@ from ..config import IngestConfig
 from ..core import StoreError
 from ..core.worker import SourceReport, Worker, WorkerOptions, read_heartbeats, slot_members, sources_to_host
 from .checks import evaluate_checks
-from .hosting import WANTED_TTL_S, wanted
+from .hosting import WANTED_TTL_S, sensors_ticking, wanted
 from .names import Names
 from .renames import warn_of_renames
 from .resources import IngestResource, ingest_of
@@ -102,7 +102,10 @@ class _Plan:
     def __call__(self, worker: Worker) -> set[str]:
         now = time.monotonic()
         if now - self._cached_at >= PLAN_REFRESH_S:
-            self.unwanted = set(self.members) - wanted(self.redis, self.members)
+            # A mark that lapsed while the sensor daemon is down says nothing about its source: then keep
+            # what was decided while the sensors ticked (paused stays paused) and host the rest.
+            if sensors_ticking(self.context.instance):
+                self.unwanted = set(self.members) - wanted(self.redis, self.members)
             self._peer_ids = self._peer_runs()
             self._cached_at = now
         peers = read_heartbeats(self.redis, self._peer_ids).values() if self._peer_ids else ()

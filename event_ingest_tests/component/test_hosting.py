@@ -64,6 +64,7 @@ def test_a_run_hosts_what_its_sensors_keep_wanted_and_lets_go_of_a_source_whose_
     )
     resource = IngestResource(database_url=database_url, redis_url=redis_url)
     defs = build_definitions(config, resource)
+    sensor_daemon_beats(dagster_instance)  # the daemon is alive: a lapsed mark means a stopped sensor
     sensor = defs.resolve_sensor_def(f"ingest_{live}")
     tick = sensor.evaluate_tick(
         dg.build_sensor_context(instance=dagster_instance, definitions=defs, resources={"event_ingest": resource})
@@ -101,3 +102,53 @@ def test_a_run_hosts_what_its_sensors_keep_wanted_and_lets_go_of_a_source_whose_
     logs = [r.user_message for r in dagster_instance.all_logs(result.run_id)]
     assert any("possible rename" in m and repr(old) in m and repr(live) in m for m in logs)
     logging.getLogger(__name__).info("run %s ended", result.run_id)
+
+
+def sensor_daemon_beats(instance, at: float | None = None) -> None:
+    """What the sensor daemon writes every 30 s while it runs."""
+    from dagster._daemon.types import DaemonHeartbeat  # a test stands in for the daemon; the product reads it
+
+    instance.add_daemon_heartbeat(DaemonHeartbeat(at or time.time(), "SENSOR", None, None))
+
+
+def test_marks_that_lapse_while_the_sensor_daemon_is_down_do_not_stop_ingestion(
+    make_mock, database_url, redis_url, redis_client, store, dagster_instance, source_name
+):
+    """The daemon down (its last beat minutes old): every mark lapses, and the run keeps draining its source
+    regardless. Once the daemon beats again, the lapsed mark is believed and the run lets go."""
+    mock = make_mock(backlog=100, rate=20)
+    config = IngestConfig(
+        sources=[source_config(source_name, mock.url)],
+        runs=RunSettings(sources_per_run=1, run_seconds=60, handoff_s=5, report_every_s=1),
+    )
+    resource = IngestResource(database_url=database_url, redis_url=redis_url)
+    defs = build_definitions(config, resource)
+    sensor_daemon_beats(dagster_instance)
+    tick = defs.resolve_sensor_def(f"ingest_{source_name}").evaluate_tick(
+        dg.build_sensor_context(instance=dagster_instance, definitions=defs, resources={"event_ingest": resource})
+    )
+    [request] = tick.run_requests
+    sensor_daemon_beats(dagster_instance, at=time.time() - 600)  # ... and then the daemon went away
+    redis_client.delete(WANTED_PREFIX + source_name)  # its mark lapsed with it
+    results = []
+    runner = threading.Thread(
+        target=lambda: results.append(
+            defs.resolve_job_def("ingest").execute_in_process(
+                run_config=request.run_config, tags=request.tags, instance=dagster_instance, raise_on_error=False
+            )
+        ),
+        daemon=True,
+    )
+    runner.start()
+    try:
+        wait_until(lambda: len(store.event_ids(source_name)) >= 100, "the source to be drained, daemon down")
+        served = mock.stats()["requests"]
+        wait_until(lambda: mock.stats()["requests"] > served + 5, "the run to keep polling through the outage")
+        sensor_daemon_beats(dagster_instance)  # the daemon is back, and the source's sensor does not tick
+        wait_until(lambda: redis_client.get(f"{LEASE_PREFIX}{source_name}") is None, "the run to let go")
+        runner.join(WAIT_S + 60)
+        assert not runner.is_alive()
+    finally:
+        redis_client.delete(WANTED_PREFIX + source_name)
+    [result] = results
+    assert result.success
