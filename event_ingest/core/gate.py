@@ -25,7 +25,7 @@ Failure timeline it defends against:
    record of the memory the gate trusts - since when (``start``, Redis' clock),
    an ``id``, the server that holds it (``run_id``: new on every start of a
    Redis process, a promoted replica's own) and how many keys that server had
-   evicted. Both scripts first run one prelude (``ERA_PRELUDE``) that checks the
+   evicted. Every acquire first runs a prelude (``ERA_PRELUDE``) that checks the
    era against the server, and every gate record carries the id of the era it
    was written in. Each loss, and what the prelude sees:
 
@@ -49,8 +49,9 @@ Failure timeline it defends against:
    A request in flight at a loss was sent before the loss, so it is over by the
    time the prelude noticed + ``hold``. A source without a trusted record waits
    until then (era start + hold for a distrusted record, last loss + hold for a
-   missing one) - once, right after the loss - and a close never writes a next
-   slot earlier than that. A source without a record long after the last loss
+   missing one) - once, right after the loss. A close never writes a next slot
+   earlier than that: it leaves a lost record lost and an old one old, for the
+   next acquire's prelude to read as such (``CLOSE_LUA``). A source without a record long after the last loss
    is simply new (or idle longer than the record's TTL, which exceeds two
    holds): its first request goes out at once.
 4. Redis is unreachable: no slot can be proven safe, so none is granted; the
@@ -99,7 +100,7 @@ ERA_KEY = "event-ingest:gate-era:2"
 # record that expired cannot hide a request still in flight).
 IDLE_TTL_MS = 3_600_000
 
-# Runs first in both scripts. It decides what of Redis' memory can be trusted now, and reads the gate record
+# Runs first in the acquire script. It decides what of Redis' memory can be trusted now, and reads the gate record
 # accordingly: after it, ``next_at`` (µs) is the earliest the next slot may open, and ``hold_until``/``holder``
 # the reservation in flight, if the record can vouch for one.
 # KEYS[1] = gate hash for one source (fields: era, next, holder, hold_until, granted_at; µs on Redis' clock)
@@ -112,9 +113,13 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local hold = tonumber(ARGV[1])
 -- Which server this is (run_id: new on every start of a Redis process, and a promoted replica's own) and how
 -- many keys it has evicted. INFO is read inside the script: nothing can change between the check and the use.
-local info = redis.call('INFO', 'server') .. redis.call('INFO', 'stats')
-local server = string.match(info, 'run_id:(%x+)')
-local evicted = string.match(info, 'evicted_keys:(%d+)')
+local function info_field(section, name)  -- a plain find: a pattern scan of the text costs more than INFO
+  local text = redis.call('INFO', section)
+  local at = string.find(text, name, 1, true)
+  return at and string.match(text, '^%w+', at + #name)
+end
+local server = info_field('server', '\\nrun_id:')
+local evicted = info_field('stats', '\\nevicted_keys:')
 if not server or not evicted then
   return redis.error_reply('INFO shows no run_id or evicted_keys: the spacing gate cannot tell a restart, a ' ..
     'failover or an eviction from a whole memory, so it grants nothing')
@@ -172,25 +177,36 @@ return {1, now}
 """
 )
 
-# ARGV[3] = token of the caller (its reservation is cleared only if it still owns it)
-# ARGV[4] = interval_us
-# ARGV[5] = defer_us (Retry-After, or an unanswered request's wait; 0 if none)
+# The close runs without the prelude (it costs the prelude's INFO calls, about half the gate's Redis time, and
+# would change nothing): it never creates a record and never touches a record's era, so whatever it writes
+# into a record of an earlier era is still read as distrusted by the next acquire's prelude, and a record that
+# is gone stays gone for that prelude to explain (restart, flush, eviction). In a record of this era it only
+# ever moves the slot later, so never before the wait the prelude wrote after a loss.
+# KEYS[1] = gate hash
+# ARGV[1] = token of the caller (its reservation is cleared only if it still owns it)
+# ARGV[2] = interval_us
+# ARGV[3] = defer_us (Retry-After, or an unanswered request's wait; 0 if none)
+# ARGV[4] = idle TTL of the gate hash in ms
 # Returns {microseconds until the next slot opens, now on Redis' clock}.
-CLOSE_LUA = (
-    ERA_PRELUDE
-    + """
-local next_slot = now + math.max(tonumber(ARGV[4]), tonumber(ARGV[5]))
+CLOSE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local next_slot = now + math.max(tonumber(ARGV[2]), tonumber(ARGV[3]))
+local record = redis.call('HMGET', KEYS[1], 'next', 'holder')
+local current = tonumber(record[1])
+if not current then
+  return {next_slot - now, now}  -- lost with its reservation: the next acquire sees how, and waits
+end
 -- Only ever move the slot later: a response arriving now proves its request arrived earlier, whoever owned
--- the reservation; and after a loss, never earlier than the prelude's wait.
-if next_at > next_slot then next_slot = next_at end
-redis.call('HSET', KEYS[1], 'era', era_id, 'next', next_slot)
-if holder == ARGV[3] then
+-- the reservation; and the prelude's wait after a loss stays.
+if current > next_slot then next_slot = current end
+redis.call('HSET', KEYS[1], 'next', next_slot)
+if record[2] == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'holder', 'hold_until')
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {next_slot - now, now}
 """
-)
 
 
 def backdate_era(client: redis.Redis, era_key: str, seconds: float) -> None:
@@ -288,9 +304,9 @@ class Gate:
     def hold_s(self) -> float:
         return self.hold_us / 1_000_000
 
-    def _call(self, script, args: list) -> object:
+    def _call(self, script, args: list, keys: list[str]) -> object:
         try:
-            return script(keys=[self.key, self.era_key], args=args)
+            return script(keys=keys, args=args)
         except redis.RedisError as exc:
             raise GateUnavailable(
                 f"source {self.source!r}: spacing gate unavailable, not requesting ({type(exc).__name__}: {exc})"
@@ -298,7 +314,7 @@ class Gate:
 
     def try_acquire(self) -> tuple[bool, int]:
         """One attempt: (True, grant time in µs on Redis' clock) or (False, µs to wait)."""
-        granted, value = self._call(self._acquire, [self.hold_us, self.ttl_ms, self.token])
+        granted, value = self._call(self._acquire, [self.hold_us, self.ttl_ms, self.token], [self.key, self.era_key])
         return bool(granted), int(value)
 
     def acquire(self, max_wait_s: float | None = None, should_stop=None) -> Grant | None:
@@ -350,7 +366,7 @@ class Gate:
     def close(self, defer_s: float = 0.0) -> float:
         """The response (or the timeout) came back: the next slot opens interval (or defer) from now."""
         wait_us, now_us = self._call(
-            self._close, [self.hold_us, self.ttl_ms, self.token, self.interval_us, int(defer_s * 1_000_000)]
+            self._close, [self.token, self.interval_us, int(defer_s * 1_000_000), self.ttl_ms], [self.key]
         )
         self.last_closed = time.monotonic()
         self.last_closed_redis_us = int(now_us)

@@ -56,24 +56,21 @@ def gate_old_era_records_trusted() -> None:
     from event_ingest.core import gate
 
     # A record written before the new era is read as the whole truth: an old next slot, no reservation.
-    for script in ("ACQUIRE_LUA", "CLOSE_LUA"):
-        _replace(gate, script, "elseif record[1] and record[1] ~= era_id then", "elseif false then")
+    _replace(gate, "ACQUIRE_LUA", "elseif record[1] and record[1] ~= era_id then", "elseif false then")
 
 
 def gate_evictions_unnoticed() -> None:
     from event_ingest.core import gate
 
     # An eviction since the era began is not seen: a record gone with its reservation reads as a new source.
-    for script in ("ACQUIRE_LUA", "CLOSE_LUA"):
-        _replace(gate, script, "elseif era[4] ~= evicted then", "elseif false then")
+    _replace(gate, "ACQUIRE_LUA", "elseif era[4] ~= evicted then", "elseif false then")
 
 
 def gate_server_change_unnoticed() -> None:
     from event_ingest.core import gate
 
     # Only a missing era opens a new one: a restarted or promoted server's old era (and records) look current.
-    for script in ("ACQUIRE_LUA", "CLOSE_LUA"):
-        _replace(gate, script, "if not era_id or era[3] ~= server then", "if not era_id then")
+    _replace(gate, "ACQUIRE_LUA", "if not era_id or era[3] ~= server then", "if not era_id then")
 
 
 def retry_after_ignored() -> None:
