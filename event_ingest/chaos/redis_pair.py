@@ -4,7 +4,7 @@ Clients reach "the Redis" through a relay (``vip``), as through a virtual IP or 
 moves; the replica is fed through another relay (``link``), the replication link. Replication is
 asynchronous, so a replica can be behind when its primary dies: ``failover_behind`` makes that happen on
 purpose - the link holds what the primary sends, the primary is killed, what was held is lost, the replica
-is promoted (``REPLICAOF NO ONE``) and the VIP moved to it - and a new replica then joins the new primary.
+is promoted (``REPLICAOF NO ONE``) and the VIP moved to it - and a new replica can then join the new primary.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def replication(port: int) -> dict:
 
 
 class RedisPair:
+    replica: EmbeddedRedis | None
+
     def __init__(self, base_dir: Path, primary: EmbeddedRedis) -> None:
         """``primary``: started, serving; its replica and the two relays are made here."""
         self.base_dir = base_dir
@@ -88,16 +90,20 @@ class RedisPair:
         return self.link.cut()
 
     def promote(self) -> None:
-        """The replica becomes the primary, clients are sent to it, and a new replica joins it."""
+        """The replica becomes the primary and clients are sent to it (the VIP moves); no replica for now."""
         client = _client(self.replica.port)
         try:
             client.execute_command("REPLICAOF", "NO", "ONE")
         finally:
             client.close()
-        self.primary, promoted = self.replica, self.replica
-        self.vip.switch(promoted.port)
-        self.link.switch(promoted.port)
-        self.replica = self._new_replica()
+        self.primary, self.replica = self.replica, None
+        self.vip.switch(self.primary.port)
+        self.link.switch(self.primary.port)
+
+    def add_replica(self) -> None:
+        """A new replica (empty, on a data directory of its own) joins the primary through the link."""
+        if self.replica is None:
+            self.replica = self._new_replica()
 
     def stop(self) -> None:
         self.vip.close()
