@@ -46,6 +46,7 @@ class RedisPair:
             client.config_set("repl-diskless-sync-delay", 0)
         finally:
             client.close()
+        primary.extra_args = [*primary.extra_args, *PRIMARY_ARGS]  # the same after a restart
         self.generation = 0
         self.link = Relay(primary.port)
         self.vip = Relay(primary.port)
@@ -97,6 +98,7 @@ class RedisPair:
         finally:
             client.close()
         self.primary, self.replica = self.replica, None
+        self.primary.extra_args = list(PRIMARY_ARGS)  # restarted later (redis_restart), it stays a primary
         self.vip.switch(self.primary.port)
         self.link.switch(self.primary.port)
 
