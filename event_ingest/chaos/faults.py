@@ -291,7 +291,12 @@ class Faults:
         )
         if not (lost and trial["in_flight"]):
             log.warning(
-                "chaos: %s not counted (grant lost: %s, in flight: %s): %s", kind, lost, trial["in_flight"], what
+                "chaos: %s not counted (grant lost: %s; lost %s ms after the request arrived, in flight: %s): %s",
+                kind,
+                lost,
+                trial["lost_after_ms"],
+                trial["in_flight"],
+                what,
             )
             return None
         self.loss_trials.append(trial)
@@ -318,9 +323,9 @@ class Faults:
         trial = self._judge_hold(mock, taken_at, lost_at)
         pair.add_replica()
         what = (
-            f"the primary granted a request to {mock.name} (granted_at {_int(on_primary)}) with its replica "
-            f"{BEHIND_S:g}s behind (its record: granted_at {_int(on_replica)}), was killed; the replica was "
-            f"promoted and the VIP moved to it"
+            f"the primary granted a request to {mock.name} (granted_at {_int(on_primary)}) {BEHIND_S:g}s after "
+            f"its replica's link began holding (the replica's record: granted_at {_int(on_replica)}), and was "
+            f"killed; the replica was promoted and the VIP moved to it"
         )
         return self._loss_trial(
             "redis_failover_behind", trial, on_primary is not None and on_primary != on_replica, what
