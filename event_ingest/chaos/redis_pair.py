@@ -18,8 +18,10 @@ from ..devstack.embedded import EmbeddedRedis
 from ..devstack.procs import kill_hard
 from .relay import HOST, Relay
 
-# A replica's full sync starts at once (the default waits 5 s for more replicas to share one transfer).
-PRIMARY_ARGS = ("--repl-diskless-sync-delay", "0")
+# For every server of the pair, whichever role it has now: a replica's full sync starts at once (the default
+# waits 5 s for more replicas to share one transfer), and leaves no RDB file behind (a server restarted later,
+# as redis_restart does, starts empty, as it says, rather than from the file of its last sync).
+SERVER_ARGS = ("--repl-diskless-sync-delay", "0", "--rdb-del-sync-files", "yes")
 
 
 def _client(port: int) -> redis.Redis:
@@ -44,9 +46,10 @@ class RedisPair:
         client = _client(primary.port)
         try:
             client.config_set("repl-diskless-sync-delay", 0)
+            client.config_set("rdb-del-sync-files", "yes")
         finally:
             client.close()
-        primary.extra_args = [*primary.extra_args, *PRIMARY_ARGS]  # the same after a restart
+        primary.extra_args = [*primary.extra_args, *SERVER_ARGS]  # the same after a restart
         self.generation = 0
         self.link = Relay(primary.port)
         self.vip = Relay(primary.port)
@@ -61,7 +64,7 @@ class RedisPair:
         self.generation += 1
         replica = EmbeddedRedis(
             self.base_dir / f"redis-{self.generation}",
-            extra_args=[*PRIMARY_ARGS, "--replicaof", HOST, str(self.link.port)],
+            extra_args=[*SERVER_ARGS, "--replicaof", HOST, str(self.link.port)],
         )
         replica.start()
         return replica
@@ -98,7 +101,7 @@ class RedisPair:
         finally:
             client.close()
         self.primary, self.replica = self.replica, None
-        self.primary.extra_args = list(PRIMARY_ARGS)  # restarted later (redis_restart), it stays a primary
+        self.primary.extra_args = list(SERVER_ARGS)  # restarted later (redis_restart), it stays a primary
         self.vip.switch(self.primary.port)
         self.link.switch(self.primary.port)
 
