@@ -353,6 +353,12 @@ def test_healthchecks(services):
         assert f":{port}/" in healthcheck_text(services[source])
 
 
+def test_redis_runs_without_persistence_as_the_docs_say(services):
+    """Nothing event-ingest keeps in Redis needs persistence (DEPLOY.md, README): no RDB saves, no AOF."""
+    argv = as_argv(services["redis"]["command"])
+    assert option(argv, "--save") == "" and option(argv, "--appendonly") == "no", argv
+
+
 # ---- compose: what the containers are told ---------------------------------
 
 

@@ -25,6 +25,15 @@ redis_restart                       stop Redis under running drains (no request 
 redis_flush_in_flight               FLUSHALL while a source holds its response to a drain:
                                     leases and gates vanish with a request in flight; no
                                     request may reach the source until it has answered
+redis_failover_behind               the same, but Redis loses only the last writes: its
+                                    replica (fed through a link the harness holds) is behind
+                                    when the held request's grant lands on the primary; the
+                                    primary is killed, the replica promoted, the VIP moved
+redis_restore_old_snapshot          the same after Redis is restarted from an RDB saved
+                                    before the held request's grant
+redis_evict_gate_records            the same after the source's gate record is evicted under
+                                    a memory limit (volatile-lru, TTL'd ballast; the era key,
+                                    without a TTL, stays)
 postgres_restart                    stop and start Postgres under running drains
 pg_terminate_backend                terminate the consumers' Postgres connections
 burst_5xx / timeouts / resets       one-shot source faults via ``POST /control``
@@ -36,7 +45,8 @@ malformed                           bodies that are not pages, and hostile items
 Modules: ``cli`` (options, exit code), ``plan`` (fault kinds, timings, schedule), ``harness``
 (services, lifecycle, catch-up), ``processes`` (mocks, consumers, announcements, supervisor),
 ``consumer`` (the consumer process and its checkpoints), ``faults`` (one method per kind),
-``verify`` (the ledger and its checks), ``report`` (the text report).
+``verify`` (the ledger and its checks), ``report`` (the text report), ``redis_pair`` and ``relay`` (a
+primary and its replica behind a VIP, for the failover).
 """
 
 from .cli import add_arguments, main, run_chaos

@@ -27,6 +27,7 @@ from .plan import (
     HARNESS_APP_NAME,
     LEASE_TTL_S,
     MAX_RETRY_AFTER_S,
+    NEEDS_REPLICA,
     SOURCE_TIMEOUT_S,
     schedule,
 )
@@ -45,7 +46,8 @@ class Harness:
         self.keep_dir = args.data_dir is not None
         self.dir: Path | None = None
         self.pg = None
-        self.redis = None
+        self.redis = None  # the Redis primary (a failover makes its promoted replica the primary)
+        self.pair = None  # with a failover among the faults: the primary's replica and the VIP in front of both
         self.db_url = ""
         self.redis_url = ""
         self.mocks: list[MockProc] = []
@@ -93,6 +95,11 @@ class Harness:
             self.db_url = self.pg.start()
             self.redis = EmbeddedRedis(self.dir / "redis", port=restartable_port())
             self.redis_url = self.redis.start()
+            if any(kind in self.kinds for kind in NEEDS_REPLICA):
+                from .redis_pair import RedisPair
+
+                self.pair = RedisPair(self.dir, self.redis)
+                self.redis_url = self.pair.url  # consumers and harness alike reach Redis through the VIP
         except EmbeddedServerError as exc:
             raise HarnessError(str(exc)) from None
         a = self.args
@@ -149,7 +156,12 @@ class Harness:
         if self.consumers is not None:
             self.consumers.kill_all()
         stop_mocks(self.mocks)
-        for server in (self.redis, self.pg):
+        if self.pair is not None:
+            try:
+                self.pair.stop()  # the primary (self.redis), its replica and the relays
+            except Exception as exc:
+                log.warning("chaos: could not stop the Redis pair: %s", exc)
+        for server in (None if self.pair else self.redis, self.pg):
             if server is not None:
                 try:
                     server.stop()

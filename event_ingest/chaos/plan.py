@@ -10,6 +10,9 @@ FAULT_KINDS = (
     "stop_past_lease",
     "redis_restart",
     "redis_flush_in_flight",
+    "redis_failover_behind",
+    "redis_restore_old_snapshot",
+    "redis_evict_gate_records",
     "postgres_restart",
     "pg_terminate_backend",
     "burst_5xx",
@@ -34,9 +37,18 @@ MEAN_EXTRA_GAP_S = 5.0
 HOLD_MAX_S = 60.0  # an armed consumer never holds longer than this, whatever the harness does
 CATCH_UP_TIMEOUT_S = 90.0
 
-# redis_flush_in_flight: how long the source holds the response it is answering when Redis is
-# flushed (under the client timeout, so the holder gets its page and goes on to commit).
+# redis_flush_in_flight and the partial losses: how long the source holds the response it is answering
+# when Redis loses state (under the client timeout, so the holder gets its page and goes on to commit).
 IN_FLIGHT_HOLD_MS = 700
+
+# redis_failover_behind, redis_restore_old_snapshot: how far behind the memory that survives is (the
+# replica held back, the snapshot's age) when the request is held. Past a lease TTL, so the lease copies
+# in it have run out and a standby takes the source over while the response is held: the loss then meets
+# a consumer that would send.
+BEHIND_S = LEASE_TTL_S + 0.5
+
+# The fault kinds that need the harness's Redis to have a replica, behind a VIP.
+NEEDS_REPLICA = ("redis_failover_behind",)
 
 
 def schedule(rng: random.Random, seconds: float, kinds: tuple[str, ...] = FAULT_KINDS) -> list[tuple[float, str, bool]]:

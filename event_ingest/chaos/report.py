@@ -20,7 +20,10 @@ def format_report(report: dict) -> str:
         ("spacing violations (arrival at the source)", str(t["spacing_violations"])),
         ("gaps < 200 ms as the handler read them", str(t["spacing_gaps_by_handler_stamp"])),
         ("min gap at sources (ms)", gap),
-        ("requests during a held response", str(t["requests_during_held_response"])),
+        ("requests during a held response (flush)", str(t["requests_during_held_response"])),
+        ("  (failover to a replica behind)", str(t["requests_during_held_response_redis_failover_behind"])),
+        ("  (restart from an old snapshot)", str(t["requests_during_held_response_redis_restore_old_snapshot"])),
+        ("  (gate records evicted)", str(t["requests_during_held_response_redis_evict_gate_records"])),
         (
             "fence trials (stale commit moved sth)",
             f"{len(report['fence_trials'])} ({t['stale_commits_that_moved_something']})",

@@ -26,6 +26,11 @@ CHECKS = {
     "no_id_committed_twice": "no id was written by two commits that both landed (write audit)",
     "no_spacing_violation": "no two requests reached a source less than 200 ms apart (kernel receive times)",
     "gate_waits_after_state_lost": "no request reached a source while it held a response and Redis was flushed",
+    "gate_waits_after_failover_behind": "no request reached a source while it held a response whose grant the "
+    "promoted replica never received",
+    "gate_waits_after_old_snapshot": "no request reached a source while it held a response granted after the "
+    "snapshot Redis was restarted from",
+    "gate_waits_after_eviction": "no request reached a source while it held a response whose gate record was evicted",
     "retry_after_honoured": "no request came back before a Retry-After ran out",
     "no_request_while_redis_down": "no request reached a source while Redis was down",
     "stale_commit_fenced": "a stale holder's commit, with the taker held uncommitted, moved no cursor and no row",
@@ -50,6 +55,13 @@ END $$;
 DROP TRIGGER IF EXISTS chaos_note_write ON events;
 CREATE TRIGGER chaos_note_write BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION chaos_note_write();
 """
+
+# The partial losses' checks, and the fault kind each judges.
+LOSS_CHECKS = {
+    "gate_waits_after_failover_behind": "redis_failover_behind",
+    "gate_waits_after_old_snapshot": "redis_restore_old_snapshot",
+    "gate_waits_after_eviction": "redis_evict_gate_records",
+}
 
 # (source, rows a commit wrote more than once)
 WRITTEN_TWICE_IN_A_COMMIT_SQL = """
@@ -124,6 +136,12 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
         # Not judged (how late a busy source read its requests), shown beside: see mocksource/arrival.py.
         "spacing_gaps_by_handler_stamp": sum(s["handler_gaps_under_200ms"] for s in sources),
         "requests_during_held_response": sum(t["requests_during_hold"] for t in f.flush_trials),
+        **{
+            f"requests_during_held_response_{kind}": sum(
+                t["requests_during_hold"] for t in f.loss_trials if t["kind"] == kind
+            )
+            for kind in LOSS_CHECKS.values()
+        },
         "stale_commits_that_moved_something": sum(not t["commit_refused"] for t in f.fence_trials),
         "taker_leases_lost": sum(not t["lease_kept"] for t in f.fence_trials),
         "fenced_commits": sum(s["fenced_commits"] for s in sources),
@@ -138,6 +156,7 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
         "no_id_committed_twice": totals["ids_committed_twice"] == 0,
         "no_spacing_violation": totals["spacing_violations"] == 0,
         "gate_waits_after_state_lost": totals["requests_during_held_response"] == 0,
+        **{check: totals[f"requests_during_held_response_{kind}"] == 0 for check, kind in LOSS_CHECKS.items()},
         "retry_after_honoured": f.requests_during_retry_after == 0,
         "no_request_while_redis_down": f.requests_while_redis_down == 0,
         "stale_commit_fenced": totals["stale_commits_that_moved_something"] == 0,
@@ -162,6 +181,7 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
         "fence_trials": f.fence_trials,
         "stops_not_taken_over": f.stops_not_taken_over,
         "flush_trials": f.flush_trials,
+        "loss_trials": f.loss_trials,
         "drain_ends": dict(h.bus.drain_ends),
         "requests_while_redis_down": f.requests_while_redis_down,
         "requests_during_retry_after": f.requests_during_retry_after,

@@ -20,16 +20,40 @@ Failure timeline it defends against:
    (request timeout + interval), then the slot opens again.
 2. ``Retry-After`` from the source: ``close(defer_s=...)`` pushes the same key
    forward, so every process on every server backs off together.
-3. Redis loses its state (restart without persistence, ``FLUSHALL``): a
-   request may be in flight that nobody knows of. Redis keeps one more key,
-   the *era*: the moment (Redis clock) since which its memory is known to be
-   whole. The first caller that finds the era missing sets it to now; every
-   request in flight when the state was lost had been sent before that
-   moment, so it is over by ``era + hold``. A source without a record waits
-   until then - once, right after the loss, never a short gap. A source
-   without a record in an era older than one hold is simply new (or has been
-   idle longer than the record's TTL, which always exceeds a hold): its
-   first request goes out at once.
+3. Redis loses its memory, all or part of it, while a request may be in flight
+   that the memory left no trace of. Redis keeps one more key, the *era*: a
+   record of the memory the gate trusts - since when (``start``, Redis' clock),
+   an ``id``, the server that holds it (``run_id``: new on every start of a
+   Redis process, a promoted replica's own) and how many keys that server had
+   evicted. Every acquire first runs a prelude (``ERA_PRELUDE``) that checks the
+   era against the server, and every gate record carries the id of the era it
+   was written in. Each loss, and what the prelude sees:
+
+   a. Restart without persistence, ``FLUSHALL``, or an evicted era key: the era
+      is missing. A new era begins now.
+   b. Failover to a replica that had not yet received the last grants (managed
+      Redis, Sentinel; replication is asynchronous), or a restart from an AOF or
+      RDB that misses the last writes: the records are there, but old - an old
+      ``next``, no hold - and the era names another ``run_id``. A new era
+      begins now, and a record written before it is *distrusted*: read as if
+      it were missing.
+   c. A failover to a host whose clock runs ahead (or behind): the same as (b).
+      The new server opens its era on its own clock and every record of the
+      old server's clock is distrusted, so two clocks are never compared.
+   d. Eviction (``maxmemory`` with a ``volatile-*`` or ``allkeys-*`` policy):
+      gate records (they have a TTL) go while the era key (it has none) stays.
+      Eviction removes whole keys, so the records that remain are intact; but a
+      missing one proves nothing. The server's ``evicted_keys`` has grown since
+      the era noted it: the era notes when keys were last *lost* (now).
+
+   A request in flight at a loss was sent before the loss, so it is over by the
+   time the prelude noticed + ``hold``. A source without a trusted record waits
+   until then (era start + hold for a distrusted record, last loss + hold for a
+   missing one) - once, right after the loss. A close never writes a next slot
+   earlier than that: it leaves a lost record lost and an old one old, for the
+   next acquire's prelude to read as such (``CLOSE_LUA``). A source without a record long after the last loss
+   is simply new (or idle longer than the record's TTL, which exceeds two
+   holds): its first request goes out at once.
 4. Redis is unreachable: no slot can be proven safe, so none is granted; the
    caller gets :class:`GateUnavailable` and stops requesting rather than guess.
 5. The holder pauses (SIGSTOP, a frozen VM, a long GC) after Redis granted it a
@@ -40,6 +64,14 @@ Failure timeline it defends against:
    that moment, checked where its first bytes are written (``http.py``); a
    later one is given back unsent. Everything of a request then ends within
    ``timeout_s`` of the same moment, so it is over before the hold can lapse.
+
+Left open, as by every Redis-based lock: two primaries at once (a partitioned
+old primary still taking writes from consumers that cannot reach the new one;
+Redis' ``min-replicas-to-write`` narrows it), and the wall clock of one running
+Redis stepped forward (``TIME`` is wall time: a hold or a slot ends early by the
+step). ``CONFIG RESETSTAT`` zeroes ``evicted_keys``: any change of the count
+opens a loss, so only a reset followed by exactly as many evictions as before
+would go unseen.
 
 The slot has one owner from grant to close: ``with gate.slot() as slot:``
 (``SourceClient.fetch``) closes it on every way out, as an unanswered request
@@ -58,39 +90,80 @@ import redis
 from ..config import is_valid_source_name
 
 KEY_PREFIX = "event-ingest:gate:"
-# Since when (µs, Redis' clock) this Redis' memory is known to be whole; never expires.
-ERA_KEY = "event-ingest:gate-era"
+# The era: a hash describing the memory the gate trusts. Never expires. Fields: id (unique), start (µs, Redis'
+# clock), server (run_id of the Redis that opened it), evicted (that server's evicted_keys when last looked),
+# lost (µs: when keys were last found lost - the era's start, or an eviction noticed since). Earlier versions
+# kept a bare start time under "event-ingest:gate-era"; a new name lets both run side by side during an upgrade.
+ERA_KEY = "event-ingest:gate-era:2"
 
 # Keep an idle gate's record for at least an hour (and always longer than two holds, so a
 # record that expired cannot hide a request still in flight).
 IDLE_TTL_MS = 3_600_000
 
-# KEYS[1] = gate hash for one source (fields: next, holder, hold_until; microseconds on Redis' clock)
-# KEYS[2] = the era key
-# ARGV[1] = token of the caller
-# ARGV[2] = hold_us: how long the reservation lasts if never closed (timeout + interval)
-# ARGV[3] = idle TTL of the key in ms
-# Returns {1, now_us} when granted (the grant time on Redis' clock), {0, wait_us} when the caller must wait.
-ACQUIRE_LUA = """
+# Runs first in the acquire script. It decides what of Redis' memory can be trusted now, and reads the gate record
+# accordingly: after it, ``next_at`` (µs) is the earliest the next slot may open, and ``hold_until``/``holder``
+# the reservation in flight, if the record can vouch for one.
+# KEYS[1] = gate hash for one source (fields: era, next, holder, hold_until, granted_at; µs on Redis' clock)
+# KEYS[2] = the era hash
+# ARGV[1] = hold_us: how long a reservation lasts if never closed (timeout + interval)
+# ARGV[2] = idle TTL of the gate hash in ms
+ERA_PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local hold = tonumber(ARGV[2])
-local next_at = tonumber(redis.call('HGET', KEYS[1], 'next'))
-if not next_at then
-  -- No record. Either the source is new (or idle past the record's TTL), or Redis lost
-  -- its memory (restart, FLUSHALL) while a request nobody knows of may be in flight.
-  local era = tonumber(redis.call('GET', KEYS[2]))
-  if not era then
-    -- The memory was lost (or this Redis was never used): it is whole from now on.
-    era = now
-    redis.call('SET', KEYS[2], era)
-  end
-  -- Anything in flight at the loss was sent before the era began and is over by era + hold.
-  next_at = era + hold
-  redis.call('HSET', KEYS[1], 'next', next_at)
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local hold = tonumber(ARGV[1])
+-- Which server this is (run_id: new on every start of a Redis process, and a promoted replica's own) and how
+-- many keys it has evicted. INFO is read inside the script: nothing can change between the check and the use.
+local function info_field(section, name)  -- a plain find: a pattern scan of the text costs more than INFO
+  local text = redis.call('INFO', section)
+  local at = string.find(text, name, 1, true)
+  return at and string.match(text, '^%w+', at + #name)
 end
-local hold_until = tonumber(redis.call('HGET', KEYS[1], 'hold_until'))
+local server = info_field('server', '\\nrun_id:')
+local evicted = info_field('stats', '\\nevicted_keys:')
+if not server or not evicted then
+  return redis.error_reply('INFO shows no run_id or evicted_keys: the spacing gate cannot tell a restart, a ' ..
+    'failover or an eviction from a whole memory, so it grants nothing')
+end
+local era = redis.pcall('HMGET', KEYS[2], 'id', 'start', 'server', 'evicted', 'lost')
+if era.err then era = {} end  -- another shape (an older version's bare start time): read as no era at all
+local era_id, era_start, lost = era[1], tonumber(era[2]), tonumber(era[5])
+if not era_id or era[3] ~= server then
+  -- No era (Redis restarted empty, FLUSHALL, the era key evicted), or one written by another server (a promoted
+  -- replica, a restart from an AOF or RDB): what this memory says about requests in flight may be missing
+  -- the last grants. A new era begins now; every record written before it is distrusted.
+  era_id, era_start, lost = server .. '-' .. t[1] .. '.' .. t[2], now, now  -- TIME's strings: exact
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], 'id', era_id, 'start', now, 'server', server, 'evicted', evicted, 'lost', now)
+elseif era[4] ~= evicted then
+  -- Keys were evicted since the era last looked: a gate record may be gone with its reservation. Eviction
+  -- takes whole keys, so the records still here are intact; only a missing one is now in doubt.
+  lost = now
+  redis.call('HSET', KEYS[2], 'evicted', evicted, 'lost', now)
+end
+local record = redis.call('HMGET', KEYS[1], 'era', 'next', 'hold_until', 'holder')
+local next_at, hold_until, holder = tonumber(record[2]), tonumber(record[3]), record[4]
+if not next_at then
+  -- No record: a new source (or idle past the record's TTL), or one lost with a request in flight that was
+  -- sent before the loss was noticed and is over by then + hold.
+  next_at, hold_until, holder = lost + hold, nil, nil
+  redis.call('HSET', KEYS[1], 'era', era_id, 'next', next_at)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+elseif record[1] and record[1] ~= era_id then
+  -- Written before this era began: its next slot and its reservation are those of a memory that may have
+  -- lost later grants (and of another server's clock). Read as missing at the era's start. (A record with
+  -- no era at all was written in this memory by an earlier version running beside this one: read as it does.)
+  next_at, hold_until, holder = era_start + hold, nil, nil
+  redis.call('HDEL', KEYS[1], 'holder', 'hold_until', 'granted_at')
+  redis.call('HSET', KEYS[1], 'era', era_id, 'next', next_at)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+"""
+
+# ARGV[3] = token of the caller
+# Returns {1, now_us} when granted (the grant time on Redis' clock), {0, wait_us} when the caller must wait.
+ACQUIRE_LUA = (
+    ERA_PRELUDE
+    + """
 if hold_until and hold_until > now then
   -- Someone's request is in flight; its close() will set the next slot.
   return {0, hold_until - now}
@@ -98,32 +171,61 @@ end
 if now < next_at then
   return {0, next_at - now}
 end
-redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'hold_until', now + hold, 'granted_at', now)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[1], 'era', era_id, 'holder', ARGV[3], 'hold_until', now + hold, 'granted_at', now)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, now}
 """
+)
 
+# The close runs without the prelude (it costs the prelude's INFO calls, about half the gate's Redis time, and
+# would change nothing): it never creates a record and never touches a record's era, so whatever it writes
+# into a record of an earlier era is still read as distrusted by the next acquire's prelude, and a record that
+# is gone stays gone for that prelude to explain (restart, flush, eviction). In a record of this era it only
+# ever moves the slot later, so never before the wait the prelude wrote after a loss.
 # KEYS[1] = gate hash
 # ARGV[1] = token of the caller (its reservation is cleared only if it still owns it)
 # ARGV[2] = interval_us
-# ARGV[3] = defer_us (Retry-After; 0 if none)
-# ARGV[4] = idle TTL in ms
+# ARGV[3] = defer_us (Retry-After, or an unanswered request's wait; 0 if none)
+# ARGV[4] = idle TTL of the gate hash in ms
 # Returns {microseconds until the next slot opens, now on Redis' clock}.
 CLOSE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local next_at = now + math.max(tonumber(ARGV[2]), tonumber(ARGV[3]))
-local current = tonumber(redis.call('HGET', KEYS[1], 'next'))
--- Only ever move the slot later: a response arriving now proves its request
--- arrived earlier, whoever owned the reservation.
-if current and current > next_at then next_at = current end
-redis.call('HSET', KEYS[1], 'next', next_at)
-if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
+local next_slot = now + math.max(tonumber(ARGV[2]), tonumber(ARGV[3]))
+local record = redis.call('HMGET', KEYS[1], 'next', 'holder')
+local current = tonumber(record[1])
+if not current then
+  return {next_slot - now, now}  -- lost with its reservation: the next acquire sees how, and waits
+end
+-- Only ever move the slot later: a response arriving now proves its request arrived earlier, whoever owned
+-- the reservation; and the prelude's wait after a loss stays.
+if current > next_slot then next_slot = current end
+redis.call('HSET', KEYS[1], 'next', next_slot)
+if record[2] == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'holder', 'hold_until')
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {next_at - now, now}
+return {next_slot - now, now}
 """
+
+
+def backdate_era(client: redis.Redis, era_key: str, seconds: float) -> None:
+    """For tests and tools: make ``era_key`` an era of the server ``client`` talks to, whole for ``seconds``
+    already (as a Redis that has run that long without a loss)."""
+    server, stats = client.info("server"), client.info("stats")
+    now_s, now_us = client.time()
+    start = (now_s - int(seconds)) * 1_000_000 + now_us
+    client.delete(era_key)
+    client.hset(
+        era_key,
+        mapping={
+            "id": f"{server['run_id']}-{start}",
+            "start": start,
+            "server": server["run_id"],
+            "evicted": stats["evicted_keys"],
+            "lost": start,
+        },
+    )
 
 
 class GateUnavailable(RuntimeError):
@@ -202,9 +304,9 @@ class Gate:
     def hold_s(self) -> float:
         return self.hold_us / 1_000_000
 
-    def _call(self, script, args: list, keys: list[str] | None = None) -> object:
+    def _call(self, script, args: list, keys: list[str]) -> object:
         try:
-            return script(keys=keys or [self.key], args=args)
+            return script(keys=keys, args=args)
         except redis.RedisError as exc:
             raise GateUnavailable(
                 f"source {self.source!r}: spacing gate unavailable, not requesting ({type(exc).__name__}: {exc})"
@@ -212,9 +314,7 @@ class Gate:
 
     def try_acquire(self) -> tuple[bool, int]:
         """One attempt: (True, grant time in µs on Redis' clock) or (False, µs to wait)."""
-        granted, value = self._call(
-            self._acquire, [self.token, self.hold_us, self.ttl_ms], keys=[self.key, self.era_key]
-        )
+        granted, value = self._call(self._acquire, [self.hold_us, self.ttl_ms, self.token], [self.key, self.era_key])
         return bool(granted), int(value)
 
     def acquire(self, max_wait_s: float | None = None, should_stop=None) -> Grant | None:
@@ -265,7 +365,9 @@ class Gate:
 
     def close(self, defer_s: float = 0.0) -> float:
         """The response (or the timeout) came back: the next slot opens interval (or defer) from now."""
-        wait_us, now_us = self._call(self._close, [self.token, self.interval_us, int(defer_s * 1_000_000), self.ttl_ms])
+        wait_us, now_us = self._call(
+            self._close, [self.token, self.interval_us, int(defer_s * 1_000_000), self.ttl_ms], [self.key]
+        )
         self.last_closed = time.monotonic()
         self.last_closed_redis_us = int(now_us)
         self._not_before = self.last_closed + int(wait_us) / 1_000_000

@@ -68,9 +68,9 @@ class _Services:
                 ) from None
             return
         self.say("starting Redis (embedded valkey)...")
-        self.redis = EmbeddedRedis(
-            self.state_dir / "redis", persistent=True, on_orphan="stop", log_file=self.logs_dir / "redis.log"
-        )
+        # Not persisted, as the README advises: leases and gate slots are short-lived, and after any restart
+        # (from a file or not) the gate waits one hold for every source anyway (core/gate.py).
+        self.redis = EmbeddedRedis(self.state_dir / "redis", on_orphan="stop", log_file=self.logs_dir / "redis.log")
         try:
             self.redis.start()
         except EmbeddedServerError as exc:

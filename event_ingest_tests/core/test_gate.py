@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from event_ingest.core import connect_redis
-from event_ingest.core.gate import Gate, GateUnavailable
+from event_ingest.core.gate import Gate, GateUnavailable, backdate_era
 
 INTERVAL = 0.2
 # Only a hung test waits this long: every wait below is for a condition, and a busy machine that
@@ -95,7 +95,7 @@ def test_lost_state_waits_out_a_full_hold(redis_client, source_name):
     gate = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=hold_s, token="x", era_key=era_key)
     granted, _ = gate.try_acquire()  # a fresh era: even this first call waits (nothing known about Redis)
     assert not granted
-    redis_client.set(era_key, 0)  # an era long past: the memory has been whole for ages
+    backdate_era(redis_client, era_key, 3600)  # an era long past: the memory has been whole for an hour
     redis_client.delete(gate.key)
     granted, _ = gate.try_acquire()
     assert granted
@@ -112,8 +112,7 @@ def test_lost_state_waits_out_a_full_hold(redis_client, source_name):
 def test_a_new_source_is_granted_at_once(redis_client, source_name):
     """A source with no record in a Redis whose memory is whole (era older than a hold) is new: no wait."""
     era_key = f"test-era:{source_name}"
-    t = redis_client.time()
-    redis_client.set(era_key, (t[0] - 30) * 1_000_000 + t[1])  # whole for 30 s, more than one hold
+    backdate_era(redis_client, era_key, 30)  # whole for 30 s, more than one hold
     gate = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=10.2, token="x", era_key=era_key)
     granted, _ = gate.try_acquire()
     assert granted
@@ -178,3 +177,165 @@ def test_a_slot_that_went_stale_before_sending_is_given_back_unused(redis_url, r
         other.close()
         slow_redis.close()
         proxy.close()
+
+
+# -- partial loss: a memory that kept old records -------------------------------------------------------------
+
+LONG_HOLD_S = 30.0  # nothing below waits it out; a stalled machine cannot see it pass between two calls
+
+
+def _wait_until_redis_time(client: redis.Redis, at_us: int) -> None:
+    give_up = time.monotonic() + WAIT_S
+    while (now := client.time())[0] * 1_000_000 + now[1] <= at_us:
+        assert time.monotonic() < give_up, "Redis' clock did not move"
+        time.sleep(0.01)
+
+
+def _closed_record(client: redis.Redis, gate: Gate) -> None:
+    """A record as a quiet spell leaves it: a request granted and closed, its next slot already past."""
+    assert gate.acquire(max_wait_s=WAIT_S) is not None
+    gate.close()
+    _wait_until_redis_time(client, int(client.hget(gate.key, "next")))
+
+
+@pytest.fixture
+def embedded_dir(tmp_path):
+    from event_ingest.devstack.embedded import EmbeddedRedis
+
+    started = []
+
+    def start(name: str, *args: str) -> EmbeddedRedis:
+        server = EmbeddedRedis(tmp_path / name, extra_args=list(args))
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_a_promoted_replica_that_missed_a_grant_waits_a_hold(tmp_path, embedded_dir, source_name):
+    """A replica held behind when a grant lands on its primary; the primary dies, the replica is promoted.
+
+    The replica's record of the source shows an old next slot and no reservation, though the request granted
+    on the primary may be in flight: read as the whole truth, it would be granted at once."""
+    from event_ingest.chaos.redis_pair import RedisPair
+
+    pair = RedisPair(tmp_path, embedded_dir("primary"))
+    try:
+        primary = connect_redis(pair.url)
+        gate = Gate(primary, source_name, interval_s=INTERVAL, hold_s=LONG_HOLD_S, token="a")
+        backdate_era(primary, gate.era_key, 3600)
+        _closed_record(primary, gate)
+        pair.wait_in_sync()
+        pair.hold_link()
+        in_flight = gate.acquire(max_wait_s=WAIT_S)  # lands on the primary only
+        assert in_flight is not None
+        pair.kill_primary()  # what the link held is gone with it
+        on_replica = connect_redis(f"redis://127.0.0.1:{pair.replica.port}/0")
+        assert on_replica.hget(gate.key, "holder") is None  # the replica never saw the grant
+        on_replica.close()
+        pair.promote()
+        after = Gate(connect_redis(pair.url), source_name, interval_s=INTERVAL, hold_s=LONG_HOLD_S, token="b")
+        granted, wait_us = after.try_acquire()
+        assert not granted and wait_us == LONG_HOLD_S * 1_000_000  # a new era on the promoted server: one hold
+    finally:
+        pair.stop()
+
+
+def test_a_restart_from_an_old_snapshot_waits_a_hold(embedded_dir, source_name):
+    """Redis restarted from an RDB saved before the last grant: the record it restores shows no reservation."""
+    server = embedded_dir("redis")
+    client = connect_redis(server.url)
+    gate = Gate(client, source_name, interval_s=INTERVAL, hold_s=LONG_HOLD_S, token="a")
+    backdate_era(client, gate.era_key, 3600)
+    _closed_record(client, gate)
+    client.save()  # the snapshot
+    assert gate.acquire(max_wait_s=WAIT_S) is not None  # a grant after it: in flight
+    try:
+        client.shutdown(nosave=True)
+    except redis.ConnectionError:
+        pass
+    client.close()
+    server.stop()
+    server.start()  # loads the snapshot
+    restored = connect_redis(server.url)
+    assert restored.hget(gate.key, "next") is not None and restored.hget(gate.key, "holder") is None
+    after = Gate(restored, source_name, interval_s=INTERVAL, hold_s=LONG_HOLD_S, token="b")
+    granted, wait_us = after.try_acquire()
+    assert not granted and wait_us == LONG_HOLD_S * 1_000_000
+    restored.close()
+
+
+def test_an_evicted_record_waits_a_hold(embedded_dir, source_name):
+    """Eviction under a memory limit takes a gate record with its reservation; the era key (no TTL) stays."""
+    server = embedded_dir("redis", "--maxmemory-policy", "volatile-lru")
+    client = connect_redis(server.url)
+    gate = Gate(client, source_name, interval_s=INTERVAL, hold_s=LONG_HOLD_S, token="a")
+    backdate_era(client, gate.era_key, 3600)
+    assert gate.acquire(max_wait_s=WAIT_S) is not None  # in flight
+    other = Gate(client, source_name + "_b", interval_s=INTERVAL, hold_s=LONG_HOLD_S, token="c")
+    assert other.acquire(max_wait_s=WAIT_S) is not None  # in flight too, and its record will stay
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + 200_000)
+    ballast = 0
+    while client.exists(gate.key):
+        client.set(f"ballast:{ballast}", b"x" * 20_000, px=600_000)
+        ballast += 1
+        client.persist(other.key)  # not evictable (no TTL): a record that stays must keep its reservation
+        assert ballast < 10_000, "the record was never evicted"
+    client.config_set("maxmemory", 0)
+    assert client.exists(gate.era_key)
+    gate.close()  # the response to the request in flight: a close leaves a lost record lost
+    assert not client.exists(gate.key)
+    after = Gate(client, source_name, interval_s=INTERVAL, hold_s=LONG_HOLD_S, token="b")
+    granted, wait_us = after.try_acquire()
+    assert not granted and wait_us == LONG_HOLD_S * 1_000_000  # keys were lost now: one hold from now
+    granted, wait_us = Gate(
+        client, source_name + "_b", interval_s=INTERVAL, hold_s=LONG_HOLD_S, token="d"
+    ).try_acquire()
+    assert not granted and wait_us < LONG_HOLD_S * 1_000_000  # intact: its own reservation, not a new hold
+    client.close()
+
+
+def test_a_record_from_an_older_era_is_distrusted_and_a_close_keeps_the_wait(redis_client, source_name):
+    """An era written by another server (what a promoted replica or a restart finds): the records of that
+    era are read as missing, whatever the close of a request granted in it wrote; later closes keep the wait."""
+    era_key = f"test-era:{source_name}"
+    gate = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=LONG_HOLD_S, token="a", era_key=era_key)
+    backdate_era(redis_client, era_key, 3600)
+    assert gate.acquire(max_wait_s=WAIT_S) is not None
+    redis_client.hset(era_key, "server", "0" * 40)  # the era of another server
+    gate.close()  # the holder's response came back on the new server: an interval, in an old record
+    other = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=LONG_HOLD_S, token="b", era_key=era_key)
+    granted, wait_us = other.try_acquire()
+    assert not granted and wait_us == LONG_HOLD_S * 1_000_000  # a new era, opened by this acquire: one hold
+    era_start = int(redis_client.hget(era_key, "start"))
+    gate.close()  # a close in the new era cannot open the slot earlier than its wait
+    assert int(redis_client.hget(gate.key, "next")) == era_start + LONG_HOLD_S * 1_000_000
+    redis_client.delete(gate.key, era_key)
+
+
+def test_an_era_of_another_shape_opens_a_new_one(redis_client, source_name):
+    """An era key holding something else (an earlier version's bare start time) vouches for nothing."""
+    era_key = f"test-era:{source_name}"
+    t = redis_client.time()
+    redis_client.set(era_key, (t[0] - 3600) * 1_000_000 + t[1])
+    gate = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=LONG_HOLD_S, token="a", era_key=era_key)
+    granted, wait_us = gate.try_acquire()
+    assert not granted and wait_us == LONG_HOLD_S * 1_000_000
+    assert redis_client.type(era_key) == b"hash"
+    redis_client.delete(gate.key, era_key)
+
+
+def test_a_record_of_an_earlier_version_keeps_its_reservation(redis_client, source_name):
+    """While an earlier version runs beside this one, its records (no era field) are read as it reads them."""
+    era_key = f"test-era:{source_name}"
+    backdate_era(redis_client, era_key, 3600)
+    t = redis_client.time()
+    now_us = t[0] * 1_000_000 + t[1]
+    gate = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=LONG_HOLD_S, token="a", era_key=era_key)
+    redis_client.hset(gate.key, mapping={"next": now_us, "holder": "old", "hold_until": now_us + 20_000_000})
+    granted, wait_us = gate.try_acquire()
+    assert not granted and 0 < wait_us <= 20_000_000  # its reservation, in flight
+    redis_client.delete(gate.key, era_key)

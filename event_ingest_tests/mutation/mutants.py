@@ -49,7 +49,28 @@ def gate_no_wait_after_state_lost() -> None:
     from event_ingest.core import gate
 
     # A missing record is taken for a new source: granted at once, whatever may be in flight.
-    _replace(gate, "ACQUIRE_LUA", "next_at = era + hold", "next_at = now")
+    _replace(gate, "ACQUIRE_LUA", "next_at, hold_until, holder = lost + hold, nil, nil", "next_at = now")
+
+
+def gate_old_era_records_trusted() -> None:
+    from event_ingest.core import gate
+
+    # A record written before the new era is read as the whole truth: an old next slot, no reservation.
+    _replace(gate, "ACQUIRE_LUA", "elseif record[1] and record[1] ~= era_id then", "elseif false then")
+
+
+def gate_evictions_unnoticed() -> None:
+    from event_ingest.core import gate
+
+    # An eviction since the era began is not seen: a record gone with its reservation reads as a new source.
+    _replace(gate, "ACQUIRE_LUA", "elseif era[4] ~= evicted then", "elseif false then")
+
+
+def gate_server_change_unnoticed() -> None:
+    from event_ingest.core import gate
+
+    # Only a missing era opens a new one: a restarted or promoted server's old era (and records) look current.
+    _replace(gate, "ACQUIRE_LUA", "if not era_id or era[3] ~= server then", "if not era_id then")
 
 
 def retry_after_ignored() -> None:
@@ -256,6 +277,27 @@ MUTANTS = {
             "gate_waits_after_state_lost",
             ("core/test_gate.py::test_lost_state_waits_out_a_full_hold",),
             gate_no_wait_after_state_lost,
+        ),
+        Mutant(
+            "gate_old_era_records_trusted",
+            "spacing gate: records written before the new era are distrusted",
+            "gate_waits_after_failover_behind",
+            ("core/test_gate.py::test_a_promoted_replica_that_missed_a_grant_waits_a_hold",),
+            gate_old_era_records_trusted,
+        ),
+        Mutant(
+            "gate_server_change_unnoticed",
+            "spacing gate: an era written by another server (a restart, a promoted replica) is a new era",
+            "gate_waits_after_old_snapshot",
+            ("core/test_gate.py::test_a_restart_from_an_old_snapshot_waits_a_hold",),
+            gate_server_change_unnoticed,
+        ),
+        Mutant(
+            "gate_evictions_unnoticed",
+            "spacing gate: an eviction since the era began puts every missing record in doubt",
+            "gate_waits_after_eviction",
+            ("core/test_gate.py::test_an_evicted_record_waits_a_hold",),
+            gate_evictions_unnoticed,
         ),
         Mutant(
             "retry_after_ignored",

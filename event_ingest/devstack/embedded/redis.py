@@ -48,8 +48,11 @@ def _valkey_binary() -> Path:
 
 class EmbeddedRedis(_EmbeddedServer):
     """A Redis-compatible valkey-server in `data_dir`, on 127.0.0.1 only, no password.
-    By default nothing is persisted; ``persistent=True`` turns on the append-only file
-    (fsync every second) so state survives restarts."""
+
+    Nothing is persisted by default, and the dev stack, the tests and the harnesses run it so: what
+    event-ingest keeps in Redis needs no persistence (a restart from a file is a partial loss the gate
+    treats as a loss: ``core/gate.py``). ``persistent=True`` turns on the append-only file (fsync every
+    second), for whoever wants keys to survive a restart."""
 
     kind = "redis"
     _stop_signal = signal.SIGTERM
