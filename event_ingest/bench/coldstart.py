@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..core import DrainOptions, Store, connect_redis
     from ..core.drain import Drain
+    from ..core.gate import backdate_era
     from ..mocksource import MockSource, MockSourceConfig
 
     if args.quick:
@@ -59,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
             store.apply_schema([name])
             with MockSource(MockSourceConfig(name=name, backlog=5)) as mock:
                 source = SourceConfig(name=name, url=mock.url, timeout_s=args.timeout_s)
-                now = client.time()
-                client.set(era_key, (now[0] - 3600) * 1_000_000 + now[1])  # whole for an hour
+                backdate_era(client, era_key, 3600)  # this Redis' memory whole for an hour
                 if case == "idle":
                     _drain(Drain, source, store, client, era_key, DrainOptions)  # a first life...
                     client.delete(f"event-ingest:gate:{name}")  # ...then its record expires
