@@ -16,6 +16,7 @@ appear in a reason, even when the source echoes them back in an error page.
 from __future__ import annotations
 
 import email.utils
+import logging
 import ssl
 import time
 import zlib
@@ -28,9 +29,11 @@ import httpcore
 
 from .. import __version__
 from ..config import SourceConfig
-from .gate import Gate, Slot
+from .gate import Gate, GateUnavailable, Slot
 from .http import Connection, DeadlineExceeded, SlotWentStale, TransportError, header
 from .page import MalformedPage, Page, Quarantined, parse_page
+
+log = logging.getLogger(__name__)
 
 REQUEST_STARTS_KEPT = 10_000
 
@@ -140,7 +143,13 @@ class SourceClient:
         return self.gate.last_closed
 
     def close(self) -> None:
-        self._http.close()
+        """Done with the source: an unused reserved slot goes back first, then the connection."""
+        try:
+            self.gate.give_back()
+        except GateUnavailable as exc:
+            log.warning("%s: reserved slot not given back, it lapses a hold from now", exc)
+        finally:
+            self._http.close()
 
     def _read_capped(self, response: httpcore.Response) -> bytes:
         """The decoded body, never more than the cap in memory, never past the request's deadline.
@@ -218,9 +227,10 @@ class SourceClient:
                     retry_after = parse_retry_after(header(response, "Retry-After"), source.max_retry_after_s)
                 # The response has begun: the request reached the source before now. Close the slot at
                 # once rather than after the body, so a long body does not stretch the spacing.
+                # A page is coming: the next request follows it at once, so the close reserves its slot.
                 timeline.answered = time.monotonic()
                 timeline.defer_s = retry_after or 0.0
-                slot.close(defer_s=timeline.defer_s)
+                slot.close(defer_s=timeline.defer_s, reserve=status == 200)
                 body = self._read_capped(response)
         except SlotWentStale as exc:
             slot.close()  # nothing was written

@@ -255,9 +255,11 @@ class Drain:
             except _End as end:
                 self.stats.status, self.stats.error = end.status, end.error
         finally:
+            # The gate first: an unused reserved slot goes back before the lease does, so the successor that
+            # takes the lease is granted that slot, not made to wait for it to lapse.
+            self.client.close()
             if acquired:
                 self.lease.release()
-            self.client.close()
             self._count_last_requests()
             self.stats.requests = self.client.requests
             gaps = _gaps_ms(list(self.client.request_starts))

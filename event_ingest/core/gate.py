@@ -76,6 +76,19 @@ would go unseen.
 The slot has one owner from grant to close: ``with gate.slot() as slot:``
 (``SourceClient.fetch``) closes it on every way out, as an unanswered request
 if the holder left without closing.
+
+One call per request: a tailing drain asks again as soon as its page is
+committed, so a close after a good response (``close(reserve=True)``) also
+reserves the holder's next slot, ``interval`` from now, in the same script
+(``CLOSE_AND_RESERVE_LUA``, which runs the era prelude like an acquire: a
+reservation is written only into memory the gate trusts). The holder's next
+``acquire()`` then waits for that slot without asking Redis again: it is
+dated from when the close was asked for plus the wait, so the send-by check
+and the request's deadline hold as for any grant, and a reservation used too
+late is given back and asked for anew. A holder that stops (a handoff) gives
+its unused reservation back (``give_back()``) before it lets go of the lease,
+so a successor is granted the same slot; one that dies leaves it to lapse a
+hold later, as a request in flight would.
 """
 
 from __future__ import annotations
@@ -209,6 +222,42 @@ return {next_slot - now, now}
 """
 
 
+# A close after a good response that also reserves the holder's next slot. The prelude first, as an acquire:
+# after a loss the next slot is no earlier than the loss + hold, and a reservation is written only into a record
+# of the era the prelude just vouched for.
+# ARGV[3] = token of the caller
+# ARGV[4] = interval_us
+# Returns {µs until the next slot, now on Redis' clock, 1 if that slot is reserved for the caller else 0}.
+CLOSE_AND_RESERVE_LUA = (
+    ERA_PRELUDE
+    + """
+local next_slot = now + tonumber(ARGV[4])
+-- Only ever later: the prelude's wait after a loss, or a Retry-After another holder's close set.
+if next_at > next_slot then next_slot = next_at end
+if holder and holder ~= ARGV[3] and hold_until and hold_until > now then
+  -- Another holder's request is in flight (not how a drain with the lease works, but the gate does not lean on
+  -- the lease): close ours, reserve nothing.
+  redis.call('HSET', KEYS[1], 'era', era_id, 'next', next_slot)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {next_slot - now, now, 0}
+end
+redis.call('HSET', KEYS[1], 'era', era_id, 'next', next_slot,
+           'holder', ARGV[3], 'hold_until', next_slot + hold, 'granted_at', next_slot)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {next_slot - now, now, 1}
+"""
+)
+
+# An unused reservation given back (its holder stops): the slot stays where it was, free for whoever asks.
+# KEYS[1] = gate hash; ARGV[1] = token of the caller
+GIVE_BACK_LUA = """
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'holder', 'hold_until')
+end
+return 0
+"""
+
+
 def backdate_era(client: redis.Redis, era_key: str, seconds: float) -> None:
     """For tests and tools: make ``era_key`` an era of the server ``client`` talks to, whole for ``seconds``
     already (as a Redis that has run that long without a loss)."""
@@ -260,10 +309,11 @@ class Slot:
         """
         return self.grant.asked_monotonic + self.gate.interval_us / 1_000_000 * fraction_of_interval
 
-    def close(self, defer_s: float = 0.0) -> float:
-        """The response began (or the attempt is over): the next slot opens an interval (or ``defer_s``) from now."""
+    def close(self, defer_s: float = 0.0, reserve: bool = False) -> float:
+        """The response began (or the attempt is over): the next slot opens an interval (or ``defer_s``) from now;
+        ``reserve``: and it is this holder's (a good response, the next request follows at once)."""
         self.closed = True
-        return self.gate.close(defer_s)
+        return self.gate.close(defer_s, reserve=reserve)
 
 
 class Gate:
@@ -299,6 +349,9 @@ class Gate:
         self.last_closed_redis_us: int | None = None  # the same on Redis' clock
         self._acquire = client.register_script(ACQUIRE_LUA)
         self._close = client.register_script(CLOSE_LUA)
+        self._close_and_reserve = client.register_script(CLOSE_AND_RESERVE_LUA)
+        self._give_back = client.register_script(GIVE_BACK_LUA)
+        self._reserved: Grant | None = None  # our next slot, reserved by our last close: no need to ask for it
 
     @property
     def hold_s(self) -> float:
@@ -322,12 +375,19 @@ class Gate:
         started = time.monotonic()
         # Our own close() said when the next slot opens: asking Redis before then only costs a round
         # trip (a third of a cycle's calls). Redis still decides; this only skips a useless question.
+        # If that close reserved the slot for us, there is nothing to ask at all.
         while (early := self._not_before - time.monotonic()) > 0:
             if should_stop is not None and should_stop():
                 return None
             if max_wait_s is not None and time.monotonic() - started + early > max_wait_s:
                 return None
             time.sleep(min(early, self.interval_us / 1_000_000))
+        reserved, self._reserved = self._reserved, None
+        if reserved is not None:
+            now = time.monotonic()
+            if self._still_usable(reserved, now):
+                return Grant(self.token, reserved.asked_monotonic, now, now - started, reserved.redis_time_us)
+            self._give_back_reserved(reserved)  # too late to use it (we paused): give it back, ask anew
         while True:
             # Read the clock *before* asking: a process paused after Redis granted but before it read the
             # answer (SIGSTOP, a frozen VM, a long GC) must see its grant as old as the pause, not as new.
@@ -363,12 +423,42 @@ class Gate:
             if not slot.closed:
                 slot.close(defer_s=self.hold_s)
 
-    def close(self, defer_s: float = 0.0) -> float:
-        """The response (or the timeout) came back: the next slot opens interval (or defer) from now."""
-        wait_us, now_us = self._call(
-            self._close, [self.token, self.interval_us, int(defer_s * 1_000_000), self.ttl_ms], [self.key]
-        )
+    def close(self, defer_s: float = 0.0, reserve: bool = False) -> float:
+        """The response (or the timeout) came back: the next slot opens interval (or defer) from now. With
+        ``reserve`` (and no ``defer_s``), that slot is reserved for this gate's holder (see the module doc)."""
+        if reserve and not defer_s:
+            asked = time.monotonic()
+            wait_us, now_us, mine = self._call(
+                self._close_and_reserve,
+                [self.hold_us, self.ttl_ms, self.token, self.interval_us],
+                [self.key, self.era_key],
+            )
+        else:
+            asked = None
+            wait_us, now_us = self._call(
+                self._close, [self.token, self.interval_us, int(defer_s * 1_000_000), self.ttl_ms], [self.key]
+            )
+            mine = 0
+        wait_s = int(wait_us) / 1_000_000
         self.last_closed = time.monotonic()
         self.last_closed_redis_us = int(now_us)
-        self._not_before = self.last_closed + int(wait_us) / 1_000_000
-        return int(wait_us) / 1_000_000
+        # Never before the slot: counted from when the answer was read, the latest the close can have run.
+        self._not_before = self.last_closed + wait_s
+        if mine and asked is not None:
+            # Dated from when the close was asked for (the earliest it can have run) plus the wait: the send-by
+            # check and the request's deadline count from there, as for a grant read at once.
+            self._reserved = Grant(self.token, asked + wait_s, self.last_closed, 0.0, int(now_us) + int(wait_us))
+        return wait_s
+
+    def _still_usable(self, reserved: Grant, now: float) -> bool:
+        """A reserved slot is used within half an interval of its start, as any grant (``Slot.send_by``)."""
+        return now <= reserved.asked_monotonic + self.interval_us / 2_000_000
+
+    def give_back(self) -> None:
+        """An unused reservation goes back (this holder stops): a successor is granted the same slot."""
+        reserved, self._reserved = self._reserved, None
+        if reserved is not None:
+            self._give_back_reserved(reserved)
+
+    def _give_back_reserved(self, reserved: Grant) -> None:
+        self._call(self._give_back, [self.token], [self.key])

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -250,3 +251,37 @@ def test_slots_given_back_unsent_use_up_no_attempt(make_mock, store, redis_clien
     assert seen["requests"] == 2  # the page and the empty page: nothing was sent on a stale slot
     assert seen["gaps_under_200ms"] == 0
     assert sum("slot went stale" in r.getMessage() for r in caplog.records) == source.max_attempts + 2
+
+
+def test_a_tailing_drain_asks_redis_once_per_request(make_mock, store, redis_url, redis_client, source_name):
+    """A good response's close reserves the next slot, so the gate costs one script per request, not two
+    (watched in Redis with MONITOR: the EVALSHA calls on this source's gate key)."""
+    mock = make_mock(backlog=40)
+    source = source_config(source_name, mock.url, page_size=4)  # 10 pages, then an empty one
+    gate_key = f"event-ingest:gate:{source_name}"
+    calls = []
+    watcher = connect_redis(redis_url)
+    stop_word = f"stop-watching-{source_name}"
+    with watcher.monitor() as monitor:
+
+        def watch():
+            for command in monitor.listen():
+                text = command.get("command", "")
+                if stop_word in text:
+                    return
+                if text.startswith("EVALSHA") and gate_key in text:
+                    calls.append(text)
+
+        watching = threading.Thread(target=watch)
+        watching.start()
+        done = [drain(source, store=store, redis_client=redis_client)]
+        redis_client.echo(stop_word)
+        watching.join(60)
+    [stats] = done
+    assert stats.status == CAUGHT_UP, stats.summary()
+    requests = mock.stats()["requests"]
+    assert requests == 11
+    # One acquire for the first request, one script per response after it (close-and-reserve or close), and
+    # the give-back at the end: never two per request.
+    assert len(calls) <= requests + 2, (len(calls), requests)
+    watcher.close()

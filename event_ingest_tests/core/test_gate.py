@@ -168,7 +168,10 @@ def test_a_slot_that_went_stale_before_sending_is_given_back_unused(redis_url, r
         assert late is not None and late.kind is Kind.RETRY and not late.sent and "stale" in late.reason, late
         seen = mock.stats()
         assert seen["requests"] == 1 and paused.requests == 0, seen
-        # Given back, not left to lapse: no reservation left in Redis.
+        # Given back, not left to lapse: the paused one holds no reservation (the other, served, reserved
+        # its next slot; it gives that back as it stops).
+        assert redis_client.hget(key, "holder") == b"other"
+        other.close()
         assert redis_client.hmget(key, "holder", "hold_until") == [None, None]
         assert paused.fetch(0, max_wait_s=WAIT_S).kind is Kind.OK  # asked again, it is served
         assert mock.stats()["gaps_under_200ms"] == 0
@@ -339,3 +342,38 @@ def test_a_record_of_an_earlier_version_keeps_its_reservation(redis_client, sour
     granted, wait_us = gate.try_acquire()
     assert not granted and 0 < wait_us <= 20_000_000  # its reservation, in flight
     redis_client.delete(gate.key, era_key)
+
+
+def test_a_reserved_slot_used_late_is_given_back_and_asked_for_anew(redis_client, source_name):
+    """A close after a good response reserves the holder's next slot; a holder that comes for it after its send-by
+    time (it paused) must not use it: it gives it back and is granted a fresh slot by Redis."""
+    _warm(redis_client, source_name)
+    gate = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=1.2, token="late")
+    assert gate.acquire(max_wait_s=WAIT_S) is not None
+    gate.close(reserve=True)
+    reserved_at = int(redis_client.hget(gate.key, "granted_at"))
+    assert redis_client.hget(gate.key, "holder") == b"late"
+    time.sleep(INTERVAL * 2)  # the "pause": past the reserved slot's send-by time
+    paused_until = time.monotonic()
+    grant = gate.acquire(max_wait_s=WAIT_S)
+    assert grant is not None and grant.asked_monotonic >= paused_until, "a fresh grant, asked for after the pause"
+    assert grant.redis_time_us > reserved_at + INTERVAL * 1_000_000 / 2
+    gate.close()
+
+
+def test_a_reserved_slot_is_used_at_once_and_given_back_when_the_holder_stops(redis_client, source_name):
+    """Used in time, a reserved slot is granted without asking Redis; a holder that stops gives it back, and the
+    next one is granted that same slot instead of waiting for it to lapse (a hold)."""
+    _warm(redis_client, source_name)
+    a = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=30.0, token="a")
+    assert a.acquire(max_wait_s=WAIT_S) is not None
+    a.close(reserve=True)
+    reserved_at = int(redis_client.hget(a.key, "granted_at"))
+    grant = a.acquire(max_wait_s=WAIT_S)
+    assert grant is not None and grant.redis_time_us == reserved_at  # the reservation, not a new question
+    a.close(reserve=True)
+    a.give_back()
+    b = Gate(redis_client, source_name, interval_s=INTERVAL, hold_s=30.0, token="b")
+    taken = b.acquire(max_wait_s=5.0)  # a lapse would take the 30 s hold
+    assert taken is not None
+    b.close()

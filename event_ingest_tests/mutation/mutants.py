@@ -261,6 +261,18 @@ def stuck_drain_ends_caught_up() -> None:
     Drain._stuck = Drain._caught_up
 
 
+def reserved_slot_used_however_late() -> None:
+    from event_ingest.core import gate
+
+    gate.Gate._still_usable = lambda self, reserved, now: True
+
+
+def reserved_slot_kept_at_stop() -> None:
+    from event_ingest.core import gate
+
+    gate.Gate.give_back = lambda self: None
+
+
 MUTANTS = {
     m.name: m
     for m in (
@@ -410,6 +422,23 @@ MUTANTS = {
             ("core/test_status.py::test_a_drain_stopped_before_an_unreadable_item_ends_stuck_not_caught_up",),
             stuck_drain_ends_caught_up,
             note="the chaos schedule serves no item without a readable id",
+        ),
+        Mutant(
+            "reserved_slot_used_however_late",
+            "spacing gate: a reserved slot used within its send-by time",
+            None,
+            ("core/test_gate.py::test_a_reserved_slot_used_late_is_given_back_and_asked_for_anew",),
+            reserved_slot_used_however_late,
+            note="like any grant read late, reached by chaos only when a pause lands between a close and the next "
+            "request; the unit test pauses on purpose",
+        ),
+        Mutant(
+            "reserved_slot_kept_at_stop",
+            "spacing gate: a stopping holder gives its reserved slot back",
+            None,
+            ("core/test_gate.py::test_a_reserved_slot_is_used_at_once_and_given_back_when_the_holder_stops",),
+            reserved_slot_kept_at_stop,
+            note="costs a handoff a hold of pause at the source; spacing itself holds, so no ledger check fails",
         ),
     )
 }
