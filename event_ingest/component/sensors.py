@@ -6,7 +6,8 @@ nothing to do. Is a run for its slot on its way (queued, starting, or started bu
 heartbeating)? Wait for it. Otherwise ask for one: that is how the first run starts, how a
 retiring run gets its successor in time, and how a dead run is replaced.
 
-A tick reads Dagster's run records and Redis heartbeats, nothing else: it cannot be slowed
+A tick reads Redis heartbeats and, unless the run its cursor names still hosts the source (the
+common case: then Redis alone answers), Dagster's run records; nothing else: it cannot be slowed
 by a big events table, and publishes nothing (the runs publish progress and checks).
 """
 
@@ -37,13 +38,18 @@ class RunView:
     started_age_s: float | None  # seconds since it started; None before
 
 
+def hosted_by(source: str, beat: Heartbeat | None) -> bool:
+    """A live run (its heartbeat in Redis) hosts the source and is not retiring: nothing for a sensor to do."""
+    return beat is not None and source in beat.hosting and not beat.retiring
+
+
 def decide(
     source: str, slot: int, runs: list[RunView], beats: dict[str, Heartbeat], startup_grace_s: float = STARTUP_GRACE_S
 ) -> tuple[bool, str]:
     """(ask for a run?, why). Pure: tested without Dagster's daemon."""
     live = [(run, beats[run.run_id]) for run in runs if run.run_id in beats]
     for run, beat in live:
-        if source in beat.hosting and not beat.retiring:
+        if hosted_by(source, beat):
             return False, f"hosted by run {run.run_id[:8]}"
     for run, beat in live:
         if source in beat.members and not beat.retiring:
@@ -104,12 +110,20 @@ def build_source_sensor(
             client = ingest.shared_redis()
             # First: the mark says the sensor runs, whatever else this tick runs into.
             mark_wanted(client, source.name, sensor_name)
+            # Most ticks find the source where the last one did: the run named in the cursor, still
+            # heartbeating and hosting it. Then Redis alone answers, and Dagster's run storage is not asked.
+            known = context.cursor
+            if known and hosted_by(source.name, read_heartbeats(client, [known]).get(known)):
+                return dg.SkipReason(f"hosted by run {known[:8]}")
             runs = _run_views(context.instance, job.name)
             beats = read_heartbeats(client, [r.run_id for r in runs])
         except redis.RedisError as exc:
             raise RuntimeError(
                 f"cannot reach Redis at {redact_url(ingest.redis_url)} (the wanted mark, heartbeats): {exc}"
             ) from None
+        host = next((r.run_id for r in runs if hosted_by(source.name, beats.get(r.run_id))), None)
+        if host is not None and host != known:
+            context.update_cursor(host)
         ask, why = decide(source.name, slot, runs, beats)
         if not ask:
             return dg.SkipReason(why)

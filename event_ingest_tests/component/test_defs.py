@@ -215,11 +215,21 @@ def test_a_sensor_asks_for_a_run_for_its_slot_only_when_nothing_hosts_its_source
         instance.handle_run_event(run.run_id, dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, "ingest"))
         hosted = sensor.evaluate_tick(context(instance))
         assert not hosted.run_requests and "hosted by run" in hosted.skip_message
+        # The next tick starts from the run the cursor names: Redis answers, Dagster's run storage is not
+        # asked (an instance that knows no run at all would otherwise make it ask for one).
+        assert hosted.cursor == run.run_id
+        with dg.instance_for_test() as empty:
+            fast = sensor.evaluate_tick(
+                dg.build_sensor_context(instance=empty, definitions=defs, resources=resources, cursor=hosted.cursor)
+            )
+        assert not fast.run_requests and "hosted by run" in fast.skip_message
         # Retiring: the sensor asks for the successor.
         retiring = Heartbeat(run.run_id, 1.0, True, [second.name], [second.name])
         redis_client.set(f"event-ingest:worker:{run.run_id}", retiring.to_json(), px=30_000)
-        successor = sensor.evaluate_tick(context(instance))
-        assert [r.tags[SLOT_TAG] for r in successor.run_requests] == ["1"]
+        successor = sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, definitions=defs, resources=resources, cursor=hosted.cursor)
+        )
+        assert [r.tags[SLOT_TAG] for r in successor.run_requests] == ["1"]  # a retiring cursor run: asked anew
         redis_client.delete(f"event-ingest:worker:{run.run_id}")
 
 
