@@ -44,13 +44,16 @@ ACTIVE_STATUSES = [
     dg.DagsterRunStatus.STARTED,
 ]
 
-# Re-read the instance (newer runs) and the sensors' marks at most this often; a worker polls every second.
-PLAN_REFRESH_S = 2.0
+# Re-read the instance (newer runs: a successor standing by) and the sensors' marks at most this often; a worker
+# polls every second. A successor seen a few seconds later only lengthens the overlap: the old run drains meanwhile.
+PLAN_REFRESH_S = 5.0
+# Whether the sensor daemon is alive (so a lapsed mark can be believed) changes slowly: its beat is every 30 s.
+DAEMON_CHECK_S = 30.0
 # Publish an unchanged check result again this often (fresh metadata), never every window.
 CHECK_REPUBLISH_S = 300
 NOT_WANTED = (
-    f"not wanted: its sensor has not ticked for {WANTED_TTL_S} s (stopped in the UI, the source removed from "
-    "the configuration, or the daemon down)"
+    f"not wanted: its sensor has not ticked for {WANTED_TTL_S} s while the sensor daemon ran (stopped in the UI, "
+    "or the source removed from the configuration)"
 )
 
 
@@ -96,6 +99,8 @@ class _Plan:
         self.members = members
         self.redis = redis_client
         self._cached_at = -1e9
+        self._daemon_checked_at = -1e9
+        self._daemon_alive = False
         self.unwanted: set[str] = set()
         self._peer_ids: list[str] = []
 
@@ -104,7 +109,10 @@ class _Plan:
         if now - self._cached_at >= PLAN_REFRESH_S:
             # A mark that lapsed while the sensor daemon is down says nothing about its source: then keep
             # what was decided while the sensors ticked (paused stays paused) and host the rest.
-            if sensors_ticking(self.context.instance):
+            if now - self._daemon_checked_at >= DAEMON_CHECK_S:
+                self._daemon_alive = sensors_ticking(self.context.instance)
+                self._daemon_checked_at = now
+            if self._daemon_alive:
                 self.unwanted = set(self.members) - wanted(self.redis, self.members)
             self._peer_ids = self._peer_runs()
             self._cached_at = now

@@ -1,5 +1,5 @@
 """One sensor per source. Running, it keeps its source hosted by a live `ingest` run; stopped
-(from the UI), the run hosting the source lets go of it within seconds.
+(from the UI), the run hosting the source lets go of it within two minutes (hosting.py).
 
 Each tick: is the source hosted by a live run of this instance that is not retiring? Then
 nothing to do. Is a run for its slot on its way (queued, starting, or started but not yet
@@ -102,7 +102,7 @@ def build_source_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
         required_resource_keys={names.resource_key},
         description=f"Keeps source {source.name!r} hosted by a live `{job.name}` run (slot {slot}). Stop it to "
-        "pause the source: the run hosting it lets go within a minute.",
+        "pause the source: the run hosting it lets go within two minutes.",
     )
     def _sensor(context: dg.SensorEvaluationContext):
         ingest = ingest_of(context, names)
