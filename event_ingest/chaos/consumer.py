@@ -134,9 +134,21 @@ def run_consumer(config_path: Path, name: str) -> int:
         return stop.is_set() or os.getppid() != parent  # the harness is gone: so are we
 
     redis_client = connect_redis(config["redis_url"], timeout_s=1.0, check=False)
-    # One long life (no retiring, no handoff): faults end drains, not a run's budget.
+    # One long life (no retiring, no handoff): faults end drains, not a run's budget. Standbys look at a
+    # busy lease every 50 ms, as eager as a poller: a lease lost with part of Redis' memory (a failover, an
+    # old snapshot, an eviction) is taken at once, the worst case for the gate. A production standby blocks
+    # on the freed list for up to two seconds and would come later, after the held response (the loss
+    # trials would then not test the gate at all). For the same reason a drain ended by Redis going away
+    # (a failover, a restart) is retried after 0.1 s, not a second.
     options = WorkerOptions(
-        run_seconds=1e9, handoff_s=0.0, lease_ttl_s=LEASE_TTL_S, report_every_s=1e9, poll_s=0.5, idle_exit_s=1e9
+        run_seconds=1e9,
+        handoff_s=0.0,
+        lease_ttl_s=LEASE_TTL_S,
+        lease_block_s=0.05,
+        backoff_start_s=0.1,
+        report_every_s=1e9,
+        poll_s=0.5,
+        idle_exit_s=1e9,
     )
     checkpoints.announce("started", pid=os.getpid())
     while not should_stop():

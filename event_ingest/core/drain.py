@@ -35,6 +35,7 @@ import redis
 from ..config import LEASE_TTL_S, LEASE_WAIT_S, SourceConfig
 from .client import Kind, SourceClient
 from .gate import Gate, GateUnavailable
+from .lease import BLOCK_S as LEASE_BLOCK_S
 from .lease import Lease, LeaseUnavailable
 from .page import Page
 from .store import STOPS_BEFORE_PHRASE, Fenced, Store, StoreError
@@ -150,6 +151,7 @@ class DrainHooks:
 class DrainOptions:
     lease_ttl_s: float = LEASE_TTL_S  # a dead holder's source is free again after this long
     lease_wait_s: float = LEASE_WAIT_S  # math.inf: stand by on the lease until it frees up or we are stopped
+    lease_block_s: float = LEASE_BLOCK_S  # a standby looks at a busy lease again at least this often
     max_seconds: float | None = None  # default: the source's max_run_seconds; math.inf: until stopped
     tail: bool = False  # keep polling when caught up, instead of ending
     backoff_base_s: float = 0.25
@@ -225,7 +227,13 @@ class Drain:
         self.stats = DrainStats(source=source.name, consumer=consumer_id())
         self.cursor: int | None = None
         self.log = _DrainLog(logger, self)
-        self.lease = Lease(redis_client, source.name, ttl_s=options.lease_ttl_s, wait_s=options.lease_wait_s)
+        self.lease = Lease(
+            redis_client,
+            source.name,
+            ttl_s=options.lease_ttl_s,
+            wait_s=options.lease_wait_s,
+            block_s=options.lease_block_s,
+        )
         # The reservation outlives the longest request: timeout plus one interval.
         gate = Gate(
             redis_client,

@@ -27,6 +27,7 @@ import redis
 
 from ..config import SourceConfig
 from .drain import Drain, DrainOptions, DrainStats, DrainStatus
+from .lease import BLOCK_S as LEASE_BLOCK_S
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class SourceHost:
         store: Store,
         redis_client: redis.Redis,
         lease_ttl_s: float,
+        lease_block_s: float = LEASE_BLOCK_S,
+        backoff_start_s: float = BACKOFF_START_S,
         logger: logging.Logger | logging.LoggerAdapter = log,
         on_drain_end: Callable[[DrainStats], None] | None = None,
     ) -> None:
@@ -65,7 +68,10 @@ class SourceHost:
         self.name = source.name
         self._store = store  # shared with the worker's other hosts (a small pool); the worker closes it
         self._redis = redis_client
-        self._options = DrainOptions(lease_ttl_s=lease_ttl_s, lease_wait_s=math.inf, max_seconds=math.inf, tail=True)
+        self._options = DrainOptions(
+            lease_ttl_s=lease_ttl_s, lease_block_s=lease_block_s, lease_wait_s=math.inf, max_seconds=math.inf, tail=True
+        )
+        self._backoff_start_s = backoff_start_s  # the first retry after a failed drain; doubles up to the max
         self._log = logger
         self._on_drain_end = on_drain_end
         self._stop = threading.Event()
@@ -128,18 +134,18 @@ class SourceHost:
     # -- the loop -------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = BACKOFF_START_S
+        backoff = self._backoff_start_s
         try:
             while not self._stop.is_set():
                 stats = self._one_drain(self._store)
                 if stats.status is DrainStatus.STOPPED and self._stop.is_set():
                     break
                 if stats.status in _TAKEN_OVER:
-                    backoff = BACKOFF_START_S
+                    backoff = self._backoff_start_s
                     continue
                 if stats.events_stored or stats.empty_polls:
-                    backoff = BACKOFF_START_S  # it worked for a while: the next failure starts small again
-                self._log.warning("source %s: drain ended %s; retrying in %.0f s", self.name, stats.status, backoff)
+                    backoff = self._backoff_start_s  # it worked for a while: the next failure starts small again
+                self._log.warning("source %s: drain ended %s; retrying in %.1f s", self.name, stats.status, backoff)
                 self._between = "backoff"
                 self._wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)

@@ -40,7 +40,8 @@ from dataclasses import asdict, dataclass, field
 import redis
 
 from ..config import RunSettings, SourceConfig
-from .host import HostTotals, SourceHost
+from .host import BACKOFF_START_S, HostTotals, SourceHost
+from .lease import BLOCK_S as LEASE_BLOCK_S
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class WorkerOptions:
     run_seconds: float = _RUNS.run_seconds
     handoff_s: float = _RUNS.handoff_s
     lease_ttl_s: float = _RUNS.lease_ttl_s
+    lease_block_s: float = LEASE_BLOCK_S  # a standby looks at a busy lease again at least this often
+    backoff_start_s: float = BACKOFF_START_S  # a host's first retry after a failed drain (Redis down...)
     report_every_s: float = _RUNS.report_every_s
     poll_s: float = 1.0  # how often the worker looks at what it should host
     heartbeat_ttl_s: float = 15.0  # a worker silent this long is dead to the sensors
@@ -282,6 +285,8 @@ class Worker:
                 store=self._store,
                 redis_client=self._redis,
                 lease_ttl_s=self.options.lease_ttl_s,
+                lease_block_s=self.options.lease_block_s,
+                backoff_start_s=self.options.backoff_start_s,
                 logger=self._log,
             ).start()
             self._last_totals.setdefault(name, HostTotals())

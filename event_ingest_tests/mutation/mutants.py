@@ -33,6 +33,18 @@ def _replace(module, attr: str, old: str, new: str) -> None:
     setattr(module, attr, text.replace(old, new))
 
 
+def _replace_in_prelude(old: str, new: str) -> None:
+    """Break the era prelude in every gate script that runs it (acquire, close-and-reserve): a guard
+    broken in one script only is still kept by the other, and the mutant would test nothing."""
+    from event_ingest.core import gate
+
+    scripts = [name for name in dir(gate) if name.endswith("_LUA") and gate.ERA_PRELUDE in getattr(gate, name)]
+    if len(scripts) < 2:
+        raise RuntimeError(f"mutant: the era prelude runs in {scripts} only; expected acquire and close-and-reserve")
+    for name in scripts:
+        _replace(gate, name, old, new)
+
+
 def gate_spacing_halved() -> None:
     from event_ingest.core import gate
 
@@ -46,31 +58,27 @@ def gate_spacing_halved() -> None:
 
 
 def gate_no_wait_after_state_lost() -> None:
-    from event_ingest.core import gate
 
     # A missing record is taken for a new source: granted at once, whatever may be in flight.
-    _replace(gate, "ACQUIRE_LUA", "next_at, hold_until, holder = lost + hold, nil, nil", "next_at = now")
+    _replace_in_prelude("next_at, hold_until, holder = lost + hold, nil, nil", "next_at = now")
 
 
 def gate_old_era_records_trusted() -> None:
-    from event_ingest.core import gate
 
     # A record written before the new era is read as the whole truth: an old next slot, no reservation.
-    _replace(gate, "ACQUIRE_LUA", "elseif record[1] and record[1] ~= era_id then", "elseif false then")
+    _replace_in_prelude("elseif record[1] and record[1] ~= era_id then", "elseif false then")
 
 
 def gate_evictions_unnoticed() -> None:
-    from event_ingest.core import gate
 
     # An eviction since the era began is not seen: a record gone with its reservation reads as a new source.
-    _replace(gate, "ACQUIRE_LUA", "elseif era[4] ~= evicted then", "elseif false then")
+    _replace_in_prelude("elseif era[4] ~= evicted then", "elseif false then")
 
 
 def gate_server_change_unnoticed() -> None:
-    from event_ingest.core import gate
 
     # Only a missing era opens a new one: a restarted or promoted server's old era (and records) look current.
-    _replace(gate, "ACQUIRE_LUA", "if not era_id or era[3] ~= server then", "if not era_id then")
+    _replace_in_prelude("if not era_id or era[3] ~= server then", "if not era_id then")
 
 
 def retry_after_ignored() -> None:
