@@ -17,6 +17,7 @@ from ..config import IngestConfig, SourceConfig
 from .alerts import build_alerts
 from .assets import build_events_asset, build_rollup_asset
 from .checks import build_checks
+from .freshness import build_freshness_watch
 from .ingest_job import build_ingest_job
 from .names import Names
 from .replay import build_replay
@@ -69,6 +70,7 @@ def build_definitions(
         default_status=dg.DefaultScheduleStatus.RUNNING,
     )
     replay = build_replay(sources, names)
+    freshness = build_freshness_watch(sources, names)
     resource = ingest if ingest is not None else default_resource(names.resource_key)
     parts = [
         dg.Definitions(
@@ -80,9 +82,10 @@ def build_definitions(
             resources={names.resource_key: resource} if provide_resource else {},
         ),
         replay,  # `event-ingest replay` from the launchpad
+        freshness,  # `fresh` red for a late source whether or not a run hosts it
     ]
     if alerts:  # run- and check-failure webhooks, one message per incident
-        monitored = [ingest_job, drain_job, rollup_job, *replay.jobs]
+        monitored = [ingest_job, drain_job, rollup_job, *replay.jobs, *freshness.jobs]
         parts.append(build_alerts(sources, monitored, names))
     if run_retention:  # hourly deletion of old finished runs (of every job in the Dagster instance)
         parts.append(build_retention(names.prefix))

@@ -281,6 +281,26 @@ def reserved_slot_kept_at_stop() -> None:
     gate.Gate.give_back = lambda self: None
 
 
+def freshness_watch_trusts_never_polled() -> None:
+    from event_ingest.component import freshness
+
+    # A source with no poll on record is taken as on time, forever: a source whose runs never start stays green.
+    find_late = freshness.find_late
+
+    def mutated(sources, ages, unpolled_since, now):
+        late, seen = find_late(sources, ages, unpolled_since, now)
+        return [item for item in late if item.age_s is not None], seen
+
+    freshness.find_late = mutated
+
+
+def freshness_watch_asks_once_per_source() -> None:
+    from event_ingest.component import freshness
+
+    # The run key names the source alone: a source late again after a recovery is never checked again.
+    freshness.Late.run_key = property(lambda self: f"late:{self.source}")
+
+
 MUTANTS = {
     m.name: m
     for m in (
@@ -447,6 +467,25 @@ MUTANTS = {
             ("core/test_gate.py::test_a_reserved_slot_is_used_at_once_and_given_back_when_the_holder_stops",),
             reserved_slot_kept_at_stop,
             note="costs a handoff a hold of pause at the source; spacing itself holds, so no ledger check fails",
+        ),
+        Mutant(
+            "freshness_watch_trusts_never_polled",
+            "freshness watch: a source never polled is late after its max_lag_s",
+            None,
+            (
+                "component/test_freshness_watch.py::"
+                "test_a_source_never_polled_is_late_once_the_watch_saw_it_unpolled_for_its_max_lag",
+            ),
+            freshness_watch_trusts_never_polled,
+        ),
+        Mutant(
+            "freshness_watch_asks_once_per_source",
+            "freshness watch: one check run per late episode (a new one after each recovery)",
+            None,
+            (
+                "component/test_freshness_watch.py::test_a_late_source_no_run_hosts_turns_fresh_red_and_one_run_per_episode",
+            ),
+            freshness_watch_asks_once_per_source,
         ),
     )
 }

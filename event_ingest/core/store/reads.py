@@ -124,6 +124,15 @@ SELECT extract(epoch FROM now() - greatest(last_ingest_at, last_poll_at))::float
 FROM source_state WHERE source = %(source)s
 """
 
+# Every named source's poll age and last poll (epoch seconds), both on the database's clock, in one statement;
+# a source never polled (no row, or no poll yet) reads NULL, NULL.
+POLL_AGES_SQL = """
+SELECT n.source,
+       extract(epoch FROM now() - greatest(s.last_ingest_at, s.last_poll_at))::float8,
+       extract(epoch FROM greatest(s.last_ingest_at, s.last_poll_at))::float8
+FROM unnest(%(sources)s::text[]) AS n(source) LEFT JOIN source_state s ON s.source = n.source
+"""
+
 # Rows stored per source from the block counters (true after deletes too; no row is counted).
 ROW_COUNTS_SQL = """
 SELECT s.source, (SELECT coalesce(sum(b.events), 0) FROM id_blocks b WHERE b.source = s.source)
@@ -300,6 +309,16 @@ class Reads:
             return None if row is None or row[0] is None else float(row[0])
 
         return self._run(f"poll age of {source!r}", read)
+
+    def poll_ages(self, sources: list[str]) -> dict[str, tuple[float, float] | None]:
+        """For each source: (seconds since its last successful poll, that poll's time in epoch seconds),
+        None if never polled; one statement for all (a watch over many sources reads them at once)."""
+
+        def read(cur):
+            cur.execute(POLL_AGES_SQL, {"sources": list(sources)})
+            return {name: None if age is None else (float(age), float(at)) for name, age, at in cur.fetchall()}
+
+        return self._run("poll ages", read)
 
     def row_counts(self, sources: list[str]) -> dict[str, int]:
         """Rows stored per source, from the counters the triggers keep (no count(*))."""
