@@ -29,7 +29,7 @@ ENV_VARS = (
     "DAGSTER_HOME",
 )
 SOURCES = ["source1", "source2", "source3"]
-ALERT_SENSORS = ["alert_on_run_failure", "alert_on_run_recovery", "alert_on_check_failure"]
+INSTANCE_SENSORS = ["alert_on_run_failure", "alert_on_run_recovery", "alert_on_check_failure", "freshness_watch"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -277,7 +277,7 @@ def test_dev_runs_everything_and_ctrl_c_stops_everything(dev, tmp_path):
                 t_events = time.monotonic() - d.t0
         if t_ui is None:
             view = dagster_view(ui_url)
-            if view is not None and len(view["sensors"]) == len(SOURCES) + len(ALERT_SENSORS):
+            if view is not None and len(view["sensors"]) == len(SOURCES) + len(INSTANCE_SENSORS):
                 t_ui = time.monotonic() - d.t0
         time.sleep(1)
     assert t_events is not None, f"not all sources had events in Postgres within 150s:\n{d.tail()}"
@@ -289,8 +289,11 @@ def test_dev_runs_everything_and_ctrl_c_stops_everything(dev, tmp_path):
 
     assert view["partitions"] == SOURCES
     assert {"no_gaps", "cursor_matches_max_id"} <= set(view["checks"])
-    # The alert sensors run too; they skip while EVENT_INGEST_ALERT_WEBHOOK_URL is unset.
-    assert view["sensors"] == {**{f"ingest_{s}": "RUNNING" for s in SOURCES}, **{a: "RUNNING" for a in ALERT_SENSORS}}
+    # The alert sensors run too (they skip while EVENT_INGEST_ALERT_WEBHOOK_URL is unset), and the freshness watch.
+    assert view["sensors"] == {
+        **{f"ingest_{s}": "RUNNING" for s in SOURCES},
+        **{a: "RUNNING" for a in INSTANCE_SENSORS},
+    }
     d.stack(timeout=30, ready=True)  # the summary is printed once the UI answers
     assert "event-ingest dev is running" in d.output and ui_url in d.output
     for k, v in stack["env"].items():
