@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dagster as dg
 import pytest
 
-from event_ingest.component.alerts import build_alerts
+from event_ingest.component.alerts import EVENTS_PER_PAGE, build_alerts
 from event_ingest.config import ALERT_WEBHOOK_URL_ENV, DAGSTER_UI_URL_ENV, SourceConfig
 
 SECRET = "alert-s3cr3t-5e0c2b91"
@@ -318,3 +319,26 @@ def test_the_project_s_own_ingest_run_failing_is_alerted_with_the_drain_s_reason
     [message] = webhook.take()
     assert (message["job"], message["source"], message["run_id"]) == ("drain", source_name, result.run_id)
     assert message["error"] == f"source {source_name!r} at lastId=0: HTTP 401: token *** expired"
+
+
+def test_one_tick_reads_every_result_since_the_last_not_one_page(defs, dagster_instance, webhook):
+    # 1,000 sources each publishing a result a minute write ~500 results per 30 s tick and more on a busy
+    # minute: a tick that read one page would fall behind for good. Here 3 pages' worth of passing results
+    # (runless, one per check name: nothing to say) and one failure after them: one tick must reach it.
+    tick = Ticker(defs, "alert_on_check_failure", dagster_instance)
+    tick()
+    results = 3 * EVENTS_PER_PAGE
+    for i in range(results):
+        dagster_instance.report_runless_asset_event(
+            dg.AssetCheckEvaluation(asset_key=dg.AssetKey("events"), check_name=f"check_{i}", passed=True)
+        )
+    dagster_instance.report_runless_asset_event(
+        dg.AssetCheckEvaluation(asset_key=dg.AssetKey("events"), check_name="the_last_one", passed=False)
+    )
+    started = time.monotonic()
+    said = tick()
+    read_s = time.monotonic() - started
+    assert said.startswith(f"{results + 1} results read, 1 messages sent"), said
+    [opened] = webhook.take()
+    assert (opened["check"], opened["state"]) == ("the_last_one", "opened")
+    print(f"one tick read {results + 1} check results in {read_s:.2f} s")

@@ -301,6 +301,13 @@ def freshness_watch_asks_once_per_source() -> None:
     freshness.Late.run_key = property(lambda self: f"late:{self.source}")
 
 
+def alerts_read_one_page_per_tick() -> None:
+    from event_ingest.component import alerts
+
+    # Every tick is past its budget at once: one page read per tick, and a busy instance's alerts fall behind.
+    alerts.READ_BUDGET_S = -1.0
+
+
 MUTANTS = {
     m.name: m
     for m in (
@@ -486,6 +493,13 @@ MUTANTS = {
                 "component/test_freshness_watch.py::test_a_late_source_no_run_hosts_turns_fresh_red_and_one_run_per_episode",
             ),
             freshness_watch_asks_once_per_source,
+        ),
+        Mutant(
+            "alerts_read_one_page_per_tick",
+            "check alerts: a tick reads until caught up",
+            None,
+            ("component/test_alerts.py::test_one_tick_reads_every_result_since_the_last_not_one_page",),
+            alerts_read_one_page_per_tick,
         ),
     )
 }
