@@ -484,6 +484,7 @@ MUTANTS = {
                 "test_a_source_never_polled_is_late_once_the_watch_saw_it_unpolled_for_its_max_lag",
             ),
             freshness_watch_trusts_never_polled,
+            note="the chaos harness runs no Dagster: the unit test ticks the watch as the daemon would",
         ),
         Mutant(
             "freshness_watch_asks_once_per_source",
@@ -493,6 +494,7 @@ MUTANTS = {
                 "component/test_freshness_watch.py::test_a_late_source_no_run_hosts_turns_fresh_red_and_one_run_per_episode",
             ),
             freshness_watch_asks_once_per_source,
+            note="the chaos harness runs no Dagster: the unit test ticks the watch as the daemon would",
         ),
         Mutant(
             "alerts_read_one_page_per_tick",
@@ -500,6 +502,7 @@ MUTANTS = {
             None,
             ("component/test_alerts.py::test_one_tick_reads_every_result_since_the_last_not_one_page",),
             alerts_read_one_page_per_tick,
+            note="the chaos harness runs no Dagster: the unit test reads a real instance's event log",
         ),
     )
 }
