@@ -122,6 +122,11 @@ def build_freshness_watch(sources: list[SourceConfig], names: Names = Names()) -
         asked.update({item.source: item.run_key for item in new})
         context.update_cursor(json.dumps({"unpolled_since": unpolled, "asked": asked}, separators=(",", ":")))
         if not late:
+            if unpolled:
+                return dg.SkipReason(
+                    f"no source late; {len(unpolled)} of {len(sources)} not polled yet "
+                    "(each late once unpolled for its max_lag_s)"
+                )
             return dg.SkipReason(f"all {len(sources)} sources polled within their max_lag_s")
         context.log.warning(f"late: {', '.join(item.describe() for item in late)}")
         if not new:

@@ -6,6 +6,14 @@ nothing to do. Is a run for its slot on its way (queued, starting, or started bu
 heartbeating)? Wait for it. Otherwise ask for one: that is how the first run starts, how a
 retiring run gets its successor in time, and how a dead run is replaced.
 
+Every sensor of a slot comes to "ask" at about the same moment (at the start, at each handoff), and
+the daemon evaluates several at once, before any of their runs exists in Dagster's storage: each
+would ask, and a slot would get two to four runs where it needs one (measured at 50 sources: 6
+`ingest` runs for 2 slots, 4 of them ending within the window, each a process start and a handoff).
+So the one that asks first claims the slot in Redis (``SET NX``, ``SLOT_CLAIM_TTL_S``); the others
+skip while the claim lives, by which time the run it asked for is in storage and they wait for it.
+A claim whose run never appeared lapses, and the next tick asks again.
+
 A tick reads Redis heartbeats and, unless the run its cursor names still hosts the source (the
 common case: then Redis alone answers), Dagster's run records; nothing else: it cannot be slowed
 by a big events table, and publishes nothing (the runs publish progress and checks).
@@ -23,6 +31,9 @@ from .hosting import SENSOR_INTERVAL_S, mark_wanted
 from .ingest_job import ACTIVE_STATUSES, RUN_SLOT_TAG, SLOT_TAG, SOURCES_TAG
 from .names import Names
 from .resources import ingest_of
+
+SLOT_CLAIM_PREFIX = "event-ingest:slot-claim:"  # + "<job>/<slot>": which sensor asked for the slot's next run
+SLOT_CLAIM_TTL_S = 30  # longer than creating a run takes; far shorter than a run's life
 
 # A run that is STARTED but has not heartbeated for this long is taken for dead (it never got going).
 STARTUP_GRACE_S = 180
@@ -65,6 +76,15 @@ def decide(
     if retiring:
         return True, f"run {retiring[0]} is retiring: asking for its successor"
     return True, "no live run hosts it"
+
+
+def claim_slot(client: redis.Redis, slot_key: str, sensor: str) -> tuple[bool, str]:
+    """(this sensor may ask for the slot's run, the sensor that claimed it). One claim per slot at a time."""
+    key = SLOT_CLAIM_PREFIX + slot_key
+    if client.set(key, sensor, nx=True, px=SLOT_CLAIM_TTL_S * 1000):
+        return True, sensor
+    holder = client.get(key)
+    return False, holder.decode() if holder else "another"
 
 
 def _run_views(instance: dg.DagsterInstance, job_name: str) -> list[RunView]:
@@ -127,6 +147,14 @@ def build_source_sensor(
         ask, why = decide(source.name, slot, runs, beats)
         if not ask:
             return dg.SkipReason(why)
+        try:
+            claimed, by = claim_slot(client, f"{job.name}/{slot}", sensor_name)
+        except redis.RedisError as exc:
+            raise RuntimeError(
+                f"cannot reach Redis at {redact_url(ingest.redis_url)} (the slot claim): {exc}"
+            ) from None
+        if not claimed:
+            return dg.SkipReason(f"{why}; sensor {by} asked for slot {slot}'s run moments ago")
         context.log.info(f"asking for a {job.name} run for slot {slot}: {why}")
         return dg.RunRequest(
             run_config={"ops": {names.of("host_sources"): {"config": {"slot": slot}}}},

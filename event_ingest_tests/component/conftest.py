@@ -28,3 +28,19 @@ def dagster_storage_url(postgres_server_url):
 def dagster_instance(dagster_storage_url):
     with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": dagster_storage_url}}}) as instance:
         yield instance
+
+
+@pytest.fixture(autouse=True)
+def _slot_claims_do_not_outlive_their_test(request):
+    """A sensor that asks for a run claims its slot in Redis for 30 s (sensors.py); the tests share one
+    Redis and the job names `ingest`, so a claim left behind would make the next test's sensors skip."""
+    yield
+    if "redis_url" in request.fixturenames or "redis_client" in request.fixturenames:
+        import redis
+
+        from event_ingest.component.sensors import SLOT_CLAIM_PREFIX
+
+        with redis.Redis.from_url(request.getfixturevalue("redis_url")) as client:
+            claims = list(client.scan_iter(match=SLOT_CLAIM_PREFIX + "*"))
+            if claims:
+                client.delete(*claims)

@@ -12,7 +12,7 @@ import pytest
 from event_ingest.component import build_definitions
 from event_ingest.component.ingest_job import SLOT_TAG
 from event_ingest.component.resources import IngestResource
-from event_ingest.component.sensors import RunView, decide
+from event_ingest.component.sensors import SLOT_CLAIM_PREFIX, RunView, decide
 from event_ingest.config import IngestConfig, RunSettings, SourceConfig
 from event_ingest.core import Store
 from event_ingest.core.worker import Heartbeat
@@ -245,6 +245,7 @@ def test_a_sensor_asks_for_a_run_for_its_slot_only_when_nothing_hosts_its_source
         # Retiring: the sensor asks for the successor.
         retiring = Heartbeat(run.run_id, 1.0, True, [second.name], [second.name])
         redis_client.set(f"event-ingest:worker:{run.run_id}", retiring.to_json(), px=30_000)
+        redis_client.delete(SLOT_CLAIM_PREFIX + "ingest/1")  # the first tick's claim lapsed long before a retirement
         successor = sensor.evaluate_tick(
             dg.build_sensor_context(instance=instance, definitions=defs, resources=resources, cursor=hosted.cursor)
         )

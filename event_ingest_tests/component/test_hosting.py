@@ -13,6 +13,7 @@ import pytest
 from event_ingest.component import IngestResource, build_definitions
 from event_ingest.component.hosting import WANTED_PREFIX, WANTED_TTL_S, wanted
 from event_ingest.component.ingest_job import NOT_WANTED, RUN_SLOT_TAG, SLOT_TAG
+from event_ingest.component.sensors import SLOT_CLAIM_PREFIX
 from event_ingest.config import IngestConfig, RunSettings
 from event_ingest.core.lease import KEY_PREFIX as LEASE_PREFIX
 from event_ingest_tests.conftest import source_config
@@ -45,6 +46,31 @@ def test_a_sensor_tick_marks_its_source_wanted_for_a_few_ticks(
     assert redis_client.get(WANTED_PREFIX + source_name) == f"ingest_{source_name}".encode()
     assert WANTED_TTL_S * 1000 - 5000 < redis_client.pttl(WANTED_PREFIX + source_name) <= WANTED_TTL_S * 1000
     redis_client.delete(WANTED_PREFIX + source_name)
+
+
+def test_the_sensors_of_one_slot_ask_for_one_run_between_them(
+    make_mock, database_url, redis_url, redis_client, source_name, dagster_instance
+):
+    """At the start (and at each handoff) every sensor of a slot ticks before any run it asks for is in
+    Dagster's storage: one asks, the others see its claim and skip. A claim whose run never came lapses."""
+    url = make_mock(backlog=0).url
+    names = [f"{source_name}_{i}" for i in range(3)]
+    resource = IngestResource(database_url=database_url, redis_url=redis_url)
+    defs = build_definitions(IngestConfig(sources=[source_config(n, url) for n in names]), resource)
+
+    def tick(name):
+        return defs.resolve_sensor_def(f"ingest_{name}").evaluate_tick(
+            dg.build_sensor_context(instance=dagster_instance, definitions=defs, resources={"event_ingest": resource})
+        )
+
+    try:
+        ticks = [tick(n) for n in names]  # nothing is launched: as if the daemon evaluated them at once
+        assert [len(t.run_requests) for t in ticks] == [1, 0, 0]
+        assert all(f"sensor ingest_{names[0]} asked for slot 0" in t.skip_message for t in ticks[1:])
+        redis_client.delete(SLOT_CLAIM_PREFIX + "ingest/0")  # the claim lapsed and no run ever came
+        assert len(tick(names[2]).run_requests) == 1
+    finally:
+        redis_client.delete(SLOT_CLAIM_PREFIX + "ingest/0", *[WANTED_PREFIX + n for n in names])
 
 
 @pytest.mark.slow

@@ -308,6 +308,13 @@ def alerts_read_one_page_per_tick() -> None:
     alerts.READ_BUDGET_S = -1.0
 
 
+def slot_claim_ignored() -> None:
+    from event_ingest.component import sensors
+
+    # Every sensor of a slot asks: a slot gets a run per sensor ticking at the same moment.
+    sensors.claim_slot = lambda client, slot_key, sensor: (True, sensor)
+
+
 MUTANTS = {
     m.name: m
     for m in (
@@ -503,6 +510,14 @@ MUTANTS = {
             ("component/test_alerts.py::test_one_tick_reads_every_result_since_the_last_not_one_page",),
             alerts_read_one_page_per_tick,
             note="the chaos harness runs no Dagster: the unit test reads a real instance's event log",
+        ),
+        Mutant(
+            "slot_claim_ignored",
+            "sensors: one run asked for per slot, whichever of its sensors ticks first",
+            None,
+            ("component/test_hosting.py::test_the_sensors_of_one_slot_ask_for_one_run_between_them",),
+            slot_claim_ignored,
+            note="the chaos harness runs no Dagster: the unit test ticks a slot's sensors as the daemon would",
         ),
     )
 }
