@@ -118,13 +118,9 @@ WHERE %(source)s::text IS NULL OR s.source = %(source)s
 ORDER BY s.source
 """
 
-# Seconds since the source was last polled successfully, on the database's clock (one clock for all).
-POLL_AGE_SQL = """
-SELECT extract(epoch FROM now() - greatest(last_ingest_at, last_poll_at))::float8
-FROM source_state WHERE source = %(source)s
-"""
 
-# Every named source's poll age and last poll (epoch seconds), both on the database's clock, in one statement;
+# Every named source's poll age and last poll (epoch seconds), both on the database's clock (one clock for all),
+# in one statement;
 # a source never polled (no row, or no poll yet) reads NULL, NULL.
 POLL_AGES_SQL = """
 SELECT n.source,
@@ -303,12 +299,8 @@ class Reads:
 
     def poll_age_s(self, source: str) -> float | None:
         """Seconds since the last page was committed or the last poll found nothing new; None if never."""
-
-        def read(cur):
-            row = cur.execute(POLL_AGE_SQL, {"source": source}).fetchone()
-            return None if row is None or row[0] is None else float(row[0])
-
-        return self._run(f"poll age of {source!r}", read)
+        polled = self.poll_ages([source]).get(source)
+        return None if polled is None else polled[0]
 
     def poll_ages(self, sources: list[str]) -> dict[str, tuple[float, float] | None]:
         """For each source: (seconds since its last successful poll, that poll's time in epoch seconds),
