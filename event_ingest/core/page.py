@@ -28,6 +28,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from .jsonsplit import array_member_items, member_values
+
 MAX_EVENT_ID = 2**63 - 1  # Postgres bigint
 
 # json.dumps writes a NUL as the escape \u0000; a backslash before it that is itself escaped
@@ -36,6 +38,8 @@ _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 # Reasons named in a page's warning (log line); the quarantine table has them all.
 _REASONS_IN_WARNING = 3
+
+_ID_LITERAL = re.compile(rb"[1-9][0-9]{0,18}")  # a positive integer that may fit in a bigint
 
 
 class MalformedPage(ValueError):
@@ -146,141 +150,17 @@ def _payload_json(payload: Any, max_bytes: int) -> tuple[str | None, str | None]
     return text, None
 
 
-# ---- salvage: the events array split at the byte level ------------------------------------------
-# JSON's structural characters are ASCII and never occur inside a multi-byte UTF-8 sequence, so the
-# split works on bytes, even when an item holds bytes that are not UTF-8.
-
-_WHITESPACE = re.compile(rb"[ \t\r\n]*")
-_STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # after the opening quote
-_STRUCTURAL = re.compile(rb'[\[\]{}"]')
-_SCALAR = re.compile(rb"[^\s,\]}]+")
-_CLOSER = {ord("["): ord("]"), ord("{"): ord("}")}
-_ID_LITERAL = re.compile(rb"[1-9][0-9]{0,18}")  # a positive integer that may fit in a bigint
-
-
-class _NotSplittable(Exception):
-    pass
-
-
-def _skip_ws(body: bytes, i: int) -> int:
-    return _WHITESPACE.match(body, i).end()
-
-
-def _expect(body: bytes, i: int, char: bytes) -> int:
-    if body[i : i + 1] != char:
-        raise _NotSplittable
-    return i + 1
-
-
-def _end_of_string(body: bytes, i: int) -> int:
-    match = _STRING_REST.match(body, _expect(body, i, b'"'))
-    if match is None:
-        raise _NotSplittable  # never closed
-    return match.end()
-
-
-def _end_of_value(body: bytes, i: int) -> int:
-    """Index just past the value starting at ``i``, judged by structure alone (iterative: any depth)."""
-    first = body[i : i + 1]
-    if first == b'"':
-        return _end_of_string(body, i)
-    if first not in (b"[", b"{"):
-        match = _SCALAR.match(body, i)
-        if match is None:
-            raise _NotSplittable
-        return match.end()
-    closers = [_CLOSER[body[i]]]
-    i += 1
-    while closers:
-        match = _STRUCTURAL.search(body, i)
-        if match is None:
-            raise _NotSplittable
-        char = body[match.start()]
-        if char == ord('"'):
-            i = _end_of_string(body, match.start())
-            continue
-        i = match.end()
-        if char in _CLOSER:
-            closers.append(_CLOSER[char])
-        elif char != closers.pop():
-            raise _NotSplittable  # [} or {]: where the item ends is not known
-    return i
-
-
-def _members(body: bytes, i: int):
-    """(raw key, value start, value end) of each member of the object at ``i``; then the index past it."""
-    i = _skip_ws(body, _expect(body, i, b"{"))
-    if body[i : i + 1] == b"}":
-        return i + 1
-    while True:
-        key_end = _end_of_string(body, i)
-        key = body[i:key_end]
-        i = _skip_ws(body, _expect(body, _skip_ws(body, key_end), b":"))
-        value_end = _end_of_value(body, i)
-        yield key, i, value_end
-        i = _skip_ws(body, value_end)
-        if body[i : i + 1] == b"}":
-            return i + 1
-        i = _skip_ws(body, _expect(body, i, b","))
-
-
 def split_events(body: bytes) -> list[bytes] | None:
     """The raw bytes of each item of the top-level ``events`` array, or None unless the body is,
-    by its structure, one complete page: an object whose ``events`` is an array, brackets balanced,
-    strings closed, nothing after it. A truncated body is never split."""
-    try:
-        i = _skip_ws(body, 0)
-        items: list[bytes] | None = None
-        members = _members(body, i)
-        while True:
-            try:
-                key, start, end = next(members)
-            except StopIteration as done:
-                i = done.value
-                break
-            if key == b'"events"':  # a repeated key: the last one counts, as for json.loads
-                items = _array_items(body, start, end)
-        if _skip_ws(body, i) != len(body):
-            return None
-        return items
-    except (_NotSplittable, IndexError):
-        return None
-
-
-def _array_items(body: bytes, i: int, end: int) -> list[bytes]:
-    i = _skip_ws(body, _expect(body, i, b"["))
-    items: list[bytes] = []
-    if body[i : i + 1] == b"]":
-        return items
-    while True:
-        item_end = _end_of_value(body, i)
-        items.append(body[i:item_end])
-        i = _skip_ws(body, item_end)
-        if body[i : i + 1] == b"]":
-            if i + 1 != end:
-                raise _NotSplittable
-            return items
-        i = _skip_ws(body, _expect(body, i, b","))
+    by its structure, one complete page (:func:`~.jsonsplit.array_member_items`). A truncated body is never split."""
+    return array_member_items(body, "events")
 
 
 def scan_id(raw: bytes) -> int | None:
     """The id of an item that cannot be parsed, read from its bytes: one top-level ``"id"`` member
     whose value is a positive integer that fits in a bigint. None if that is not certain."""
-    try:
-        found: list[bytes] = []
-        members = _members(raw, _skip_ws(raw, 0))
-        while True:
-            try:
-                key, start, end = next(members)
-            except StopIteration as done:
-                if _skip_ws(raw, done.value) != len(raw):
-                    return None
-                break
-            if key == b'"id"':
-                found.append(raw[start:end])
-    except (_NotSplittable, IndexError):
-        return None
-    if len(found) != 1 or not _ID_LITERAL.fullmatch(found[0]) or int(found[0]) > MAX_EVENT_ID:
+    found = member_values(raw, "id")
+    if found is None or len(found) != 1 or not _ID_LITERAL.fullmatch(found[0]) or int(found[0]) > MAX_EVENT_ID:
         return None
     return int(found[0])
 

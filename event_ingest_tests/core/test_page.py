@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from event_ingest.core.page import MalformedPage, parse_page, scan_id, split_events
+from event_ingest.core.page import MalformedPage, parse_page, scan_id
 
 
 def parse(doc, cursor=0, cap=1000):
@@ -166,26 +166,6 @@ def test_good_items_with_bad_ids_keep_their_served_bytes_when_read_item_by_item(
         (b'{"id": 3, "payload": NaN}', 3),
     ]  # as served, spaces and all
     assert page.next_cursor(0) == 3
-
-
-def test_split_respects_strings_escapes_and_nesting():
-    body = b' {"a": [1, {"x": "]"}], "events" : [ 1 , "s\\"],{" , [[], {}] , {"k": {"id": 1}} ], "z": null } '
-    assert split_events(body) == [b"1", b'"s\\"],{"', b"[[], {}]", b'{"k": {"id": 1}}']
-    assert split_events(b'{"events": []}') == []
-    assert split_events(b'{"events": [1], "events": [2, 3]}') == [b"2", b"3"]  # the last one, as json.loads
-    for broken in [
-        b'{"events": [1',
-        b'{"events": [1]',
-        b'{"events": [1]}}',
-        b'{"events": ["]}',
-        b'{"events": 1}',
-        b'{"other": [1]}',
-        b'[{"events": [1]}]',
-        b"",
-        b'{"events": [1,]}',
-        b'{"events": [{"a": 1]}]}',
-    ]:
-        assert split_events(broken) is None, broken
 
 
 def test_scan_id_reads_only_a_top_level_integer_id():
