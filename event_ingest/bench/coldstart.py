@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..core import DrainOptions, Store, connect_redis
     from ..core.drain import Drain
-    from ..core.gate import backdate_era
+    from ..core.gate_lua import backdate_era
     from ..mocksource import MockSource, MockSourceConfig
 
     if args.quick:

@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from event_ingest.core import connect_redis
-from event_ingest.core.gate import Gate, GateUnavailable, backdate_era
+from event_ingest.core.gate import Gate, GateUnavailable
+from event_ingest.core.gate_lua import backdate_era
 
 INTERVAL = 0.2
 # Only a hung test waits this long: every wait below is for a condition, and a busy machine that

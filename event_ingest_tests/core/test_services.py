@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from event_ingest.core import RedisUnavailable, connect_redis
-from event_ingest.core.gate import Gate, backdate_era
+from event_ingest.core.gate import Gate
+from event_ingest.core.gate_lua import backdate_era
 from event_ingest.devstack.procs import free_port
 
 PASSWORD = "s3cret-pw"

@@ -36,13 +36,13 @@ def _replace(module, attr: str, old: str, new: str) -> None:
 def _replace_in_prelude(old: str, new: str) -> None:
     """Break the era prelude in every gate script that runs it (acquire, close-and-reserve): a guard
     broken in one script only is still kept by the other, and the mutant would test nothing."""
-    from event_ingest.core import gate
+    from event_ingest.core import gate_lua  # where Gate() reads its scripts
 
-    scripts = [name for name in dir(gate) if name.endswith("_LUA") and gate.ERA_PRELUDE in getattr(gate, name)]
+    scripts = [n for n in dir(gate_lua) if n.endswith("_LUA") and gate_lua.ERA_PRELUDE in getattr(gate_lua, n)]
     if len(scripts) < 2:
         raise RuntimeError(f"mutant: the era prelude runs in {scripts} only; expected acquire and close-and-reserve")
     for name in scripts:
-        _replace(gate, name, old, new)
+        _replace(gate_lua, name, old, new)
 
 
 def gate_spacing_halved() -> None:
