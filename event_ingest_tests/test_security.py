@@ -23,8 +23,8 @@ import yaml
 
 from event_ingest.cli import build_parser
 from event_ingest.config import ConfigError, SourceConfig, load_sources
-from event_ingest.core import DrainHooks, DrainOptions, Gate, Lease, Store, connect_redis, drain
-from event_ingest.core.drain import CAUGHT_UP, POSTGRES_DOWN
+from event_ingest.core import DrainObserver, DrainOptions, Gate, Lease, Store, connect_redis, drain
+from event_ingest.core.progress import DrainStatus
 from event_ingest.core.store import partition_name
 from event_ingest.mocksource import MockSourceConfig
 from event_ingest_tests.conftest import source_config
@@ -169,7 +169,7 @@ def test_payloads_that_look_like_sql_are_stored_verbatim(make_mock, store, redis
     events = [{"id": i, "payload": p} for i, p in INJECTION_PAYLOADS.items()] + [hostile_item]
     mock.control({"next": [{"kind": "events", "events": events, "record": True}]})
     stats = drain(source_config(source_name, mock.url, timeout_s=1), store=store, redis_client=redis_client)
-    assert stats.status == CAUGHT_UP, stats.summary()
+    assert stats.status == DrainStatus.CAUGHT_UP, stats.summary()
     assert (
         dict(query(store, "SELECT event_id, payload FROM events WHERE source = %s", source_name)) == INJECTION_PAYLOADS
     )
@@ -284,10 +284,11 @@ def test_drain_logs_and_stats_never_hold_the_passwords(make_mock, database_url, 
     source = source_config(source_name, mock.url, timeout_s=1, max_attempts=3)
     redis_client = connect_redis(with_password(redis_url, "default", REDIS_PASSWORD))
 
-    def kill_connection(stats, page):
-        with Store(database_url) as admin:
-            admin.conn.execute("SELECT pg_terminate_backend(%s)", (store.conn.info.backend_pid,))
-            admin.conn.commit()
+    class KillConnection(DrainObserver):
+        def fetched(self, progress, page):
+            with Store(database_url) as admin:
+                admin.conn.execute("SELECT pg_terminate_backend(%s)", (store.conn.info.backend_pid,))
+                admin.conn.commit()
 
     with Store(with_password(database_url, "postgres", PG_PASSWORD)) as store:
         store.apply_schema([source_name])
@@ -295,11 +296,10 @@ def test_drain_logs_and_stats_never_hold_the_passwords(make_mock, database_url, 
             source,
             store=store,
             redis_client=redis_client,
-            options=DrainOptions(backoff_base_s=0.05),
-            hooks=DrainHooks(after_fetch=kill_connection),
+            options=DrainOptions(backoff_base_s=0.05, observer=KillConnection()),
         )
     redis_client.close()
-    assert stats.status == POSTGRES_DOWN and stats.errors == 2, stats.summary()
+    assert stats.status == DrainStatus.POSTGRES_DOWN and stats.errors == 2, stats.summary()
     text = caplog.text + json.dumps(stats.to_dict(), default=str)
     assert source_name in caplog.text and "Postgres" in caplog.text  # the lines were there to check
     for secret in SECRETS:

@@ -7,10 +7,11 @@ one consumer drains and the others stand by, as several deployments sharing one 
 Postgres do. Only the lease TTL and the source timeouts are short, so every fault resolves within
 seconds.
 
-Checkpoints, for faults that must land between two steps (not by luck): this process wraps the
-core's ``Drain._commit`` and ``Drain.run`` (nothing in the core knows) to announce every phase as
-a JSON line on stdout - ``fetched`` (a page in hand, not committed), ``committed``, ``commit_end``
-(a commit that raised: fenced, Postgres down) and ``done`` (a drain ended, with its status). At
+Checkpoints, for faults that must land between two steps (not by luck): this process gives every
+drain an observer (``WorkerOptions(observer=...)``, the core's one seam for it:
+:class:`~event_ingest.core.progress.DrainObserver`) that announces every phase as a JSON line on
+stdout - ``fetched`` (a page in hand, not committed), ``committed``, ``commit_end`` (a commit that
+did not land: fenced, Postgres down) and ``done`` (a drain ended, with its status). At
 ``fetched`` and ``committed`` a drain tries to claim an *arm* file the harness left in the control
 directory (``arm-<phase>@<source>`` first, then ``arm-<phase>``). The claim is an atomic rename,
 so exactly one drain gets it; that drain announces ``armed`` and holds still until the harness
@@ -29,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..core.page import Page
+from ..core.progress import DrainObserver, DrainStats, DrainStatus, Progress
 from .plan import HOLD_MAX_S, LEASE_TTL_S
 
 
@@ -36,8 +39,8 @@ def held_path(control_dir: Path, consumer: str, source: str) -> Path:
     return control_dir / f"held-{consumer}-{source}"
 
 
-class Checkpoints:
-    """The hook points of one consumer process, wrapped around the core's drain."""
+class Checkpoints(DrainObserver):
+    """The checkpoints of one consumer process: the observer of every drain it runs (core/progress.py)."""
 
     def __init__(self, control_dir: Path, name: str) -> None:
         self.control_dir = control_dir
@@ -50,10 +53,10 @@ class Checkpoints:
             sys.stdout.write(line)
             sys.stdout.flush()
 
-    def reach(self, phase: str, drain, **fields: Any) -> None:
+    def reach(self, phase: str, progress: Progress, **fields: Any) -> None:
         """Announce ``phase``; if the harness armed it (for this source or any), claim it and hold still."""
-        source = drain.source.name
-        fields = {"src": source, "epoch": drain.stats.epoch, "cursor": drain.cursor, **fields}
+        source = progress.source
+        fields = {"src": source, "epoch": progress.epoch, "cursor": progress.cursor, **fields}
         self.announce(phase, **fields)
         held = held_path(self.control_dir, self.name, source)
         for arm in (f"arm-{phase}@{source}", f"arm-{phase}"):
@@ -64,46 +67,33 @@ class Checkpoints:
                 continue
         else:
             return
-        self.announce("armed", phase=phase, token=drain.lease.token, **fields)
+        self.announce("armed", phase=phase, consumer=progress.consumer, **fields)
         deadline = time.monotonic() + HOLD_MAX_S
         while held.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
         self.announce("released", phase=phase, src=source)
 
-    def install(self) -> None:
-        from ..core.drain import Drain
+    # -- the drain's observer ---------------------------------------------------------------------
 
-        commit, run, checkpoints = Drain._commit, Drain.run, self
+    def fetched(self, progress: Progress, page: Page) -> None:
+        self.reach("fetched", progress, n=len(page.events), q=len(page.quarantined))
 
-        def _commit(drain, page):
-            checkpoints.reach("fetched", drain, n=len(page.events), q=len(page.quarantined))
-            try:
-                moved = commit(drain, page)
-            except BaseException as exc:
-                checkpoints.announce(
-                    "commit_end",
-                    src=drain.source.name,
-                    epoch=drain.stats.epoch,
-                    outcome=str(getattr(exc, "status", type(exc).__name__)),
-                )
-                raise
-            checkpoints.reach("committed", drain)
-            return moved
+    def committed(self, progress: Progress) -> None:
+        self.reach("committed", progress)
 
-        def _run(drain):
-            stats = run(drain)
-            checkpoints.announce(
-                "done",
-                src=stats.source,
-                status=str(stats.status),
-                epoch=stats.epoch,
-                stored=stats.events_stored,
-                pages=stats.pages,
-                error=stats.error,
-            )
-            return stats
+    def commit_failed(self, progress: Progress, status: DrainStatus) -> None:
+        self.announce("commit_end", src=progress.source, epoch=progress.epoch, outcome=str(status))
 
-        Drain._commit, Drain.run = _commit, _run
+    def ended(self, stats: DrainStats) -> None:
+        self.announce(
+            "done",
+            src=stats.source,
+            status=str(stats.status),
+            epoch=stats.epoch,
+            stored=stats.events_stored,
+            pages=stats.pages,
+            error=stats.error,
+        )
 
 
 def run_consumer(config_path: Path, name: str) -> int:
@@ -113,7 +103,7 @@ def run_consumer(config_path: Path, name: str) -> int:
     from ..core.worker import Worker, WorkerOptions
 
     config = json.loads(config_path.read_text())
-    # Every request's gate slot, send and close (core/drain.py's trace), for the verdict to explain a gap with.
+    # Every request's gate slot, send and close (core/client.py's trace), for the verdict to explain a gap with.
     tracing = logging.FileHandler(Path(config["trace_dir"]) / f"trace-{name}.jsonl")
     tracing.setFormatter(logging.Formatter("%(message)s"))
     trace = logging.getLogger("event_ingest.trace")
@@ -121,7 +111,6 @@ def run_consumer(config_path: Path, name: str) -> int:
     trace.setLevel(logging.DEBUG)
     trace.propagate = False
     checkpoints = Checkpoints(Path(config["control_dir"]), name)
-    checkpoints.install()
     sources = [SourceConfig(**s) for s in config["sources"]]
     names = {s.name for s in sources}
 
@@ -149,6 +138,7 @@ def run_consumer(config_path: Path, name: str) -> int:
         report_every_s=1e9,
         poll_s=0.5,
         idle_exit_s=1e9,
+        observer=checkpoints,
     )
     checkpoints.announce("started", pid=os.getpid())
     while not should_stop():

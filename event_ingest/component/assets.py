@@ -14,35 +14,28 @@ import pandas as pd
 
 from ..config import SourceConfig
 from ..core.checks import verify_counters
-from ..core.drain import DrainStats
+from ..core.progress import DrainStats, DrainStatus
 from ..core.store.audit import CounterAudit
+from .metadata import progress_metadata
 from .names import Names
 from .resources import ingest_of
 
 
 def drain_metadata(stats: DrainStats) -> dict:
     """What the UI plots for each materialization of a partition."""
-    metadata = {
-        "status": str(stats.status),
-        "events": dg.MetadataValue.int(stats.events_stored),
-        "pages": dg.MetadataValue.int(stats.pages),
-        "requests": dg.MetadataValue.int(stats.requests),
-        "errors": dg.MetadataValue.int(stats.errors),
-        "quarantined": dg.MetadataValue.int(stats.quarantined),
-        "cursor": dg.MetadataValue.int(stats.cursor_after or 0),
-        "epoch": dg.MetadataValue.int(stats.epoch or 0),
-        "duration_s": dg.MetadataValue.float(float(stats.duration_s)),
-        "consumer": stats.consumer,
-        "dagster/table_name": "events",
-    }
-    if stats.min_gap_ms is not None:
-        metadata["min_gap_ms"] = dg.MetadataValue.float(float(stats.min_gap_ms))
-        metadata["median_gap_ms"] = dg.MetadataValue.float(float(stats.median_gap_ms))
-    if stats.lag_s is not None:
-        metadata["lag_s"] = dg.MetadataValue.float(float(stats.lag_s))
-    if stats.error:
-        metadata["error"] = stats.error
-    return metadata
+    return progress_metadata(
+        stats.counts,
+        status=str(stats.status),
+        cursor=stats.cursor_after or 0,
+        epoch=stats.epoch or 0,
+        duration_s=float(stats.duration_s),
+        consumer=stats.consumer,
+        min_gap_ms=float(stats.min_gap_ms) if stats.min_gap_ms is not None else None,
+        median_gap_ms=float(stats.median_gap_ms) if stats.median_gap_ms is not None else None,
+        lag_s=float(stats.lag_s) if stats.lag_s is not None else None,
+        error=stats.error or None,
+        **{"dagster/table_name": "events"},
+    )
 
 
 def build_events_asset(
@@ -68,7 +61,7 @@ def build_events_asset(
             rows = store.row_counts([source.name]).get(source.name)
         if rows is not None:
             metadata["dagster/row_count"] = dg.MetadataValue.int(rows)
-        if stats.status == "lease_busy":
+        if stats.status is DrainStatus.LEASE_BUSY:
             metadata["note"] = "another consumer (a running `ingest` run) holds the source; nothing fetched here"
         if not stats.ok:
             # Pages committed before the failure stay committed; the run shows red with the reason.

@@ -23,10 +23,11 @@ from collections.abc import Callable
 import dagster as dg
 
 from ..config import IngestConfig
-from ..core import StoreError
+from ..core import DrainStatus, StoreError
 from ..core.worker import SourceReport, Worker, WorkerOptions, read_heartbeats, slot_members, sources_to_host
 from .checks import evaluate_checks
 from .hosting import WANTED_TTL_S, sensors_ticking, wanted
+from .metadata import progress_metadata
 from .names import Names
 from .renames import warn_of_renames
 from .resources import IngestResource, ingest_of
@@ -63,32 +64,19 @@ class IngestRunConfig(dg.Config):
 
 def report_metadata(report: SourceReport, row_count: int | None) -> dict:
     """What the UI plots for each progress materialization of a partition."""
-    metadata = {
-        "events": dg.MetadataValue.int(report.events),
-        "pages": dg.MetadataValue.int(report.pages),
-        "requests": dg.MetadataValue.int(report.requests),
-        "errors": dg.MetadataValue.int(report.errors),
-        "quarantined": dg.MetadataValue.int(report.quarantined),
-        "window_s": dg.MetadataValue.float(report.window_s),
-        "state": report.state,
-        "caught_up": dg.MetadataValue.bool(report.caught_up),
-        "dagster/table_name": "events",
-    }
-    if row_count is not None:
-        metadata["dagster/row_count"] = dg.MetadataValue.int(row_count)
-    if report.cursor is not None:
-        metadata["cursor"] = dg.MetadataValue.int(report.cursor)
-    if report.epoch is not None:
-        metadata["epoch"] = dg.MetadataValue.int(report.epoch)
-    for key in ("lag_p50_s", "lag_p99_s", "lag_max_s"):
-        value = getattr(report, key)
-        if value is not None:
-            metadata[key] = dg.MetadataValue.float(value)
-    if report.drain_ends:
-        metadata["drain_ends"] = ", ".join(f"{k} x{v}" for k, v in sorted(report.drain_ends.items()))
-    if report.last_error:
-        metadata["last_error"] = report.last_error
-    return metadata
+    return progress_metadata(
+        report.counts,
+        window_s=float(report.window_s),
+        state=report.state,
+        caught_up=report.caught_up,
+        **{"dagster/table_name": "events", "dagster/row_count": row_count},
+        cursor=report.cursor,
+        epoch=report.epoch,
+        lag_p50_s=report.lag_p50_s,
+        lag_p99_s=report.lag_p99_s,
+        lag_max_s=report.lag_max_s,
+        last_error=report.last_error or None,
+    )
 
 
 class _Plan:
@@ -149,15 +137,15 @@ class _Publisher:
 
     def __call__(self, reports: list[SourceReport]) -> None:
         with self.ingest.store() as store:
-            counts = store.row_counts([r.source for r in reports if r.events])
+            counts = store.row_counts([r.source for r in reports if r.counts.events_stored])
             for r in reports:
-                if r.events:
+                if r.counts.events_stored:
                     self.context.log_event(
                         dg.AssetMaterialization(
                             asset_key=self.names.events,
                             partition=r.source,
                             metadata=report_metadata(r, counts.get(r.source)),
-                            description=f"{r.events} events in {r.window_s:g} s",
+                            description=f"{r.counts.events_stored} events in {r.window_s:g} s",
                         )
                     )
                 self._checks(store, r)
@@ -173,9 +161,14 @@ class _Publisher:
         states: dict[str, int] = {}
         for r in reports:
             states[r.state] = states.get(r.state, 0) + 1
-        troubled = [f"{r.source}: {r.last_error}" for r in reports if r.errors or set(r.drain_ends) - {"stopped"}]
+        troubled = [
+            f"{r.source}: {r.last_error}"
+            for r in reports
+            if r.counts.errors or set(r.counts.drain_ends) - {DrainStatus.STOPPED}
+        ]
         self.context.log.info(
-            f"{sum(r.events for r in reports)} events from {len(reports)} sources in {reports[0].window_s:g} s "
+            f"{sum(r.counts.events_stored for r in reports)} events from {len(reports)} sources "
+            f"in {reports[0].window_s:g} s "
             f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))})"
             + (f"; trouble: {'; '.join(troubled[:5])}" if troubled else "")
             if reports

@@ -27,6 +27,7 @@ short say so ("first 20 of 57").
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -145,38 +146,39 @@ def gap_check(store: Reads, source: str, *, listed: int = GAPS_LISTED, scan_bloc
                     source=source,
                 )
             return GapCheck(passed=True, lowest=None, highest=None, accounted=0, missing=0, source=source)
+        assert highest is not None  # one span: both ends or neither
         blocks = snap.accounted_blocks(source)
         accounted = sum(n for _, n in blocks)
         windows, overcounted = _incomplete_windows(blocks, lowest, highest)
-        seen = dict(
+        seen = GapCheck(
+            passed=False,
             lowest=lowest,
             highest=highest,
             accounted=accounted,
+            missing=0,
             blocks_incomplete=sum(1 for w in windows if not w.whole),
             drift=drift.blocks if drift is not None else (),
             source=source,
         )
         if overcounted:
-            return GapCheck(
-                passed=False,
+            return dataclasses.replace(
+                seen,
                 missing=max(highest - lowest + 1 - accounted, 0),
                 ranges_complete=False,
                 blocks_overcounted=overcounted,
-                **seen,
             )
         missing = highest - lowest + 1 - accounted  # >= 0: no block holds more than its share
         if missing == 0:
-            return GapCheck(passed=drift is None, missing=0, **seen)
+            return dataclasses.replace(seen, passed=drift is None)
         gaps, scanned, complete = _locate(snap, source, windows, scan_blocks)
-    return GapCheck(
-        passed=False,
+    return dataclasses.replace(
+        seen,
         missing=missing,
         gaps=gaps[:listed],
         ranges=len(gaps),
         ranges_complete=complete,
         missing_located=sum(g.size for g in gaps),
         blocks_scanned=scanned,
-        **seen,
     )
 
 

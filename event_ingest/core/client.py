@@ -15,9 +15,9 @@ appear in a reason, even when the source echoes them back in an error page.
 
 from __future__ import annotations
 
-import email.utils
+import dataclasses
+import json
 import logging
-import ssl
 import time
 import zlib
 from collections import deque
@@ -26,14 +26,28 @@ from dataclasses import dataclass
 from enum import Enum
 
 import httpcore
+import redis
 
 from .. import __version__
 from ..config import SourceConfig
 from .gate import Gate, GateUnavailable, Slot
-from .http import Connection, DeadlineExceeded, SlotWentStale, TransportError, header
+from .http import (
+    Connection,
+    DeadlineExceeded,
+    SlotWentStale,
+    TransportError,
+    header,
+    parse_retry_after,
+    tls_context,
+    untrusted_certificate,
+)
 from .page import MalformedPage, Page, Quarantined, parse_page
 
 log = logging.getLogger(__name__)
+Logger = logging.Logger | logging.LoggerAdapter
+# One JSON line per request at DEBUG (its gate slot, send and close times, epoch, cursor, outcome), for
+# whoever must explain a gap seen at a source (the chaos harness turns it on); off, it costs one check.
+trace = logging.getLogger("event_ingest.trace")
 
 REQUEST_STARTS_KEPT = 10_000
 
@@ -81,31 +95,6 @@ class UndecodableBody(Exception):
     pass
 
 
-def parse_retry_after(value: str | None, cap_s: float) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped; None if absent/unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - time.time()
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(seconds, 0.0), cap_s)
-
-
-def tls_context(source: SourceConfig) -> ssl.SSLContext:
-    """The system's trust store (httpx alone would use certifi's bundle), or only the source's ca_file."""
-    return ssl.create_default_context(cafile=source.ca_file)
-
-
 def redact(text: str, secrets: list[str]) -> str:
     for secret in secrets:  # longest first, so a token inside a longer value goes with it
         text = text.replace(secret, "***")
@@ -115,9 +104,10 @@ def redact(text: str, secrets: list[str]) -> str:
 class SourceClient:
     """HTTP access to one source: one keep-alive connection, strict limits, every request through the gate."""
 
-    def __init__(self, source: SourceConfig, gate: Gate) -> None:
+    def __init__(self, source: SourceConfig, gate: Gate, *, logger: Logger = log) -> None:
         self.source = source
         self.gate = gate
+        self._log = logger
         self.requests = 0  # requests sent by this client
         # Monotonic send times of the latest requests (the drain's gap figures); bounded, since a tailing
         # drain can live for hours.
@@ -137,10 +127,15 @@ class SourceClient:
             self.tls,
         )
 
-    @property
-    def last_closed(self) -> float | None:
-        """Monotonic time the latest response began (or attempt ended): the gate's slot was closed then."""
-        return self.gate.last_closed
+    @classmethod
+    def through_gate(
+        cls, source: SourceConfig, redis_client: redis.Redis, *, token: str, logger: Logger = log
+    ) -> SourceClient:
+        """The client of one holder (``token``), with the source's gate: its reservation outlives the longest
+        request (timeout plus one interval)."""
+        hold_s = source.timeout_s + source.min_interval_s
+        gate = Gate(redis_client, source.name, interval_s=source.min_interval_s, hold_s=hold_s, token=token)
+        return cls(source, gate, logger=logger)
 
     def close(self) -> None:
         """Done with the source: an unused reserved slot goes back first, then the connection."""
@@ -189,21 +184,71 @@ class SourceClient:
         return b"".join(chunks)
 
     def fetch(
-        self, last_id: int, *, max_wait_s: float | None = None, should_stop: Callable[[], bool] | None = None
+        self,
+        last_id: int,
+        *,
+        max_wait_s: float | None = None,
+        give_up_at: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        max_unsent: int | None = 1,
+        epoch: int | None = None,
     ) -> Outcome | None:
-        """One request for the page after ``last_id``, under a gate slot of its own; None if no slot came
-        within ``max_wait_s`` (or ``should_stop()``). Raises :class:`~.gate.GateUnavailable`."""
+        """One request for the page after ``last_id``, each attempt under a gate slot of its own (``gate.slot()``:
+        taken, sent under and closed here, on every way out).
+
+        A slot given back unsent (a pause between grant and send) is asked for again, up to ``max_unsent``
+        slots (None: until sent); the last unsent outcome is returned if none could be sent. None if no slot
+        came within ``max_wait_s`` (of each ask) or by ``give_up_at`` (monotonic), or ``should_stop()`` said so.
+        ``epoch`` goes into the trace line of each attempt. Raises :class:`~.gate.GateUnavailable`."""
+        unsent = 0
+        while True:
+            wait = max_wait_s
+            if give_up_at is not None:
+                left = max(give_up_at - time.monotonic(), 0.0)
+                wait = left if wait is None else min(wait, left)
+            outcome = self._one_slot(last_id, wait, should_stop)
+            if outcome is None:
+                return None
+            if trace.isEnabledFor(logging.DEBUG):
+                self._trace(outcome, last_id, epoch)
+            if outcome.sent:
+                return outcome
+            unsent += 1
+            if max_unsent is not None and unsent >= max_unsent:
+                return outcome
+            # Nothing reached the source: no attempt used, nothing to count; ask for a slot again.
+            self._log.warning("%s", outcome.reason)
+            if should_stop is not None and should_stop():
+                return None
+
+    def _one_slot(
+        self, last_id: int, max_wait_s: float | None, should_stop: Callable[[], bool] | None
+    ) -> Outcome | None:
         with self.gate.slot(max_wait_s, should_stop) as slot:
             if slot is None:
                 return None
             grant = slot.grant
             timeline = Timeline(grant.asked_monotonic, grant.granted_monotonic, grant.redis_time_us)
             outcome = self._attempt(slot, last_id, timeline)
-        timeline.closed, timeline.closed_redis_us = self.gate.last_closed, self.gate.last_closed_redis_us
+        timeline.closed, timeline.closed_redis_us = slot.closed_at, slot.closed_redis_us
         outcome.timeline = timeline
         if self._secrets:
             outcome.reason = redact(outcome.reason, self._secrets)
         return outcome
+
+    def _trace(self, outcome: Outcome, last_id: int, epoch: int | None) -> None:
+        line = {
+            "src": self.source.name,
+            "consumer": self.gate.token,
+            "epoch": epoch,
+            "last_id": last_id,
+            "kind": outcome.kind.value,
+            "sent": outcome.sent,
+            "status": outcome.status,
+            "reason": outcome.reason or None,
+            **(dataclasses.asdict(outcome.timeline) if outcome.timeline is not None else {}),
+        }
+        trace.debug("%s", json.dumps(line))
 
     def _attempt(self, slot: Slot, last_id: int, timeline: Timeline) -> Outcome:
         source = self.source
@@ -260,7 +305,7 @@ class SourceClient:
 
     def _failed(self, exc: Exception, started: float) -> Outcome:
         source = self.source
-        untrusted = _untrusted_certificate(exc)
+        untrusted = untrusted_certificate(exc)
         if untrusted is not None:
             trusted_by = f"ca_file {source.ca_file}" if source.ca_file else "the system certificate store"
             hint = "" if source.ca_file else "; if the source uses a private CA, set ca_file in the sources file"
@@ -321,18 +366,6 @@ def unanswered_defer(source: SourceConfig, written: bool, exc: BaseException) ->
     late keeps its distance. Nothing written (connection refused, the slot gone stale): the interval.
     """
     return source.timeout_s + source.min_interval_s if written else 0.0
-
-
-def _untrusted_certificate(exc: BaseException) -> str | None:
-    """What the TLS layer said, if the failure was a certificate it could not verify."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:  # httpx -> httpcore -> ssl
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return cause.verify_message or cause.reason or "certificate verify failed"
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return None
 
 
 def _transport_reason(exc: Exception) -> str:

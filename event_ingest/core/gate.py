@@ -94,11 +94,13 @@ hold later, as a request in flight would.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import redis
+from redis.commands.core import AsyncScript, Script
 
 from ..config import is_valid_source_name
 from . import gate_lua
@@ -136,6 +138,8 @@ class Slot:
         self.gate = gate
         self.grant = grant
         self.closed = False
+        self.closed_at: float | None = None  # monotonic time of the close: the response had begun by then
+        self.closed_redis_us: int | None = None  # the same on Redis' clock
 
     def send_by(self, fraction_of_interval: float = 0.5) -> float:
         """The latest monotonic time a request may still be sent under this slot.
@@ -151,7 +155,9 @@ class Slot:
         """The response began (or the attempt is over): the next slot opens an interval (or ``defer_s``) from now;
         ``reserve``: and it is this holder's (a good response, the next request follows at once)."""
         self.closed = True
-        return self.gate.close(defer_s, reserve=reserve)
+        wait_s = self.gate.close(defer_s, reserve=reserve)
+        self.closed_at, self.closed_redis_us = self.gate.last_closed, self.gate.last_closed_redis_us
+        return wait_s
 
 
 class Gate:
@@ -195,9 +201,10 @@ class Gate:
     def hold_s(self) -> float:
         return self.hold_us / 1_000_000
 
-    def _call(self, script, args: list, keys: list[str]) -> object:
+    def _call(self, script: AsyncScript | Script, args: list[int | str], keys: list[str]) -> list[int]:
+        """Run one script; its reply is a list of integers (every gate script returns one)."""
         try:
-            return script(keys=keys, args=args)
+            return cast(list[int], script(keys=keys, args=args))
         except redis.RedisError as exc:
             raise GateUnavailable(
                 f"source {self.source!r}: spacing gate unavailable, not requesting ({type(exc).__name__}: {exc})"
@@ -208,7 +215,7 @@ class Gate:
         granted, value = self._call(self._acquire, [self.hold_us, self.ttl_ms, self.token], [self.key, self.era_key])
         return bool(granted), int(value)
 
-    def acquire(self, max_wait_s: float | None = None, should_stop=None) -> Grant | None:
+    def acquire(self, max_wait_s: float | None = None, should_stop: Callable[[], bool] | None = None) -> Grant | None:
         """Block until granted; None if ``max_wait_s`` ran out or ``should_stop()`` said so."""
         started = time.monotonic()
         # Our own close() said when the next slot opens: asking Redis before then only costs a round
@@ -244,7 +251,9 @@ class Gate:
             time.sleep(min(max(wait_s, 0.0005), self.interval_us / 1_000_000))
 
     @contextmanager
-    def slot(self, max_wait_s: float | None = None, should_stop=None) -> Iterator[Slot | None]:
+    def slot(
+        self, max_wait_s: float | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> Iterator[Slot | None]:
         """A granted slot (None if none came within ``max_wait_s`` or ``should_stop()`` said so).
 
         Whatever ends the block, the slot is closed: a holder that leaves without closing (an exception

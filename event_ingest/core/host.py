@@ -19,15 +19,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import redis
 
 from ..config import SourceConfig
-from .drain import Drain, DrainOptions, DrainStats, DrainStatus
+from .drain import Drain
 from .lease import BLOCK_S as LEASE_BLOCK_S
+from .progress import Counters, DrainObserver, DrainOptions, DrainStats, DrainStatus, Progress
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -37,18 +36,6 @@ BACKOFF_MAX_S = 30.0
 
 # Statuses after which the host stands by again at once: someone else holds the source now.
 _TAKEN_OVER = {DrainStatus.FENCED, DrainStatus.LEASE_LOST, DrainStatus.LEASE_BUSY}
-
-
-@dataclass
-class HostTotals:
-    """Everything one host did since it started, over all its drains (live: the current drain included)."""
-
-    events_stored: int = 0
-    pages: int = 0
-    requests: int = 0
-    errors: int = 0
-    quarantined: int = 0
-    drain_ends: Counter = field(default_factory=Counter)
 
 
 class SourceHost:
@@ -63,20 +50,26 @@ class SourceHost:
         backoff_start_s: float = BACKOFF_START_S,
         logger: logging.Logger | logging.LoggerAdapter = log,
         on_drain_end: Callable[[DrainStats], None] | None = None,
+        observer: DrainObserver = DrainObserver(),
     ) -> None:
         self.source = source
         self.name = source.name
         self._store = store  # shared with the worker's other hosts (a small pool); the worker closes it
         self._redis = redis_client
         self._options = DrainOptions(
-            lease_ttl_s=lease_ttl_s, lease_block_s=lease_block_s, lease_wait_s=math.inf, max_seconds=math.inf, tail=True
+            lease_ttl_s=lease_ttl_s,
+            lease_block_s=lease_block_s,
+            lease_wait_s=math.inf,
+            max_seconds=math.inf,
+            tail=True,
+            observer=observer,
         )
         self._backoff_start_s = backoff_start_s  # the first retry after a failed drain; doubles up to the max
         self._log = logger
         self._on_drain_end = on_drain_end
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"host-{source.name}", daemon=True)
-        self._finished = HostTotals()  # sums over drains that ended
+        self._finished = Counters()  # sums over drains that ended
         self._totals_lock = threading.Lock()  # a drain moves from "current" to "finished" in one step
         self._drain: Drain | None = None
         self._between = "starting"  # what the host does when no drain runs: starting | backoff | stopped
@@ -102,34 +95,22 @@ class SourceHost:
 
     # -- what it did ----------------------------------------------------------------------------
 
-    def totals(self) -> HostTotals:
-        """Finished drains plus the one running now."""
+    def totals(self) -> Counters:
+        """Everything this host did since it started: finished drains plus the one running now."""
         with self._totals_lock:
             done, current = self._finished, self._drain
-            total = HostTotals(
-                done.events_stored, done.pages, done.requests, done.errors, done.quarantined, Counter(done.drain_ends)
-            )
-            if current is not None:
-                s = current.stats
-                total.events_stored += s.events_stored
-                total.pages += s.pages
-                total.requests += current.client.requests
-                total.errors += s.errors
-                total.quarantined += s.quarantined
-        return total
+            return done + current.counts() if current is not None else done
 
-    @property
-    def drain(self) -> Drain | None:
-        """The drain running now (standing by or draining), if any."""
-        return self._drain
+    def progress(self, lags_since: float | None = None) -> Progress | None:
+        """The drain running now (standing by or draining), if any: see ``Drain.progress()``."""
+        current = self._drain
+        return current.progress(lags_since) if current is not None else None
 
     @property
     def state(self) -> str:
         """standby (waiting on the lease), draining (the epoch is ours), backoff, starting or stopped."""
-        current = self._drain
-        if current is None:
-            return self._between
-        return "draining" if current.stats.epoch is not None else "standby"
+        now = self.progress()
+        return now.state if now is not None else self._between
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -173,13 +154,8 @@ class SourceHost:
 
     def _record(self, stats: DrainStats) -> None:
         with self._totals_lock:
-            done = self._finished
-            done.events_stored += stats.events_stored
-            done.pages += stats.pages
-            done.requests += stats.requests
-            done.errors += stats.errors
-            done.quarantined += stats.quarantined
-            done.drain_ends[str(stats.status)] += 1
+            assert stats.status is not None  # run() always says how it ended
+            self._finished += stats.counts + Counters.ended(stats.status)
             self._drain = None
         if not stats.ok:
             self.last_error = stats.error or str(stats.status)

@@ -31,6 +31,7 @@ client does per request.
 
 from __future__ import annotations
 
+import email.utils
 import math
 import ssl
 import time
@@ -40,6 +41,8 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import httpcore
+
+from ..config import SourceConfig
 
 # What a failed attempt can raise from here: httpcore's errors (timeouts, network, protocol) and ours.
 TransportError = (
@@ -126,7 +129,7 @@ class _Stream(httpcore.NetworkStream):
         tls = self._inner.start_tls(ssl_context, server_hostname, self._guard.left(timeout, "TLS handshake"))
         return _Stream(tls, self._guard)
 
-    def get_extra_info(self, info: str):
+    def get_extra_info(self, info: str) -> object:
         return self._inner.get_extra_info(info)
 
 
@@ -193,3 +196,40 @@ def header(response: httpcore.Response, name: str) -> str | None:
         if key.lower() == wanted:
             return value.decode("latin-1")
     return None
+
+
+def tls_context(source: SourceConfig) -> ssl.SSLContext:
+    """The system's trust store (httpx alone would use certifi's bundle), or only the source's ca_file."""
+    return ssl.create_default_context(cafile=source.ca_file)
+
+
+def untrusted_certificate(exc: BaseException) -> str | None:
+    """What the TLS layer said, if the failure was a certificate it could not verify."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:  # httpx -> httpcore -> ssl
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause.verify_message or cause.reason or "certificate verify failed"
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def parse_retry_after(value: str | None, cap_s: float) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), capped; None if absent/unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), cap_s)

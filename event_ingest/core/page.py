@@ -220,7 +220,7 @@ def parse_page(body: bytes, *, cursor: int, max_payload_bytes: int) -> Page:
     unordered = below_cursor = 0
     for position, (item, served) in enumerate(zip(items, raws), start=1):
 
-        def keep(reason: str, event_id: int | None = None, item=item, served=served) -> None:
+        def keep(reason: str, event_id: int | None = None, item: Any = item, served: bytes | None = served) -> None:
             # The bytes as served when the page was read item by item; else the item re-serialised.
             raw = served if served is not None else _item_raw(item)
             page.quarantined.append(Quarantined(raw, reason, event_id))
@@ -259,8 +259,8 @@ def parse_page(body: bytes, *, cursor: int, max_payload_bytes: int) -> Page:
         if item_id <= cursor:
             below_cursor += 1
         text, why = _payload_json(item.get("payload"), max_payload_bytes)
-        if why is not None:
-            keep(why, item_id)
+        if text is None:
+            keep(why or "payload cannot be stored", item_id)
             continue
         page.events.append(Event(item_id, text))
     if unordered:

@@ -122,8 +122,11 @@ def requeue(
     where = f"quarantine item {item_id} (source {item.source})"
     if item.resolution == "requeued":
         raise QuarantineRefused(f"{where} was requeued already ({item.resolution_note}); nothing done")
+    raw = fixed if fixed is not None else item.raw
+    if raw is None:
+        raise QuarantineRefused(f"{where} holds no bytes to store; nothing done")
     try:
-        events = read_events(fixed if fixed is not None else item.raw, max_payload_bytes=max_payload_bytes)
+        events = read_events(raw, max_payload_bytes=max_payload_bytes)
     except QuarantineRefused as exc:
         raise QuarantineRefused(f"{where}: {exc}") from None
     lease = Lease(redis_client, item.source, ttl_s=lease_ttl_s, wait_s=lease_wait_s)

@@ -26,7 +26,7 @@ import redis
 from ..config import LEASE_WAIT_S, SourceConfig
 from .client import SourceClient
 from .drain import consumer_id
-from .gate import Gate, GateUnavailable
+from .gate import GateUnavailable
 from .lease import Lease, LeaseUnavailable
 from .page import MAX_EVENT_ID, Quarantined
 from .store import Fenced, Store
@@ -86,17 +86,7 @@ def skip_page(
             )
     except LeaseUnavailable as exc:
         raise SkipFailed(str(exc)) from None
-    token = consumer_id()
-    client = SourceClient(
-        source,
-        Gate(
-            redis_client,
-            name,
-            interval_s=source.min_interval_s,
-            hold_s=source.timeout_s + source.min_interval_s,
-            token=token,
-        ),
-    )
+    client = SourceClient.through_gate(source, redis_client, token=consumer_id())
     try:
         store.ensure_source(name)
         epoch, cursor = store.begin_epoch(name)  # from here on, any other holder's commit is refused
@@ -139,18 +129,16 @@ def _refuse_unless_ahead(name: str, to_id: int, cursor: int) -> None:
 def _fetch(client: SourceClient, cursor: int, gate_wait_s: float) -> tuple[bytes, int | None]:
     """The raw page at ``cursor``, through the gate like any request; (bytes, items if it is a page)."""
     name = client.source.name
-    for _ in range(MAX_UNSENT_SLOTS):
-        try:
-            outcome = client.fetch(cursor, max_wait_s=gate_wait_s)
-        except GateUnavailable as exc:
-            raise SkipFailed(str(exc)) from None
-        if outcome is None:
-            raise SkipFailed(f"source {name!r}: the spacing gate gave no slot within {gate_wait_s:g}s; nothing moved")
-        if not outcome.sent:
-            continue
-        if outcome.status == 200 and outcome.body is not None:
-            return outcome.body, outcome.page.item_count if outcome.page is not None else None
-        raise SkipFailed(
-            f"source {name!r}: the page at lastId={cursor} could not be fetched ({outcome.reason}); nothing moved"
-        )
-    raise SkipFailed(f"source {name!r}: no request could be sent (the process kept pausing); nothing moved")
+    try:
+        outcome = client.fetch(cursor, max_wait_s=gate_wait_s, max_unsent=MAX_UNSENT_SLOTS)
+    except GateUnavailable as exc:
+        raise SkipFailed(str(exc)) from None
+    if outcome is None:
+        raise SkipFailed(f"source {name!r}: the spacing gate gave no slot within {gate_wait_s:g}s; nothing moved")
+    if not outcome.sent:
+        raise SkipFailed(f"source {name!r}: no request could be sent (the process kept pausing); nothing moved")
+    if outcome.status == 200 and outcome.body is not None:
+        return outcome.body, outcome.page.item_count if outcome.page is not None else None
+    raise SkipFailed(
+        f"source {name!r}: the page at lastId={cursor} could not be fetched ({outcome.reason}); nothing moved"
+    )

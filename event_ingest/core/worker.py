@@ -29,6 +29,7 @@ Nothing here knows Dagster: which sources to host is a callable given by the cal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -36,12 +37,14 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import redis
 
 from ..config import RunSettings, SourceConfig
-from .host import BACKOFF_START_S, HostTotals, SourceHost
+from .host import BACKOFF_START_S, SourceHost
 from .lease import BLOCK_S as LEASE_BLOCK_S
+from .progress import Counters, DrainObserver
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_PREFIX = "event-ingest:worker:"
 SOURCES_PER_CONNECTION = 5
 MAX_POOL = 10
-_RUNS = RunSettings()  # the `runs:` defaults, declared in config.py
+_RUNS = RunSettings.model_validate({})  # the `runs:` defaults, declared in config.py
 
 
 @dataclass(frozen=True)
@@ -64,17 +67,17 @@ class WorkerOptions:
     heartbeat_ttl_s: float = 15.0  # a worker silent this long is dead to the sensors
     idle_exit_s: float = 60.0  # a worker with nothing to host (all paused) ends after this long
     overstay: float = 2.0  # with no successor, keep the sources until overstay x run_seconds
+    observer: DrainObserver = DrainObserver()  # every drain's (progress.py): the seam for the chaos harness
 
     @classmethod
-    def from_settings(cls, runs: RunSettings, **overrides) -> WorkerOptions:
-        values = dict(
+    def from_settings(cls, runs: RunSettings, **overrides: Any) -> WorkerOptions:
+        settled = cls(
             run_seconds=runs.run_seconds,
             handoff_s=runs.handoff_s,
             lease_ttl_s=runs.lease_ttl_s,
             report_every_s=runs.report_every_s,
         )
-        values.update(overrides)
-        return cls(**values)
+        return dataclasses.replace(settled, **overrides)
 
 
 @dataclass(frozen=True)
@@ -143,23 +146,14 @@ class SourceReport:
     source: str
     window_s: float
     state: str
-    events: int
-    pages: int
-    requests: int
-    errors: int
-    quarantined: int
+    counts: Counters  # over the window
     epoch: int | None
     cursor: int | None
     caught_up: bool
     lag_p50_s: float | None = None
     lag_p99_s: float | None = None
     lag_max_s: float | None = None
-    drain_ends: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
-
-    @property
-    def eventful(self) -> bool:
-        return bool(self.events or self.errors or self.quarantined or self.drain_ends)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -195,7 +189,7 @@ class Worker:
         )
         self.hosts: dict[str, SourceHost] = {}
         self._stopping: dict[str, SourceHost] = {}
-        self._last_totals: dict[str, HostTotals] = {}
+        self._last_totals: dict[str, Counters] = {}
         self._last_report = time.monotonic()
         self.started = time.time()
         self.retiring = False
@@ -288,8 +282,9 @@ class Worker:
                 lease_block_s=self.options.lease_block_s,
                 backoff_start_s=self.options.backoff_start_s,
                 logger=self._log,
+                observer=self.options.observer,
             ).start()
-            self._last_totals.setdefault(name, HostTotals())
+            self._last_totals.setdefault(name, Counters())
 
     def _beat(self) -> None:
         try:
@@ -314,28 +309,21 @@ class Worker:
 
     def _report_for(self, host: SourceHost, window: float, since_wall: float) -> SourceReport:
         total = host.totals()
-        last = self._last_totals.get(host.name, HostTotals())
+        last = self._last_totals.get(host.name, Counters())
         self._last_totals[host.name] = total
-        drain = host.drain
-        stats = drain.stats if drain is not None else None
-        lags = [lag for at, lag in list(stats.lag_samples) if at > since_wall] if stats else []
-        ends = {k: v - last.drain_ends.get(k, 0) for k, v in total.drain_ends.items() if v - last.drain_ends.get(k, 0)}
+        now = host.progress(lags_since=since_wall)
+        lags = list(now.lags_s) if now is not None else []
         return SourceReport(
             source=host.name,
             window_s=round(window, 1),
             state=host.state,
-            events=total.events_stored - last.events_stored,
-            pages=total.pages - last.pages,
-            requests=total.requests - last.requests,
-            errors=total.errors - last.errors,
-            quarantined=total.quarantined - last.quarantined,
-            epoch=stats.epoch if stats else None,
-            cursor=drain.cursor if drain else None,
-            caught_up=bool(stats and stats.caught_up),
+            counts=total - last,
+            epoch=now.epoch if now is not None else None,
+            cursor=now.cursor if now is not None else None,
+            caught_up=bool(now and now.caught_up),
             lag_p50_s=round(statistics.median(lags), 3) if lags else None,
             lag_p99_s=round(_percentile(lags, 0.99), 3) if lags else None,
             lag_max_s=round(max(lags), 3) if lags else None,
-            drain_ends=ends,
             last_error=host.last_error,
         )
 

@@ -13,7 +13,7 @@ import pytest
 from event_ingest.config import Settings, load_sources
 from event_ingest.core import Gate, drain
 from event_ingest.core.client import SourceClient
-from event_ingest.core.drain import CAUGHT_UP, SOURCE_ERROR
+from event_ingest.core.progress import DrainStatus
 
 SECRET = "s3cr3t-t0ken-4f9a1c7e"
 TOKEN_ENV = "EVENT_INGEST_TEST_SOURCE_TOKEN"
@@ -43,7 +43,7 @@ def test_an_untrusted_certificate_is_one_clear_error_and_not_retried(
     assert https_mock.url.startswith("https://127.0.0.1:")
     [source] = sources_file(tmp_path, source_name, https_mock.url)
     stats = drain(source, store=store, redis_client=redis_client)
-    assert stats.status == SOURCE_ERROR and stats.errors == 1, stats.summary()  # retrying cannot fix it
+    assert stats.status == DrainStatus.SOURCE_ERROR and stats.errors == 1, stats.summary()  # retrying cannot fix it
     assert (
         f"TLS certificate of {https_mock.url} is not trusted by the system certificate store" in stats.error
         and "set ca_file" in stats.error
@@ -57,7 +57,9 @@ def test_an_untrusted_certificate_is_one_clear_error_and_not_retried(
     other = f"{source_name}_o"
     [source] = sources_file(tmp_path, other, https_mock.url, f"    ca_file: {tls_files.other_ca_file}\n")
     stats = drain(source, store=store, redis_client=redis_client)
-    assert stats.status == SOURCE_ERROR and f"not trusted by ca_file {tls_files.other_ca_file}" in stats.error
+    assert (
+        stats.status == DrainStatus.SOURCE_ERROR and f"not trusted by ca_file {tls_files.other_ca_file}" in stats.error
+    )
 
 
 def test_ca_file_is_trusted_and_headers_arrive_at_the_source(
@@ -73,7 +75,7 @@ def test_ca_file_is_trusted_and_headers_arrive_at_the_source(
         f"    ca_file: ca.pem\n    headers:\n      Authorization: {{env: {TOKEN_ENV}}}\n      X-Api-Version: '3'\n",
     )
     stats = drain(source, store=store, redis_client=redis_client)
-    assert stats.status == CAUGHT_UP, stats.summary()
+    assert stats.status == DrainStatus.CAUGHT_UP, stats.summary()
     assert events_in(store, source_name) == list(range(1, 31))
     seen = https_mock.stats()["last_request_headers"]
     assert seen["Authorization"] == f"Bearer {SECRET}" and seen["X-Api-Version"] == "3", seen
@@ -92,7 +94,9 @@ def test_https_trusts_the_system_store_not_a_bundled_one(
         client.close()
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_files.ca_file))
     stats = drain(source, store=store, redis_client=redis_client)
-    assert stats.status == CAUGHT_UP and events_in(store, source_name) == list(range(1, 31)), stats.summary()
+    assert stats.status == DrainStatus.CAUGHT_UP and events_in(store, source_name) == list(range(1, 31)), (
+        stats.summary()
+    )
 
 
 def test_a_secret_never_shows(tmp_path, make_mock, store, redis_client, source_name, monkeypatch, caplog):
@@ -115,7 +119,7 @@ def test_a_secret_never_shows(tmp_path, make_mock, store, redis_client, source_n
         f"    headers:\n      Authorization: {{env: {TOKEN_ENV}}}\n      X-Key: {SECRET}x\n",
     )
     stats = drain(source, store=store, redis_client=redis_client)
-    assert stats.status == SOURCE_ERROR and stats.errors == 2, stats.summary()
+    assert stats.status == DrainStatus.SOURCE_ERROR and stats.errors == 2, stats.summary()
     assert stats.error.endswith("HTTP 401: invalid token ***"), stats.error
     assert mock.stats()["last_request_headers"]["Authorization"] == f"Bearer {SECRET}"  # it was sent
 
@@ -140,8 +144,7 @@ def test_a_request_is_never_written_after_its_slot_went_stale(make_mock):
 
     import pytest
 
-    from event_ingest.core.client import tls_context
-    from event_ingest.core.http import Connection, SlotWentStale
+    from event_ingest.core.http import Connection, SlotWentStale, tls_context
     from event_ingest_tests.conftest import source_config
 
     mock = make_mock(backlog=5)

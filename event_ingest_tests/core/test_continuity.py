@@ -14,7 +14,7 @@ import time
 import pytest
 
 from event_ingest.core import DrainOptions, Store, connect_redis, drain
-from event_ingest.core.drain import STOPPED
+from event_ingest.core.progress import DrainStatus
 from event_ingest.core.worker import Heartbeat, Worker, WorkerOptions, read_heartbeats, sources_to_host
 from event_ingest_tests.conftest import source_config
 
@@ -62,7 +62,7 @@ def test_a_tailing_drain_keeps_polling_after_the_head_until_stopped(
     )
     stop.set()
     thread.join(WAIT_S)
-    assert result["stats"].status == STOPPED
+    assert result["stats"].status == DrainStatus.STOPPED
     seen = mock.stats()
     assert seen["gaps_under_200ms"] == 0
     assert store.event_ids(source_name) == served_ids(mock)  # everything served is stored, nothing else
@@ -135,7 +135,7 @@ def test_a_standby_takes_the_source_over_when_the_holder_lets_go(
     wait_until(lambda: mock.stats()["requests"] > before + 10, what="the standby to poll")
     stops[1].set()
     threads[1].join(WAIT_S)
-    assert results[0].status == STOPPED and results[1].status == STOPPED
+    assert results[0].status == DrainStatus.STOPPED and results[1].status == DrainStatus.STOPPED
     assert results[1].epoch == epoch_first + 1  # its requests were seen at the source (waited for above)
     seen = mock.stats()
     assert seen["gaps_under_200ms"] == 0
@@ -221,4 +221,6 @@ def test_a_retiring_worker_hands_its_sources_to_a_newer_one_without_losing_an_ev
         assert seen["gaps_under_200ms"] == 0, (source.name, seen["min_gap_ms"])
         assert store.event_ids(source.name) == served_ids(mock)
     assert redis_client.get(f"event-ingest:worker:{second.id}") is None  # heartbeat gone with it
-    assert sum(r.events for batch in reports for r in batch) == sum(len(served_ids(m)) for m in mocks)  # windows add up
+    assert sum(r.counts.events_stored for batch in reports for r in batch) == sum(
+        len(served_ids(m)) for m in mocks
+    )  # windows add up

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from event_ingest.core import DrainHooks, DrainOptions, Store, connect_redis, drain
-from event_ingest.core.drain import CAUGHT_UP, FENCED, LEASE_BUSY, LEASE_LOST
+from event_ingest.core import DrainObserver, DrainOptions, Store, connect_redis, drain
 from event_ingest.core.lease import KEY_PREFIX as LEASE_PREFIX
+from event_ingest.core.progress import DrainStatus
 from event_ingest_tests.conftest import source_config
 
 
@@ -29,7 +29,7 @@ def test_drains_a_backlog_through_a_failing_source(make_mock, database_url, redi
     mock = make_mock(backlog=2500, error_rate=0.3, random_seed=7)
     source = source_config(source_name, mock.url, page_size=500)
     stats = run_drain(source, database_url, redis_url)
-    assert stats.status == CAUGHT_UP, stats.summary()
+    assert stats.status == DrainStatus.CAUGHT_UP, stats.summary()
     assert store.event_ids(source_name) == list(range(1, 2501))
     assert store.source_status(source_name).cursor == 2500
     served = mock.stats()
@@ -51,7 +51,7 @@ def test_a_second_drain_resumes_from_the_cursor(make_mock, database_url, redis_u
 def test_the_time_budget_ends_a_drain_of_an_endless_source(make_mock, database_url, redis_url, source_name, store):
     mock = make_mock(seed_batch=3)  # the original system's mocks: never caught up
     stats = run_drain(source_config(source_name, mock.url), database_url, redis_url, max_seconds=2)
-    assert stats.status == "budget_spent"
+    assert stats.status == DrainStatus.BUDGET_SPENT
     # Every page served was stored, up to the cursor (a page in flight when the budget ran out is not).
     cursor = store.source_status(source_name).cursor
     stored = store.event_ids(source_name)
@@ -69,7 +69,7 @@ def test_a_busy_lease_ends_the_drain_cleanly(make_mock, database_url, redis_url,
         stats = run_drain(source_config(source_name, mock.url), database_url, redis_url, lease_wait_s=0.3)
     finally:
         holder.release()
-    assert stats.status == LEASE_BUSY and stats.ok
+    assert stats.status == DrainStatus.LEASE_BUSY and stats.ok
     assert mock.stats()["requests"] == 0  # judged at the source: nothing was asked
     assert store.event_ids(source_name) == []
 
@@ -79,15 +79,16 @@ def test_a_hook_taking_over_mid_drain_gets_the_commit_fenced(make_mock, database
     mock = make_mock(backlog=200)
     source = source_config(source_name, mock.url, page_size=50)
 
-    def take_over(stats, page):
-        if stats.pages == 2:  # after two committed pages, someone else bumps the epoch
-            with Store(database_url) as other:
-                other.begin_epoch(source_name)
+    class TakeOver(DrainObserver):
+        def fetched(self, progress, page):
+            if progress.counts.pages == 2:  # after two committed pages, someone else bumps the epoch
+                with Store(database_url) as other:
+                    other.begin_epoch(source_name)
 
     with Store(database_url) as s:
         s.apply_schema([source_name])
-        stats = drain(source, store=s, redis_client=connect_redis(redis_url), hooks=DrainHooks(after_fetch=take_over))
-    assert stats.status == FENCED and "fence" in stats.error
+        stats = drain(source, store=s, redis_client=connect_redis(redis_url), options=DrainOptions(observer=TakeOver()))
+    assert stats.status == DrainStatus.FENCED and "fence" in stats.error
     assert store.event_ids(source_name) == list(range(1, 101))  # pages 1-2 only; page 3 rolled back
     assert store.source_status(source_name).fenced_commits == 1
 
@@ -127,11 +128,11 @@ def test_three_processes_three_sources_nothing_lost_duplicated_or_too_early(make
     for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
-    assert sum(e.get(LEASE_BUSY, 0) for e in endings) > 0, "the processes really competed for the sources"
+    assert sum(e.get(DrainStatus.LEASE_BUSY, 0) for e in endings) > 0, "the processes really competed for the sources"
     for source, mock in zip(sources, mocks):
         mock.control({"producing": False, "error_rate": 0.0})
         final = run_drain(source, database_url, redis_url)  # catch up whatever arrived last
-        assert final.status == CAUGHT_UP, final.summary()
+        assert final.status == DrainStatus.CAUGHT_UP, final.summary()
         stored = store.event_ids(source.name)
         seen = mock.stats(include_ids=True)
         assert stored == sorted(seen["served_ids"]), "stored ids are exactly the served ids"
@@ -181,7 +182,7 @@ def test_a_process_paused_past_its_lease_is_fenced_and_loses_nothing(
             time.sleep(0.05)
         source = source_config(source_name, mock.url, page_size=50, timeout_s=2)
         taker = run_drain(source, database_url, redis_url, max_seconds=60)
-        assert taker.status == CAUGHT_UP, taker.summary()
+        assert taker.status == DrainStatus.CAUGHT_UP, taker.summary()
         os.kill(stale.pid, signal.SIGCONT)
         out, err = stale.communicate(timeout=60)
     finally:
@@ -189,7 +190,7 @@ def test_a_process_paused_past_its_lease_is_fenced_and_loses_nothing(
             os.kill(stale.pid, signal.SIGCONT)
             stale.kill()
     result = json.loads(out.strip().splitlines()[-1])
-    assert result["status"] in (FENCED, LEASE_LOST), (result, err[-2000:])
+    assert result["status"] in (DrainStatus.FENCED, DrainStatus.LEASE_LOST), (result, err[-2000:])
     assert stale.returncode == 1
     assert store.event_ids(source_name) == list(range(1, 3001))
     assert mock.stats()["gaps_under_200ms"] == 0
@@ -214,7 +215,7 @@ def test_a_gzip_page_is_decoded_and_stored(make_mock, database_url, redis_url, s
         }
     )
     stats = run_drain(source_config(source_name, mock.url), database_url, redis_url)
-    assert stats.status == CAUGHT_UP, stats.summary()
+    assert stats.status == DrainStatus.CAUGHT_UP, stats.summary()
     assert store.event_ids(source_name) == [1, 2, 3]
 
 
@@ -244,7 +245,7 @@ def test_slots_given_back_unsent_use_up_no_attempt(make_mock, store, redis_clien
     monkeypatch.setattr(Gate, "acquire", paused_after_the_grant)
     stats = drain(source, store=store, redis_client=redis_client, options=DrainOptions(backoff_base_s=0.05))
 
-    assert stats.status == CAUGHT_UP, stats.summary()
+    assert stats.status == DrainStatus.CAUGHT_UP, stats.summary()
     assert stale_left == [0], "every stale slot was given back"
     assert store.event_ids(source_name) == [1, 2, 3, 4, 5]
     seen = mock.stats()
@@ -278,7 +279,7 @@ def test_a_tailing_drain_asks_redis_once_per_request(make_mock, store, redis_url
         redis_client.echo(stop_word)
         watching.join(60)
     [stats] = done
-    assert stats.status == CAUGHT_UP, stats.summary()
+    assert stats.status == DrainStatus.CAUGHT_UP, stats.summary()
     requests = mock.stats()["requests"]
     assert requests == 11
     # One acquire for the first request, one script per response after it (close-and-reserve or close), and

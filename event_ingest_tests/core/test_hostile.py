@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from event_ingest.core import DrainOptions, Gate, connect_redis, drain
-from event_ingest.core.drain import BUDGET_SPENT, CAUGHT_UP, SOURCE_ERROR, STUCK
+from event_ingest.core.progress import DrainStatus
 from event_ingest_tests.conftest import source_config
 
 BACKLOG = 5  # the mock's good events: ids 1..5
@@ -66,7 +66,7 @@ def malformed(raw: bytes | str, reason: str, **spec) -> Case:
     raw_bytes = raw.encode() if isinstance(raw, str) else raw
     return Case(
         shots=[body(raw, **spec)],
-        status=CAUGHT_UP,
+        status=DrainStatus.CAUGHT_UP,
         stored=[1, 2, 3, 4, 5],
         log=reason,
         errors=1,
@@ -79,7 +79,7 @@ def bad_item(item, reason: str) -> Case:
     """One bad item between two good ones: the good ones are stored, the bad one quarantined."""
     return Case(
         shots=[page({"id": 1, "payload": "a"}, item, {"id": 2, "payload": "b"})],
-        status=CAUGHT_UP,
+        status=DrainStatus.CAUGHT_UP,
         stored=[1, 2, 3, 4, 5],
         log=reason,
         quarantined=[(reason, None, item)],
@@ -94,7 +94,7 @@ def unreadable(item: bytes, event_id: int | None, reason: str) -> Case:
     if event_id is None:
         return Case(
             shots=[body(raw)],
-            status=CAUGHT_UP,
+            status=DrainStatus.CAUGHT_UP,
             stored=[1, 2, 3, 4, 5],
             log="has no readable id",
             raw_body=item,
@@ -103,7 +103,7 @@ def unreadable(item: bytes, event_id: int | None, reason: str) -> Case:
         )
     return Case(
         shots=[body(raw)],
-        status=CAUGHT_UP,
+        status=DrainStatus.CAUGHT_UP,
         stored=[1, 3, 4, 5],
         log=f"event {event_id} cannot be read",
         raw_body=item,
@@ -114,12 +114,12 @@ def unreadable(item: bytes, event_id: int | None, reason: str) -> Case:
 
 def retried(shot: dict, reason: str, **overrides) -> Case:
     """A failed attempt that is retried (nothing kept of it), then the good page is stored."""
-    return Case(shots=[shot], status=CAUGHT_UP, stored=[1, 2, 3, 4, 5], log=reason, errors=1, **overrides)
+    return Case(shots=[shot], status=DrainStatus.CAUGHT_UP, stored=[1, 2, 3, 4, 5], log=reason, errors=1, **overrides)
 
 
 def refused(shot: dict, reason: str) -> Case:
     """An answer retrying cannot fix: the drain stops, nothing stored, the cursor stays."""
-    return Case(shots=[shot], status=SOURCE_ERROR, stored=[], log=reason, errors=1)
+    return Case(shots=[shot], status=DrainStatus.SOURCE_ERROR, stored=[], log=reason, errors=1)
 
 
 DEEP = "[" * 50_000 + "]" * 50_000
@@ -150,14 +150,14 @@ CASES = {
     # What the parser refuses lies outside the events: every event is still read.
     "nan_outside_the_events": Case(
         shots=[body('{"events": [{"id": 1, "payload": "a"}, {"id": 2, "payload": "b"}], "next": NaN}')],
-        status=CAUGHT_UP,
+        status=DrainStatus.CAUGHT_UP,
         stored=[1, 2, 3, 4, 5],
         log="page not readable whole",
         payloads={1: "a", 2: "b"},
     ),
     "malformed_every_time": Case(
         shots=[body("<html>down</html>"), body("<html>down</html>")],
-        status=SOURCE_ERROR,
+        status=DrainStatus.SOURCE_ERROR,
         stored=[],
         log="2 attempts failed",
         errors=2,
@@ -167,7 +167,7 @@ CASES = {
     # -- items that are not events ----------------------------------------------------------
     "event_not_an_object": Case(
         shots=[page({"id": 1}, "just a string", 42, None, [3, 4], {"id": 2})],
-        status=CAUGHT_UP,
+        status=DrainStatus.CAUGHT_UP,
         stored=[1, 2, 3, 4, 5],
         log="event is str, not an object",
         payloads={1: None, 2: None},
@@ -190,7 +190,7 @@ CASES = {
     # -- ids that are integers but out of order -----------------------------------------------
     "duplicate_ids_in_a_page": Case(
         shots=[page({"id": 1, "payload": "first"}, {"id": 1, "payload": "second"}, {"id": 2, "payload": "b"})],
-        status=CAUGHT_UP,
+        status=DrainStatus.CAUGHT_UP,
         stored=[1, 2, 3, 4, 5],
         log="duplicate id 1 within one page",
         quarantined=[("duplicate id 1 within one page", 1, {"id": 1, "payload": "second"})],
@@ -198,7 +198,7 @@ CASES = {
     ),
     "ids_not_ascending": Case(
         shots=[page({"id": 3, "payload": "c"}, {"id": 1, "payload": "a"}, {"id": 2, "payload": "b"})],
-        status=CAUGHT_UP,
+        status=DrainStatus.CAUGHT_UP,
         stored=[1, 2, 3, 4, 5],
         log="ids not ascending",
         payloads={1: "a", 2: "b", 3: "c"},
@@ -208,7 +208,7 @@ CASES = {
             page({"id": 1, "payload": "a"}, {"id": 2, "payload": "b"}, {"id": 3, "payload": "c"}),
             page({"id": 2, "payload": "CHANGED"}, {"id": 3, "payload": "CHANGED"}, {"id": 4, "payload": "d"}),
         ],
-        status=CAUGHT_UP,
+        status=DrainStatus.CAUGHT_UP,
         stored=[1, 2, 3, 4, 5],
         log="at or below the cursor 3",
         payloads={1: "a", 2: "b", 3: "c", 4: "d"},  # the first copy stays; a re-sent one changes nothing
@@ -220,7 +220,7 @@ CASES = {
         ],
         # Nothing above the cursor: nothing new, so the drain ends (asking again would get the same page
         # until the budget ran out); 4 and 5 come with the next drain.
-        status=CAUGHT_UP,
+        status=DrainStatus.CAUGHT_UP,
         stored=[1, 2, 3],
         log="2 ids at or below the cursor 3",
         payloads={1: "a", 2: "b", 3: "c"},  # and the cursor did not move back
@@ -228,14 +228,14 @@ CASES = {
     # -- payloads ---------------------------------------------------------------------------
     "payload_missing": Case(
         shots=[page({"id": 1}, {"id": 2, "payload": None})],
-        status=CAUGHT_UP,
+        status=DrainStatus.CAUGHT_UP,
         stored=[1, 2, 3, 4, 5],
         log="",
         payloads={1: None, 2: None},  # stored as JSON null, not dropped
     ),
     "payload_over_the_cap": Case(
         shots=[page({"id": 1, "payload": "x" * 5000}, {"id": 2, "payload": "ok"})],
-        status=CAUGHT_UP,
+        status=DrainStatus.CAUGHT_UP,
         stored=[2, 3, 4, 5],
         log="over the 1024-byte cap",
         payloads={2: "ok"},
@@ -270,7 +270,7 @@ CASES = {
     # wait behind it) and says how to move on.
     "stuck_on_an_item_without_a_readable_id": Case(
         shots=[body(b'{"events": [{"id": 1' + b"0" * 5000 + b'}, {"id": 2, "payload": "b"}]}')],
-        status=STUCK,
+        status=DrainStatus.STUCK,
         stored=[],
         log="`event-ingest skip` moves past it",
         raw_body=b'{"id": 1' + b"0" * 5000 + b"}",
@@ -285,7 +285,7 @@ CASES = {
     ),
     "payload_with_nul": Case(
         shots=[body('{"events": [{"id": 1, "payload": "a\\u0000b"}, {"id": 2, "payload": "ok"}]}')],
-        status=CAUGHT_UP,
+        status=DrainStatus.CAUGHT_UP,
         stored=[2, 3, 4, 5],
         log="NUL character",
         payloads={2: "ok"},
@@ -293,7 +293,7 @@ CASES = {
     ),
     "payload_with_lone_surrogate": Case(
         shots=[body('{"events": [{"id": 1, "payload": "\\ud800"}, {"id": 2, "payload": "ok"}]}')],
-        status=CAUGHT_UP,
+        status=DrainStatus.CAUGHT_UP,
         stored=[2, 3, 4, 5],
         log="unpaired surrogate",
         payloads={2: "ok"},
@@ -302,7 +302,7 @@ CASES = {
     # Text that merely looks like the NUL escape (a backslash, then "u0000") is fine for jsonb: stored as is.
     "payload_with_escaped_backslash_u0000": Case(
         shots=[page({"id": 1, "payload": "C:\\u0000\\dir"}, {"id": 2, "payload": {"k\\u0000": "\\\\u0000"}})],
-        status=CAUGHT_UP,
+        status=DrainStatus.CAUGHT_UP,
         stored=[1, 2, 3, 4, 5],
         log="",
         payloads={1: "C:\\u0000\\dir", 2: {"k\\u0000": "\\\\u0000"}},
@@ -355,7 +355,7 @@ CASES = {
     ),
     "http_500_every_time": Case(
         shots=[{"kind": "status", "status": 500}, {"kind": "status", "status": 500}],
-        status=SOURCE_ERROR,
+        status=DrainStatus.SOURCE_ERROR,
         stored=[],
         log="2 attempts failed, last: HTTP 500",
         errors=2,
@@ -483,7 +483,7 @@ def test_absurd_retry_after_is_capped_and_honoured(value, make_mock, store, redi
     stats = drain(
         hostile_source(name, mock.url, max_retry_after_s=1.0), store=store, redis_client=redis_client, options=OPTIONS
     )
-    assert stats.status == CAUGHT_UP and stats.errors == 1, stats.summary()
+    assert stats.status == DrainStatus.CAUGHT_UP and stats.errors == 1, stats.summary()
     assert stats.retry_after_s == 1.0, stats.summary()  # capped: asked to wait 1 s, not 31 years
     assert query(store, "SELECT event_id FROM events WHERE source = %s ORDER BY 1", name) == [(i,) for i in range(1, 6)]
     arrivals = mock.stats()
@@ -508,7 +508,7 @@ def test_retry_after_beyond_the_budget_ends_the_drain_and_holds_every_consumer_b
 
     stats = drain(source, store=store, redis_client=redis_client, options=OPTIONS)
     # Ended by the Retry-After it could not wait out (a drain that slept would end budget_spent).
-    assert stats.status == SOURCE_ERROR, stats.summary()
+    assert stats.status == DrainStatus.SOURCE_ERROR, stats.summary()
     assert "asked to wait 60s (Retry-After)" in stats.error
     gate = Gate(redis_client, name, interval_s=INTERVAL_S, hold_s=TIMEOUT_S + INTERVAL_S, token="probe")
     granted, wait_us = gate.try_acquire()
@@ -516,7 +516,7 @@ def test_retry_after_beyond_the_budget_ends_the_drain_and_holds_every_consumer_b
     assert not granted and 30.0 < wait_us / 1e6 <= 60.0, wait_us
 
     again = drain(source, store=store, redis_client=redis_client, options=OPTIONS)
-    assert again.status == BUDGET_SPENT, again.summary()
+    assert again.status == DrainStatus.BUDGET_SPENT, again.summary()
     assert mock.stats()["requests"] == 1  # the source saw the 429'd request and nothing since
     assert query(store, "SELECT count(*) FROM events WHERE source = %s", name) == [(0,)]
     assert any(name in line and "asked to wait 60s" in line for line in log_lines(caplog))
@@ -549,9 +549,9 @@ def test_the_consumer_keeps_serving_the_other_sources(make_mock, store, redis_cl
 
     *bad, good = results
     for stats in bad:
-        assert stats.status == SOURCE_ERROR and stats.error, stats.summary()
+        assert stats.status == DrainStatus.SOURCE_ERROR and stats.error, stats.summary()
         assert query(store, "SELECT count(*) FROM events WHERE source = %s", stats.source) == [(0,)]
-    assert good.status == CAUGHT_UP, good.summary()
+    assert good.status == DrainStatus.CAUGHT_UP, good.summary()
     ids = query(store, "SELECT event_id FROM events WHERE source = %s ORDER BY 1", healthy.name)
     assert [i for (i,) in ids] == list(range(1, 121))
     assert healthy_mock.stats()["gaps_under_200ms"] == 0

@@ -20,6 +20,7 @@ import pytest
 from event_ingest.config import DATABASE_POOLER_ENV
 from event_ingest.core import Store, drain
 from event_ingest.core.checks import cursor_check, gap_check
+from event_ingest.core.progress import DrainStatus
 from event_ingest.core.status import read_status
 from event_ingest.devstack.procs import free_port
 from event_ingest_tests.conftest import source_config
@@ -94,14 +95,14 @@ def test_a_drain_commits_and_checks_work_behind_pgbouncer_only_with_the_switch(
     with Store(bouncer_url) as direct:
         assert direct.pooler == "none"
         broken = drain(source, store=direct, redis_client=redis_client)
-    assert broken.status == "postgres_unavailable", broken.summary()
+    assert broken.status == DrainStatus.POSTGRES_DOWN, broken.summary()
     assert "prepared statement" in broken.error and "does not exist" in broken.error, broken.error
 
     monkeypatch.setenv(DATABASE_POOLER_ENV, "transaction")
     with Store(bouncer_url) as pooled:
         assert pooled.pooler == "transaction"
         stats = drain(source, store=pooled, redis_client=redis_client)
-        assert (stats.status, stats.cursor_after) == ("caught_up", 60), stats.summary()
+        assert (stats.status, stats.cursor_after) == (DrainStatus.CAUGHT_UP, 60), stats.summary()
         assert pooled.event_ids(source_name) == list(range(1, 61))
         for _ in range(3):  # every check many times over, each on whichever server connection comes
             assert gap_check(pooled, source_name).passed

@@ -12,6 +12,7 @@ import pytest
 from event_ingest.core import Store
 from event_ingest.core.checks import cursor_check, gap_check
 from event_ingest.core.host import SourceHost
+from event_ingest.core.progress import DrainStatus
 from event_ingest.core.replay import ReplayRefused, replay
 from event_ingest_tests.conftest import source_config
 
@@ -74,7 +75,7 @@ def test_a_replay_fences_the_live_host_which_reads_again_from_n(hosted, store):
     after = store.source_status(name)
     assert after.fenced_commits >= before.fenced_commits + 1
     assert after.epoch >= result.epoch + 1
-    assert host.totals().drain_ends["fenced"] >= 1
+    assert host.totals().drain_ends[DrainStatus.FENCED] >= 1
     host.stop()
     assert host.join(WAIT_S)
     served = mock.stats(include_ids=True)
@@ -114,7 +115,7 @@ def test_an_idle_host_is_fenced_at_its_poll_mark_and_reads_again_from_n(
         finally:
             host.stop()
             assert host.join(WAIT_S)
-    assert host.totals().drain_ends["fenced"] == 1
+    assert host.totals().drain_ends[DrainStatus.FENCED] == 1
     assert store.event_ids(source_name) == list(range(1, 101))
     assert mock.stats()["gaps_under_200ms"] == 0
 

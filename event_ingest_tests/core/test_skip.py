@@ -10,8 +10,8 @@ import base64
 import pytest
 
 from event_ingest.core import Fenced, Lease, drain
-from event_ingest.core.drain import CAUGHT_UP, STUCK
 from event_ingest.core.page import Event
+from event_ingest.core.progress import DrainStatus
 from event_ingest.core.skip import SkipFailed, SkipRefused, skip_page
 from event_ingest_tests.conftest import source_config
 
@@ -38,7 +38,7 @@ def stuck(make_mock, store, redis_client, source_name):
     )
     source = source_config(source_name, mock.url, timeout_s=1.0)
     stats = drain(source, store=store, redis_client=redis_client)
-    assert stats.status == STUCK and stats.cursor_after == 2, stats.summary()
+    assert stats.status == DrainStatus.STUCK and stats.cursor_after == 2, stats.summary()
     # The drain went on until the page at the cursor held nothing it could pass: it ended stuck.
     assert mock.stats()["requests"] == 2 and mock.control({})["queued"] == ["body"]
     assert any("`event-ingest skip` moves past it" in w for w in stats.warnings), stats.warnings
@@ -62,7 +62,7 @@ def test_skip_keeps_the_page_moves_the_cursor_and_the_source_flows_again(stuck, 
     assert query(store, "SELECT cursor, epoch FROM source_state WHERE source = %s", source.name) == [(3, result.epoch)]
 
     stats = drain(source, store=store, redis_client=redis_client)
-    assert stats.status == CAUGHT_UP, stats.summary()
+    assert stats.status == DrainStatus.CAUGHT_UP, stats.summary()
     # 4 comes from the source's own page now (not "four" from the skipped page): nothing skipped was stored.
     events = query(store, "SELECT event_id, payload FROM events WHERE source = %s ORDER BY 1", source.name)
     assert [e[0] for e in events] == [1, 2, 4, 5, 6] and events[2][1]["seq"] == 4

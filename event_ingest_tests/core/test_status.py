@@ -12,6 +12,7 @@ import pytest
 
 from event_ingest.core import DrainOptions, Lease, Store, StoreError, drain
 from event_ingest.core.drain import Drain
+from event_ingest.core.progress import DrainStatus
 from event_ingest.core.skip import skip_page
 from event_ingest.core.status import read_status, stuck_check, suspected_renames
 from event_ingest_tests.conftest import source_config
@@ -44,7 +45,7 @@ def test_requests_and_errors_are_counted_as_the_source_saw_them(make_mock, store
     mock = make_mock(backlog=600, error_rate=0.3, malformed_rate=0.1, random_seed=11)
     source = source_config(source_name, mock.url, page_size=50, max_attempts=10, timeout_s=1.0)
     stats = drain(source, store=store, redis_client=redis_client, options=DrainOptions(backoff_base_s=0.01))
-    assert stats.status == "caught_up", stats.summary()
+    assert stats.status == DrainStatus.CAUGHT_UP, stats.summary()
     requests, errors, last_error, rate = counters(store, source_name)
     seen = mock.stats()
     assert requests == seen["requests"] and errors == failed_at_source(mock) > 0
@@ -113,7 +114,7 @@ def test_a_drain_stopped_before_an_unreadable_item_ends_stuck_not_caught_up(
     stuck_page = shot(b'{"events": [' + BAD_ITEM + b', {"id": 4, "payload": 4}]}')
     mock.control({"next": [shot(b'{"events": [{"id": 1, "payload": 1}, {"id": 2, "payload": 2}]}'), stuck_page]})
     stats = drain(source_config(source_name, mock.url, timeout_s=1.0), store=store, redis_client=redis_client)
-    assert (stats.status, stats.ok, stats.cursor_after, stats.caught_up) == ("stuck", False, 2, False)
+    assert (stats.status, stats.ok, stats.cursor_after, stats.caught_up) == (DrainStatus.STUCK, False, 2, False)
     assert stats.stuck == stats.error and stats.error.startswith(
         f"source {source_name!r} at lastId=2: stuck before an item that cannot be read and has no readable id"
     )
@@ -142,16 +143,19 @@ def test_a_tailing_drain_stuck_before_an_item_says_so_and_moves_on_when_the_sour
         thread = threading.Thread(target=tailing.run)
         thread.start()
         try:
-            seen_stuck = wait_for(lambda: tailing.stats.stuck, "the drain to report the source stuck")
+            seen_stuck = wait_for(lambda: tailing.progress().stuck, "the drain to report the source stuck")
             assert seen_stuck.startswith(f"source {source_name!r} at lastId=2: stuck before an item")
-            assert not tailing.stats.caught_up
+            assert not tailing.progress().caught_up
             # It polls on: once the source serves the good page again, it takes it and is no longer stuck.
-            wait_for(lambda: tailing.cursor == 6 and tailing.stats.caught_up, "the drain to move on with the source")
-            assert tailing.stats.stuck is None and tailing.stats.caught_up
+            wait_for(
+                lambda: (now := tailing.progress()).cursor == 6 and now.caught_up,
+                "the drain to move on with the source",
+            )
+            assert (now := tailing.progress()).stuck is None and now.caught_up
         finally:
             stop.set()
             thread.join(60)
-    assert tailing.stats.status == "stopped" and store.event_ids(source_name) == [1, 2, 3, 4, 5, 6]
+    assert tailing.stats.status == DrainStatus.STOPPED and store.event_ids(source_name) == [1, 2, 3, 4, 5, 6]
     assert mock.control({})["queued"] == []  # every stuck page was asked for: it kept polling
 
 
@@ -190,7 +194,7 @@ def test_a_body_that_is_never_a_page_is_stuck_a_broken_one_served_once_is_not(
     mock.control({"next": [broken] * 4})
     for _ in range(2):
         stats = drain(source, store=store, redis_client=redis_client, options=DrainOptions(backoff_base_s=0.01))
-        assert stats.status == "source_error", stats.summary()
+        assert stats.status == DrainStatus.SOURCE_ERROR, stats.summary()
     # The source was polled successfully a moment ago, so it is not called stuck for STUCK_AFTER_S...
     assert stuck_check(store, source.name).passed
     # ... but it is once that long went by without a successful poll.
@@ -208,7 +212,7 @@ def test_a_source_never_read_once_is_stuck_on_its_first_body(make_mock, store, r
     source = source_config(source_name, mock.url, timeout_s=1.0, max_attempts=2)
     assert (
         drain(source, store=store, redis_client=redis_client, options=DrainOptions(backoff_base_s=0.01)).status
-        == "source_error"
+        == DrainStatus.SOURCE_ERROR
     )
     result = stuck_check(store, source.name)
     assert not result.passed and result.stuck.at_cursor == 0

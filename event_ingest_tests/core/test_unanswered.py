@@ -8,6 +8,7 @@ source's recorder: the gap between the two arrivals.
 from __future__ import annotations
 
 from event_ingest.core import DrainOptions, drain
+from event_ingest.core.progress import DrainStatus
 from event_ingest_tests.conftest import source_config
 
 TIMEOUT_S = 0.3
@@ -17,7 +18,7 @@ def test_after_an_unanswered_request_the_next_waits_one_more_request_life(make_m
     mock = make_mock(backlog=5, latency_ms=1500)  # every answer comes after the client gave up
     source = source_config(source_name, mock.url, timeout_s=TIMEOUT_S, max_attempts=2)
     stats = drain(source, store=store, redis_client=redis_client, options=DrainOptions(backoff_base_s=0.0))
-    assert stats.status == "source_error", stats.summary()
+    assert stats.status == DrainStatus.SOURCE_ERROR, stats.summary()
 
     first, second = mock.stats(include_arrivals=True)["arrivals"]
     # The first was sent at about `first`; it timed out TIMEOUT_S later; the next slot opened a
@@ -32,7 +33,7 @@ def test_a_reset_after_the_request_was_written_waits_as_long_as_a_timeout(make_m
     mock.control({"next": [{"kind": "reset"}]})
     source = source_config(source_name, mock.url, timeout_s=TIMEOUT_S, max_attempts=3)
     stats = drain(source, store=store, redis_client=redis_client, options=DrainOptions(backoff_base_s=0.0))
-    assert stats.status == "caught_up" and stats.errors == 1, stats.summary()
+    assert stats.status == DrainStatus.CAUGHT_UP and stats.errors == 1, stats.summary()
     assert "connection error" in stats.last_error, stats.last_error
 
     first, second = mock.stats(include_arrivals=True)["arrivals"][:2]
