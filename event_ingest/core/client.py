@@ -1,10 +1,12 @@
 """Source client: one HTTP attempt against one source, through the gate.
 
-Every attempt - first tries, retries, probes - is :meth:`SourceClient.fetch`: it takes a gate slot,
-sends under it, and closes it when the response begins (or the attempt fails); the slot is this
-function's alone, from grant to close (``gate.slot()``), and the request is held to it where it is
-written (``http.py``). The client classifies what came back; the retry *policy* lives in the drain,
-so there is one of it.
+Every attempt - first tries, retries, probes, an operator's skip - is :meth:`SourceClient.fetch`:
+it takes a gate slot, sends under it, and closes it when the response begins (or the attempt fails);
+the slot is this function's alone, from grant to close (``gate.slot()``), so the rule "every request
+closes its slot" lives here and nowhere else, and the request is held to it where it is written
+(``http.py``). A slot given back unsent (a pause between grant and send) is asked for again here too.
+The client counts what it sent (``requests``), writes the trace line of every attempt and classifies
+what came back; the retry *policy* is retry.py's, so there is one of it.
 
 ``https`` sources are verified against the system's certificate store (not a
 bundle shipped with a Python package), or against the source's ``ca_file``.
