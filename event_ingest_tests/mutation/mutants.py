@@ -315,6 +315,91 @@ def slot_claim_ignored() -> None:
     sensors.claim_slot = lambda client, slot_key, sensor: (True, sensor)
 
 
+def _wrap_everywhere(module, name: str, wrap: Callable) -> None:
+    """Replace ``module.name`` by ``wrap(original)`` there and in every loaded event_ingest module that
+    imported it by name: the mutant breaks what the engine calls, wherever the call site reads it from."""
+    import importlib
+    import pkgutil
+    import sys
+
+    import event_ingest.core
+
+    for info in pkgutil.walk_packages(event_ingest.core.__path__, "event_ingest.core."):
+        importlib.import_module(info.name)
+    original = getattr(module, name)
+    mutated = wrap(original)
+    patched = [
+        m.__name__
+        for m in list(sys.modules.values())
+        if getattr(m, "__name__", "").startswith("event_ingest.") and getattr(m, name, None) is original
+    ]
+    for found in patched:
+        setattr(sys.modules[found], name, mutated)
+    if module.__name__ not in patched:
+        raise RuntimeError(f"mutant: {module.__name__}.{name} is not where the engine reads it")
+
+
+def page_invents_an_event() -> None:
+    from event_ingest.core import page
+
+    # Every page gains an item the source never served (a negative id, so it takes no id the source will serve).
+    def wrap(parse_page):
+        def inventing(body, **kwargs):
+            parsed = parse_page(body, **kwargs)
+            if parsed.events:
+                parsed.events.append(page.Event(-parsed.events[0].id, '{"invented": true}'))
+            return parsed
+
+        return inventing
+
+    _wrap_everywhere(page, "parse_page", wrap)
+
+
+def malformed_items_dropped() -> None:
+    from event_ingest.core import page
+
+    # An item that cannot be read is dropped rather than quarantined: received, then silently lost.
+    def wrap(parse_page):
+        def dropping(body, **kwargs):
+            parsed = parse_page(body, **kwargs)
+            parsed.quarantined.clear()
+            return parsed
+
+        return dropping
+
+    _wrap_everywhere(page, "parse_page", wrap)
+
+
+def cursor_left_one_behind() -> None:
+    from event_ingest.core import page
+
+    next_cursor = page.Page.next_cursor
+
+    # The cursor stops one id short of the page's highest: the last event is fetched again, forever on a quiet source.
+    def behind(self, cursor):
+        moved = next_cursor(self, cursor)
+        return moved - 1 if moved > cursor else cursor
+
+    page.Page.next_cursor = behind
+
+
+def gate_grants_while_redis_down() -> None:
+    import time
+
+    from event_ingest.core import gate
+
+    try_acquire = gate.Gate.try_acquire
+
+    # Fail open: with Redis unreachable the gate grants locally, blind to every other consumer.
+    def open_when_down(self):
+        try:
+            return try_acquire(self)
+        except gate.GateUnavailable:
+            return True, int(time.time() * 1_000_000)
+
+    gate.Gate.try_acquire = open_when_down
+
+
 MUTANTS = {
     m.name: m
     for m in (
@@ -518,6 +603,34 @@ MUTANTS = {
             ("component/test_hosting.py::test_the_sensors_of_one_slot_ask_for_one_run_between_them",),
             slot_claim_ignored,
             note="the chaos harness runs no Dagster: the unit test ticks a slot's sensors as the daemon would",
+        ),
+        Mutant(
+            "page_invents_an_event",
+            "page: only what the source served is stored",
+            "stored_equals_served",
+            ("core/test_page.py::test_a_good_page",),
+            page_invents_an_event,
+        ),
+        Mutant(
+            "malformed_items_dropped",
+            "page: an unreadable item is quarantined, never dropped",
+            "malformed_all_quarantined",
+            ("core/test_page.py::test_bad_items_are_quarantined_with_a_reason",),
+            malformed_items_dropped,
+        ),
+        Mutant(
+            "cursor_left_one_behind",
+            "cursor: the page's highest id accounted for",
+            "cursor_is_max_stored_id",
+            ("core/test_page.py::test_a_good_page",),
+            cursor_left_one_behind,
+        ),
+        Mutant(
+            "gate_grants_while_redis_down",
+            "spacing gate: no grant without Redis",
+            "no_request_while_redis_down",
+            ("core/test_gate.py::test_unreachable_redis_grants_nothing",),
+            gate_grants_while_redis_down,
         ),
     )
 }
