@@ -40,7 +40,7 @@ from ..config import DATABASE_URL_ENV, REDIS_URL_ENV, SOURCES_ENV, ConfigError
 from .children import Child, _Children
 from .dagster_ui import UI_READY_TIMEOUT_S, _DagsterUI
 from .embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
-from .errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, DevError, _Interrupted
+from .errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, DevError, Interrupted
 from .procs import HOST
 from .report import _Report
 from .services import _Services
@@ -138,7 +138,7 @@ class DevStack(_StateDir, _Services, _Children, _DagsterUI, _Report):
 
     def check_interrupted(self) -> None:
         if self.interrupts:
-            raise _Interrupted()
+            raise Interrupted()
 
     def sleep(self, seconds: float) -> None:
         """Sleep, cut short by SIGINT/SIGTERM (the handler only counts; see run_dev)."""
@@ -272,7 +272,7 @@ def run_dev(args: argparse.Namespace) -> int:
         try:
             stack.start()
             code = stack.watch()
-        except _Interrupted:
+        except Interrupted:
             code = EXIT_OK
         except DevError as exc:
             print(str(exc), file=sys.stderr, flush=True)
