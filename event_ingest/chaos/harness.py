@@ -4,6 +4,9 @@ Lifecycle of one run: set up (embedded servers in a state directory, the schema 
 audit, mocks, consumers) -> faults on the seeded schedule -> faults off, consumers catch up ->
 consumers stop -> the ledger is balanced (``verify.py``) -> everything stopped, the state
 directory removed if the run passed (kept otherwise, or when ``--data-dir`` was given).
+
+The harness owns every server and process of the run; the faults (``faults.py``) and the verifier
+(``verify.py``) are handed a frozen ``Rig`` of them (``rig.py``) and never see the harness.
 """
 
 from __future__ import annotations
@@ -178,7 +181,7 @@ class Harness:
         stop_mocks(self.mocks)
         if self.pair is not None:
             try:
-                self.pair.stop()  # the primary (self.redis), its replica and the relays
+                self.pair.stop()  # its primary now (started here, or the promoted replica), replica, relays
             except Exception as exc:
                 log.warning("chaos: could not stop the Redis pair: %s", exc)
         for server in (None if self.pair else self.redis, self.pg):

@@ -145,6 +145,8 @@ class Handler(BaseHTTPRequestHandler):
             self._state.recorder.status(code)
         super().send_response(code, message)
 
+    # ---- the response API (what one-shot actions use: oneshots.Responder) --
+
     def send(
         self,
         status: int,
