@@ -95,7 +95,7 @@ def run_live(args: argparse.Namespace, *, case: str, deployments: int, targets: 
     out = report.output_dir(args.out, case)
     result, figures, marks, t0 = measure_live(args, case=case, deployments=deployments)
     targets = targets or (FAILOVER_TARGETS if deployments > 1 else TARGETS)
-    result["targets"] = _verdicts(result["per_source"], targets)
+    result["targets"] = verdicts(result["per_source"], targets)
     print_result(result, case)
     report.write_json(out / f"{case}.json", result)
     lag_chart(
@@ -281,7 +281,7 @@ def print_result(result: dict, case: str) -> None:
     report.print_table(result["targets"], title="targets (worst source)")
 
 
-def _verdicts(rows: list[dict], targets: dict) -> list[dict]:
+def verdicts(rows: list[dict], targets: dict) -> list[dict]:
     out = []
     for key, (label, op, target) in targets.items():
         values = [r[key] for r in rows if r.get(key) is not None]

@@ -67,7 +67,7 @@ def _dagster_command() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "dagster"]
 
 
-class _Children:
+class Children:
     """DevStack's children (the attributes are DevStack's, in dev.py)."""
 
     def _spawn(self, name: str, cmd: list[str], **kwargs: Any) -> subprocess.Popen:

@@ -15,7 +15,7 @@ TERMINATE_RUNS_MUTATION = """mutation Terminate($runIds: [String!]!, $policy: Te
     terminateRuns(runIds: $runIds, terminatePolicy: $policy) { __typename } }"""
 
 
-class _DagsterUI:
+class DagsterUI:
     """DevStack's GraphQL calls (the attributes are DevStack's, in dev.py)."""
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None, timeout: float = 5) -> dict[str, Any]:

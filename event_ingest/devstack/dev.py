@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DATABASE_URL_ENV, REDIS_URL_ENV, SOURCES_ENV, ConfigError
-from .children import Child, _Children
-from .dagster_ui import UI_READY_TIMEOUT_S, _DagsterUI
+from .children import Child, Children
+from .dagster_ui import UI_READY_TIMEOUT_S, DagsterUI
 from .embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
-from .errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, DevError, _Interrupted
+from .errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, DevError, Interrupted
 from .procs import HOST
-from .report import _Report
-from .services import _Services
-from .statedir import DEFAULT_STATE_DIR, STACK_FILE, _StateDir
+from .report import Report
+from .services import Services
+from .statedir import DEFAULT_STATE_DIR, STACK_FILE, StateDir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class DevStack(_StateDir, _Services, _Children, _DagsterUI, _Report):
+class DevStack(StateDir, Services, Children, DagsterUI, Report):
     """The running dev stack. Its state is here; the steps live by concern in statedir.py,
     services.py, children.py, dagster_ui.py and report.py."""
 
@@ -138,7 +138,7 @@ class DevStack(_StateDir, _Services, _Children, _DagsterUI, _Report):
 
     def check_interrupted(self) -> None:
         if self.interrupts:
-            raise _Interrupted()
+            raise Interrupted()
 
     def sleep(self, seconds: float) -> None:
         """Sleep, cut short by SIGINT/SIGTERM (the handler only counts; see run_dev)."""
@@ -272,7 +272,7 @@ def run_dev(args: argparse.Namespace) -> int:
         try:
             stack.start()
             code = stack.watch()
-        except _Interrupted:
+        except Interrupted:
             code = EXIT_OK
         except DevError as exc:
             print(str(exc), file=sys.stderr, flush=True)

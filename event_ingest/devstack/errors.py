@@ -11,5 +11,5 @@ class DevError(Exception):
         self.code = code
 
 
-class _Interrupted(Exception):
+class Interrupted(Exception):
     """SIGINT/SIGTERM arrived while starting up."""

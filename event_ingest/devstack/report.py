@@ -20,7 +20,7 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-class _Report:
+class Report:
     """DevStack's reports (the attributes are DevStack's, in dev.py)."""
 
     def write_stack(self) -> None:

@@ -22,7 +22,7 @@ def dagster_storage_url(url: str) -> str:
     return url
 
 
-class _Services:
+class Services:
     """DevStack's Postgres and Redis (the attributes are DevStack's, in dev.py)."""
 
     def _start_postgres(self) -> None:

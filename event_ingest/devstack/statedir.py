@@ -27,7 +27,7 @@ def project_dir() -> Path:
     return Path(event_ingest.__file__).resolve().parent.parent
 
 
-class _StateDir:
+class StateDir:
     """DevStack's work on its state dir (the attributes are DevStack's, in dev.py)."""
 
     def _project_files(self) -> tuple[Path, Path]:

@@ -93,7 +93,7 @@ class Connections:
                 prepare_threshold=self._prepare_threshold,
             )
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to Postgres at {redact_url(self.url)}: {_first_line(exc)}") from None
+            raise StoreError(f"cannot connect to Postgres at {redact_url(self.url)}: {first_line(exc)}") from None
         conn.read_only = self._read_only
         return conn
 
@@ -155,7 +155,7 @@ class Connections:
         except (Fenced, StoreError):
             raise
         except psycopg.Error as exc:
-            raise StoreError(f"Postgres {what} failed: {_first_line(exc)}") from exc
+            raise StoreError(f"Postgres {what} failed: {first_line(exc)}") from exc
 
     def _run_statement(self, what: str, fn):
         """``fn(cursor)`` runs ONE statement, its own transaction: no BEGIN and COMMIT round trips around it.
@@ -171,9 +171,9 @@ class Connections:
         except (Fenced, StoreError):
             raise
         except psycopg.Error as exc:
-            raise StoreError(f"Postgres {what} failed: {_first_line(exc)}") from exc
+            raise StoreError(f"Postgres {what} failed: {first_line(exc)}") from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

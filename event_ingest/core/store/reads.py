@@ -26,7 +26,7 @@ from datetime import datetime
 
 import psycopg
 
-from .connections import StoreError, _first_line
+from .connections import StoreError, first_line
 from .schema import ID_BLOCK_BITS
 
 # The first statement of a snapshot: every read after it sees the commits made before it, and no other.
@@ -284,7 +284,7 @@ class Reads:
                 cur.execute(SNAPSHOT_SQL)
                 yield Snapshot(cur)
         except psycopg.Error as exc:
-            raise StoreError(f"Postgres snapshot failed: {_first_line(exc)}") from exc
+            raise StoreError(f"Postgres snapshot failed: {first_line(exc)}") from exc
 
     def status(self, source: str | None = None) -> list[SourceStatus]:
         """Per-source state and counts: every source, or only ``source``."""
@@ -454,4 +454,4 @@ class Snapshot(Reads):
         try:
             return fn(self._cur)
         except psycopg.Error as exc:
-            raise StoreError(f"Postgres {what} failed: {_first_line(exc)}") from exc
+            raise StoreError(f"Postgres {what} failed: {first_line(exc)}") from exc

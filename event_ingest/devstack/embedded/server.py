@@ -73,7 +73,7 @@ class ServerURL(str):
         return (str, (str(self),))
 
 
-class _EmbeddedServer:
+class EmbeddedServer:
     """Process handling shared by both servers."""
 
     kind = "server"
