@@ -3,9 +3,6 @@ go on the teardown as they start."""
 
 from __future__ import annotations
 
-import uuid
-from urllib.parse import urlsplit, urlunsplit
-
 import psycopg
 import pytest
 
@@ -16,17 +13,6 @@ from event_ingest.devstack.runtime import Interrupted, Interrupts, Teardown
 from event_ingest.devstack.services import ServiceUrls, dagster_storage_url, start_services
 
 SOURCES = ["shop", "crm"]
-
-
-@pytest.fixture
-def own_database(postgres_server_url):
-    """A database of this test's own (the schema applied here must not leak into other tests')."""
-    name = f"devstack_services_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield urlunsplit(urlsplit(postgres_server_url)._replace(path="/" + name))
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def start(tmp_path, environ, teardown=None, interrupts=None) -> tuple[ServiceUrls, list[str]]:
