@@ -90,7 +90,10 @@ def not_stuck(store: Store, source: SourceConfig) -> dg.AssetCheckResult:
     )
 
 
-CHECKS: dict[str, tuple[Callable[[Store, SourceConfig], dg.AssetCheckResult], str]] = {
+# One check of one source, with the store open.
+CheckFn = Callable[[Store, SourceConfig], dg.AssetCheckResult]
+
+CHECKS: dict[str, tuple[CheckFn, str]] = {
     "no_gaps": (no_gaps, "No ids missing between the lowest and highest stored (or quarantined) id of the source."),
     "cursor_matches_max_id": (
         cursor_matches_max_id,
@@ -120,7 +123,7 @@ def build_checks(
 ) -> list[dg.AssetChecksDefinition]:
     by_name = {s.name: s for s in sources}
 
-    def make(name: str, fn, description: str) -> dg.AssetChecksDefinition:
+    def make(name: str, fn: CheckFn, description: str) -> dg.AssetChecksDefinition:
         @dg.asset_check(
             asset=names.events,
             name=name,
