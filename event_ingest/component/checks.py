@@ -16,13 +16,12 @@ from ..config import SourceConfig
 from ..core import Store
 from ..core.checks import cursor_check, gap_check, quarantine_check
 from ..core.status import stuck_check
+from .names import Names
+from .resources import ingest_of
 
 # Partitioned asset checks are a preview feature in Dagster 1.13; we rely on them on purpose
 # (one check result per source), so the warning is noise in every log.
 warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*", category=dg.PreviewWarning)
-
-from .names import Names  # noqa: E402
-from .resources import ingest_of  # noqa: E402
 
 
 def no_gaps(store: Store, source: SourceConfig) -> dg.AssetCheckResult:
