@@ -37,6 +37,7 @@ def drain_metadata(stats: DrainStats) -> dict:
     }
     if stats.min_gap_ms is not None:
         metadata["min_gap_ms"] = dg.MetadataValue.float(float(stats.min_gap_ms))
+    if stats.median_gap_ms is not None:  # set with min_gap_ms
         metadata["median_gap_ms"] = dg.MetadataValue.float(float(stats.median_gap_ms))
     if stats.lag_s is not None:
         metadata["lag_s"] = dg.MetadataValue.float(float(stats.lag_s))
