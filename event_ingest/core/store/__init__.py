@@ -22,7 +22,7 @@ raises and what it returns; a statement or a constant is imported from the modul
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 
@@ -129,7 +129,7 @@ class Store:
     def close(self) -> None:
         self.connections.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,8 @@ true. The timeline it closes:
    of 30 hides the gap.
 
 In one REPEATABLE READ transaction every read sees the same commits: the drain's commit is wholly
-before or wholly after the check.
+before or wholly after the check. ``Reads`` runs its statements on a ``Runner``: the pool, where each read
+is its own transaction, or one open snapshot (``Connections.snapshot``, which opens it with SNAPSHOT_SQL).
 """
 
 from __future__ import annotations
