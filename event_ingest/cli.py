@@ -95,7 +95,7 @@ def open_reader(url: str):
     """A store for a command that only reads: every transaction READ ONLY, no schema work. The schema must be
     there, at this version (an older one is upgraded by the next drain or command that writes)."""
     from .core import Store, StoreError
-    from .core.store import SCHEMA_VERSION
+    from .core.store.schema import SCHEMA_VERSION
 
     try:
         store = Store(url, application_name="event-ingest-status", read_only=True)

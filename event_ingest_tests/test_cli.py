@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from event_ingest.core.page import Event
-from event_ingest.core.store import SCHEMA_VERSION
+from event_ingest.core.store.schema import SCHEMA_VERSION
 
 
 def cli(*args, env=None, timeout=120):

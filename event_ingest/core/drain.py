@@ -38,7 +38,8 @@ from .gate import Gate, GateUnavailable
 from .lease import BLOCK_S as LEASE_BLOCK_S
 from .lease import Lease, LeaseUnavailable
 from .page import Page
-from .store import STOPS_BEFORE_PHRASE, Fenced, Store, StoreError
+from .store import Fenced, Store, StoreError
+from .store.reads import STOPS_BEFORE_PHRASE
 
 log = logging.getLogger(__name__)
 # One JSON line per request at DEBUG (its gate slot, send and close times, epoch, cursor, outcome), for

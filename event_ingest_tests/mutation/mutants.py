@@ -127,9 +127,9 @@ def lease_released_without_owner_check() -> None:
 
 
 def page_committed_twice() -> None:
-    from event_ingest.core import store
+    from event_ingest.core.store import commit, operations  # where a page commit and a requeue find store_page
 
-    store_page = store.Store._store_page
+    store_page = commit.store_page
 
     def twice(cur, source, events, quarantined, at_cursor):
         quarantined = list(quarantined)
@@ -137,10 +137,8 @@ def page_committed_twice() -> None:
         store_page(cur, source, events, quarantined, at_cursor)
         return result
 
-    store.Store._store_page = staticmethod(twice)
+    commit.store_page = operations.store_page = twice
     # A small page goes in one statement: the same mistake there is its rows listed twice.
-    from event_ingest.core.store import commit
-
     rows = "FROM unnest(%(ids)s::bigint[], %(payloads)s::text[]) AS u(event_id, payload)"
     _replace(
         commit,
@@ -193,7 +191,7 @@ def check_reads_in_two_transactions() -> None:
 
     @contextlib.contextmanager
     def each_read_its_own(self):
-        yield self  # the Store itself: every read its own transaction, as before snapshots
+        yield self  # the reads over the pool: every read its own transaction, as before snapshots
 
     reads.Reads.snapshot = each_read_its_own
 
@@ -226,10 +224,8 @@ class _HighestReadFirst:
 def highest_id_read_before_the_fence() -> None:
     from event_ingest.core.store import commit, connections
 
-    run = connections.Connections._run
-    connections.Connections._run = lambda self, what, fn: run(
-        self, what, lambda cur: fn(_HighestReadFirst(cur, commit))
-    )
+    run = connections.Connections.run
+    connections.Connections.run = lambda self, what, fn: run(self, what, lambda cur: fn(_HighestReadFirst(cur, commit)))
 
 
 def counting_trigger_off_by_one() -> None:
@@ -251,7 +247,7 @@ def commit_lands_twice_across_a_retry() -> None:
     def retried(self, source, *, events, quarantined=(), **kwargs):
         result = commit_page(self, source, events=events, quarantined=quarantined, **kwargs)
         # "The acknowledgement was lost": the page written again in a transaction of its own, outside the fence.
-        self._run("retry", lambda cur: commit.Commits._store_page(cur, source, events, (), None))
+        self.connections.run("retry", lambda cur: commit.store_page(cur, source, events, (), None))
         return result
 
     commit.Commits.commit_page = retried
