@@ -379,21 +379,32 @@ def cursor_left_one_behind() -> None:
     page.Page.next_cursor = behind
 
 
-def gate_grants_while_redis_down() -> None:
+def redis_down_taken_as_granted() -> None:
     import time
 
-    from event_ingest.core import gate
+    from event_ingest.core import gate, lease
 
+    # Fail open, both guards: with Redis unreachable the lease is taken as held and the gate grants locally,
+    # blind to every other consumer. (Either guard alone still stops requests: a drain that cannot take the
+    # lease never asks the gate, and one already holding it ends at the gate's first refusal.)
     try_acquire = gate.Gate.try_acquire
 
-    # Fail open: with Redis unreachable the gate grants locally, blind to every other consumer.
     def open_when_down(self):
         try:
             return try_acquire(self)
         except gate.GateUnavailable:
             return True, int(time.time() * 1_000_000)
 
+    take = lease.Lease.acquire
+
+    def held_when_down(self, should_stop=None):
+        try:
+            return take(self, should_stop)
+        except lease.LeaseUnavailable:
+            return True
+
     gate.Gate.try_acquire = open_when_down
+    lease.Lease.acquire = held_when_down
 
 
 MUTANTS = {
@@ -622,11 +633,11 @@ MUTANTS = {
             cursor_left_one_behind,
         ),
         Mutant(
-            "gate_grants_while_redis_down",
-            "spacing gate: no grant without Redis",
+            "redis_down_taken_as_granted",
+            "spacing gate and lease: no request without Redis",
             "no_request_while_redis_down",
             ("core/test_gate.py::test_unreachable_redis_grants_nothing",),
-            gate_grants_while_redis_down,
+            redis_down_taken_as_granted,
         ),
     )
 }
