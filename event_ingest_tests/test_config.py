@@ -460,14 +460,14 @@ def test_each_environment_variable_is_named_once_and_documented():
     found = env_names_in_code()
     assert {"EVENT_INGEST_SOURCES", "EVENT_INGEST_DATABASE_URL", "EVENT_INGEST_DAGSTER_DATABASE_URL"} <= set(found)
     assert {name: files for name, files in found.items() if len(files) > 1} == {}
-    # The bootstrap (`python3 -m event_ingest`) runs before the dependencies config.py imports are
-    # installed, so its own switch stays in it; every other name lives in config.py.
+    # The bootstrap (`python3 -m event_ingest`) runs before the dependencies the config package imports
+    # are installed, so its own switch stays in it; every other name lives in config/env.py.
     assert {
         name: files
         for name, files in found.items()
-        if files != ["event_ingest/config.py"] and name != "EVENT_INGEST_NO_UV"
+        if files != ["event_ingest/config/env.py"] and name != "EVENT_INGEST_NO_UV"
     } == {}
-    declared = {value for key, value in vars(config).items() if key.endswith("_ENV") and isinstance(value, str)}
+    declared = {value for key, value in vars(config.env).items() if key.endswith("_ENV") and isinstance(value, str)}
     assert declared == set(found) - {"EVENT_INGEST_NO_UV"}
     environment = (ROOT / "README.md").read_text().split("## Environment\n", 1)[1].split("\n## ", 1)[0]
     assert sorted(name for name in declared if f"`{name}`" not in environment) == []
