@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DATABASE_URL_ENV, REDIS_URL_ENV, SOURCES_ENV, ConfigError
+from ..exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from .children import Child, _Children
 from .dagster_ui import UI_READY_TIMEOUT_S, _DagsterUI
 from .embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
-from .errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, DevError, _Interrupted
+from .errors import DevError, _Interrupted
 from .procs import HOST
 from .report import _Report
 from .services import _Services
