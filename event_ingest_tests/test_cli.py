@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from event_ingest.config import with_database
 from event_ingest.core.page import Event
 from event_ingest.core.store import SCHEMA_VERSION
 
@@ -286,7 +287,6 @@ def test_status_reads_only_works_without_redis_and_shows_removed_sources(
 
 def test_status_on_a_database_without_the_tables_changes_nothing(tmp_path, postgres_server_url, redis_url):
     import uuid
-    from urllib.parse import urlsplit, urlunsplit
 
     import psycopg
 
@@ -294,7 +294,7 @@ def test_status_on_a_database_without_the_tables_changes_nothing(tmp_path, postg
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
     try:
-        url = urlunsplit(urlsplit(postgres_server_url)._replace(path=f"/{dbname}"))
+        url = with_database(postgres_server_url, dbname)
         env = environment(tmp_path, url, redis_url, "sources:\n  - name: s1\n    url: http://127.0.0.1:1/e\n")
         done = cli("status", env=env)
         assert done.returncode == 2

@@ -15,6 +15,8 @@ from typing import Protocol
 
 import psycopg
 
+from ..core.percentile import percentile
+
 
 @dataclass(frozen=True)
 class Observed:
@@ -72,11 +74,6 @@ class SourceFigures:
             **({"gaps_under_200ms_app": self.gaps_under_interval_app} if self.app_late_p99_ms is not None else {}),
             **({"app_late_p99_ms": self.app_late_p99_ms} if self.app_late_p99_ms is not None else {}),
         }
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 LAG_SQL = """

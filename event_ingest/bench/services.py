@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from ..config import DATABASE_URL_ENV, REDIS_URL_ENV
+import psycopg
+
+from ..config import DATABASE_URL_ENV, REDIS_URL_ENV, with_database
 
 
 @contextlib.contextmanager
@@ -30,3 +34,17 @@ def services(*, redis: bool = True, fast_postgres: bool = True) -> Iterator[tupl
                 rd = rs.start()
                 stack.callback(rs.stop)
         yield db, rd
+
+
+def create_database(server_url: str, prefix: str) -> str:
+    """A fresh database on the server behind ``server_url``; returns its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return with_database(server_url, name)
+
+
+def drop_database(server_url: str, url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
