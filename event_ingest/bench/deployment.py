@@ -27,6 +27,7 @@ import psycopg
 
 from ..config import DAGSTER_DATABASE_URL_ENV, DATABASE_URL_ENV, REDIS_URL_ENV, SOURCES_ENV
 from ..devstack.procs import HOST, cmdline, free_port, process_tree, signal_pid, spawn, sweep
+from .services import one_row
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +48,7 @@ class Deployment:
         self.redis_url = redis_url
         self.dagster_url = dagster_url  # plain postgresql:// (for psycopg); Dagster gets +psycopg2
         self.port = free_port()
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.killed_at: float | None = None
 
     def start(self) -> None:
@@ -71,10 +72,17 @@ class Deployment:
             stderr=subprocess.STDOUT,
         )
 
+    @property
+    def started(self) -> subprocess.Popen[bytes]:
+        """``dagster dev`` of this deployment, once start() ran."""
+        if self.proc is None:
+            raise RuntimeError(f"deployment {self.name} was not started")
+        return self.proc
+
     def wait_ready(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if self.started.poll() is not None:
                 raise RuntimeError(f"dagster dev of {self.name} exited; see {self.home / 'dagster.log'}")
             try:
                 if (
@@ -103,7 +111,7 @@ class Deployment:
 
     def kill(self) -> None:
         """The whole deployment dies at once, as when its server is lost: SIGKILL, every process."""
-        tree = process_tree([self.proc.pid], pgid=self.proc.pid)
+        tree = process_tree([self.started.pid], pgid=self.started.pid)
         self.killed_at = time.time()
         for pid in tree:
             signal_pid(pid, signal.SIGKILL)
@@ -139,4 +147,4 @@ class Deployment:
 
     def event_log_rows(self) -> int:
         with psycopg.connect(self.dagster_url) as conn:
-            return conn.execute("SELECT count(*) FROM event_logs").fetchone()[0]
+            return int(one_row(conn, "SELECT count(*) FROM event_logs")[0])

@@ -105,8 +105,10 @@ class OutsideFleet:
             )
         deadline = time.monotonic() + READY_TIMEOUT_S
         for i, proc in enumerate(self.procs):
-            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            line = proc.stdout.readline() if ready else ""
+            pipe = proc.stdout
+            assert pipe is not None  # spawned with stdout=PIPE
+            ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))
+            line = pipe.readline() if ready else ""
             if not line:
                 raise RuntimeError(
                     f"outside source process {i} ({', '.join(self.groups[i])}) did not start within "
@@ -156,6 +158,10 @@ class RunProfiler:
         self.stem = stem
         self.cpu = cpu
         self.seconds = min(seconds, max(5.0, window_s - PROFILE_AFTER_S - 5))
+        spy = py_spy()
+        if spy is None:  # argument_error() said so before anything started
+            raise RuntimeError("--profile needs py-spy")
+        self.py_spy = spy
         self.profiler: Profiler | None = None
         self.summary: dict | None = None
         self._halt = threading.Event()
@@ -168,7 +174,7 @@ class RunProfiler:
 
         def later() -> None:
             if not self._halt.wait(PROFILE_AFTER_S):
-                self.profiler = Profiler(self.stem, busiest_run, self.seconds, py_spy())
+                self.profiler = Profiler(self.stem, busiest_run, self.seconds, self.py_spy)
                 self.profiler.begin()
 
         self._thread = threading.Thread(target=later, daemon=True, name="run-profiler")
@@ -176,7 +182,8 @@ class RunProfiler:
 
     def stop(self) -> None:
         self._halt.set()
-        self._thread.join(30)
+        if self._thread is not None:
+            self._thread.join(30)
         if self.profiler is None:
             self.summary = {"error": f"the window ended before {PROFILE_AFTER_S:g} s: nothing profiled"}
         else:

@@ -8,12 +8,13 @@ from pathlib import Path
 import psycopg
 
 from ..devstack.procs import process_tree
+from .services import one_row
 
 
 def postgres_pids(url: str) -> list[int]:
     """The Postgres server's processes (postmaster and every backend), found from a backend of ours."""
     with psycopg.connect(url) as conn:  # read /proc while our backend is alive
-        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        backend = conn.info.backend_pid
         try:
             postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
@@ -54,4 +55,4 @@ def redis_commands(url: str) -> tuple[int, int]:
 def postgres_connections(url: str) -> int:
     """Connections to the events database right now (Dagster's own storage is another database)."""
     with psycopg.connect(url) as conn:
-        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()").fetchone()[0]
+        return int(one_row(conn, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")[0])

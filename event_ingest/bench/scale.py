@@ -24,7 +24,7 @@ import argparse
 import sys
 
 from . import outside, report
-from .continuity import verdicts, measure_live, print_result
+from .continuity import measure_live, print_result, verdicts
 from .figures import gap_histogram, lag_chart
 
 HELP = "N live sources through the real sensors and runs: ceiling ratio, lag, and what each source costs"

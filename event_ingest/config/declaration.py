@@ -61,33 +61,39 @@ class SourceConfig(_Declared):
         json_schema_extra={"pattern": "^https?://"},
         description="http(s) URL without a query; `lastId` and `limit` are added",
     )
-    page_size: StrictInt = Field(1000, ge=1, le=100_000, description="sent as `limit`")
+    page_size: StrictInt = Field(default=1000, ge=1, le=100_000, description="sent as `limit`")
     min_interval_ms: StrictInt = Field(
-        200,
+        default=200,
         ge=MIN_INTERVAL_FLOOR_MS,
         le=3_600_000,
         description=f"spacing between requests to this source; below {MIN_INTERVAL_FLOOR_MS} is rejected",
     )
     timeout_s: StrictFloat = Field(
-        10.0, ge=0.1, le=300, description="whole-request deadline (a body that dribbles forever is cut here)"
+        default=10.0, ge=0.1, le=300, description="whole-request deadline (a body that dribbles forever is cut here)"
     )
     max_run_seconds: StrictFloat = Field(
-        120.0, ge=1, le=86_400, description="time budget of one bounded drain (`event-ingest ingest`, the `drain` job)"
+        default=120.0,
+        ge=1,
+        le=86_400,
+        description="time budget of one bounded drain (`event-ingest ingest`, the `drain` job)",
     )
     max_attempts: StrictInt = Field(
-        5, ge=1, le=100, description="attempts per page on 5xx, timeouts, resets, malformed bodies"
+        default=5, ge=1, le=100, description="attempts per page on 5xx, timeouts, resets, malformed bodies"
     )
     max_response_bytes: StrictInt = Field(
-        32 * 1024 * 1024, ge=1024, le=1 << 31, description="cap on a decoded response body (gzip bombs included)"
+        default=32 * 1024 * 1024,
+        ge=1024,
+        le=1 << 31,
+        description="cap on a decoded response body (gzip bombs included)",
     )
     max_payload_bytes: StrictInt = Field(
-        1024 * 1024, ge=16, le=1 << 30, description="an event whose payload is larger is quarantined"
+        default=1024 * 1024, ge=16, le=1 << 30, description="an event whose payload is larger is quarantined"
     )
     max_retry_after_s: StrictFloat = Field(
-        300.0, ge=1, le=86_400, description="a larger `Retry-After` is capped to this"
+        default=300.0, ge=1, le=86_400, description="a larger `Retry-After` is capped to this"
     )
     idle_poll_ms: StrictInt | None = Field(
-        None,
+        default=None,
         ge=MIN_INTERVAL_FLOOR_MS,
         le=3_600_000,
         description="when caught up, poll this often (none: every `min_interval_ms`); never faster than "
@@ -95,14 +101,14 @@ class SourceConfig(_Declared):
         "freshness check between polls)",
     )
     max_lag_s: StrictFloat = Field(
-        30.0,
+        default=30.0,
         ge=1,
         le=7 * 86_400,
         description="the freshness check (and `event-ingest status --check`) fails when the source was last "
         "polled successfully longer ago than this",
     )
     headers: Headers = Field(
-        (),
+        default=(),
         json_schema_extra={"default": {}},  # as the file spells "none" (the resolved form is a tuple)
         description="request headers sent with every request; a value is a string or `{env: VARIABLE}`, read "
         "from the environment when the file is loaded (a missing variable is one error naming file, "
@@ -111,7 +117,7 @@ class SourceConfig(_Declared):
         "`Host`, `Content-Length`, `Accept-Encoding` and other transport headers cannot be set",
     )
     ca_file: str | None = Field(
-        None,
+        default=None,
         description="`https` only: trust this PEM CA bundle (a path relative to the sources file) instead of the "
         "system's certificate store (which is used otherwise, not a bundle shipped with a Python "
         "package). An untrusted certificate is one non-retried error saying which store refused it",
@@ -162,26 +168,26 @@ class RunSettings(_Declared):
     """How long-lived Dagster runs host the sources (the `runs:` section of the sources file)."""
 
     sources_per_run: StrictInt = Field(
-        25, ge=1, le=1000, description="one `ingest` run process hosts up to this many sources, one thread each"
+        default=25, ge=1, le=1000, description="one `ingest` run process hosts up to this many sources, one thread each"
     )
     run_seconds: StrictFloat = Field(
-        1800.0, ge=60, le=7 * 86_400, description="a run hands its sources to a successor after this long"
+        default=1800.0, ge=60, le=7 * 86_400, description="a run hands its sources to a successor after this long"
     )
     handoff_s: StrictFloat = Field(
-        60.0,
+        default=60.0,
         ge=5,
         le=3600,
         description="the successor is asked for this long before: it must be up and waiting by then; at most "
         "half of `run_seconds`",
     )
     lease_ttl_s: StrictFloat = Field(
-        LEASE_TTL_S,
+        default=LEASE_TTL_S,
         ge=1,
         le=600,
         description="a dead run's (or server's) sources are taken over within about this long",
     )
     report_every_s: StrictFloat = Field(
-        20.0, ge=1, le=3600, description="progress and checks of each source reach Dagster at most this often"
+        default=20.0, ge=1, le=3600, description="progress and checks of each source reach Dagster at most this often"
     )
 
     @model_validator(mode="after")
