@@ -20,15 +20,7 @@ from event_ingest.config import (
     load_sources,
     sources_schema,
 )
-
-TOKEN = "tok-9b1d0c3a77e2f5"
-
-
-def write(tmp_path, text):
-    path = tmp_path / "sources.yaml"
-    path.write_text(text)
-    return path
-
+from event_ingest_tests.test_config import TOKEN, write
 
 ROOT = Path(__file__).resolve().parents[1]
 
