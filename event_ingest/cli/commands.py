@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import threading
+from typing import TYPE_CHECKING
 
 from ..config import (
     REDIS_URL_ENV,
@@ -23,6 +24,9 @@ from ..exits import EXIT_FAILED, EXIT_OK
 from .errors import CliError
 from .rendering import print_status, stated_fields
 from .services import open_reader, open_services, open_store, settings_from_env
+
+if TYPE_CHECKING:
+    import redis
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -50,8 +54,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Reads Postgres only (and Redis for the lease column, if it answers); changes nothing anywhere."""
-    import redis
-
     from ..core import RedisUnavailable, connect_redis
     from ..core.status import read_status
 

@@ -16,7 +16,7 @@ What the rest of the product uses is re-exported here; nothing else is.
 
 from __future__ import annotations
 
-from .declaration import MIN_INTERVAL_FLOOR_MS, IngestConfig, RunSettings, SourceConfig, sources_schema
+from .declaration import IngestConfig, RunSettings, SourceConfig, sources_schema
 from .env import (
     ALERT_WEBHOOK_URL_ENV,
     DAGSTER_DATABASE_URL_ENV,
@@ -35,9 +35,8 @@ from .env import (
     SOURCES_ENV,
 )
 from .fields import is_valid_source_name
-from .headers import HeaderValue
-from .loading import Settings, load_config, load_sources, parse_config, parse_sources, sources_path
-from .urls import POOLER_MODES, database_pooler, database_url, redact_url, redis_url, with_database
+from .loading import Settings, load_config, load_sources, parse_config
+from .urls import database_pooler, database_url, redact_url, redis_url, with_database
 from .wording import ConfigError
 
 __all__ = [
@@ -52,14 +51,11 @@ __all__ = [
     "FAILED_RUN_RETENTION_DAYS_ENV",
     "LEASE_TTL_S",
     "LEASE_WAIT_S",
-    "MIN_INTERVAL_FLOOR_MS",
-    "POOLER_MODES",
     "REDIS_URL_ENV",
     "RUN_RETENTION_DAYS_ENV",
     "SCHEMA_FILE",
     "SOURCES_ENV",
     "ConfigError",
-    "HeaderValue",
     "IngestConfig",
     "RunSettings",
     "Settings",
@@ -70,10 +66,8 @@ __all__ = [
     "load_config",
     "load_sources",
     "parse_config",
-    "parse_sources",
     "redact_url",
     "redis_url",
-    "sources_path",
     "sources_schema",
     "with_database",
 ]

@@ -30,10 +30,6 @@ def parse_config(document: Any, origin: str, base_dir: Path | None = None) -> In
         raise ConfigError(one_line(exc, partial(locate, IngestConfig, document, None), origin)) from None
 
 
-def parse_sources(document: Any, origin: str, base_dir: Path | None = None) -> list[SourceConfig]:
-    return parse_config(document, origin, base_dir).sources
-
-
 def sources_path(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(path or os.environ.get(SOURCES_ENV) or DEFAULT_SOURCES_FILE)
 
