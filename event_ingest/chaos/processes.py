@@ -147,7 +147,8 @@ class Consumers:
         """SIGKILL a consumer; the supervisor starts it again (that is the restart)."""
         with self.lock:
             slot.expect_exit = True
-            kill_group(slot.proc)
+            if slot.proc is not None:
+                kill_group(slot.proc)
             self.release(slot.name)
 
     def signal(self, slot: Slot, sig: int) -> None:

@@ -42,6 +42,7 @@ import redis
 from ..config import RunSettings, SourceConfig
 from .host import BACKOFF_START_S, HostTotals, SourceHost
 from .lease import BLOCK_S as LEASE_BLOCK_S
+from .percentile import percentile
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -160,11 +161,6 @@ class SourceReport:
     @property
     def eventful(self) -> bool:
         return bool(self.events or self.errors or self.quarantined or self.drain_ends)
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 class Worker:
@@ -333,7 +329,7 @@ class Worker:
             cursor=drain.cursor if drain else None,
             caught_up=bool(stats and stats.caught_up),
             lag_p50_s=round(statistics.median(lags), 3) if lags else None,
-            lag_p99_s=round(_percentile(lags, 0.99), 3) if lags else None,
+            lag_p99_s=round(percentile(lags, 0.99), 3) if lags else None,
             lag_max_s=round(max(lags), 3) if lags else None,
             drain_ends=ends,
             last_error=host.last_error,

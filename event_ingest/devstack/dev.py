@@ -42,8 +42,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..config import DAGSTER_DATABASE_URL_ENV, SOURCES_ENV, ConfigError
+from ..exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from .dagster_dev import DagsterDev, project_files
-from .errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, DevError
+from .errors import DevError
 from .mockfleet import MockFleet
 from .procs import HOST, port_is_free
 from .report import StackView, stack_document, stack_env, summary

@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from event_ingest.config import with_database
 from event_ingest.core.checks import gap_check
 from event_ingest.core.page import Event, Quarantined
 from event_ingest.core.store import Fenced, Store, StoreError
@@ -232,8 +232,7 @@ def fresh_database_url(postgres_server_url):
     name = f"event_ingest_upgrade_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(postgres_server_url)
-    yield urlunsplit(parts._replace(path="/" + name))
+    yield with_database(postgres_server_url, name)
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
