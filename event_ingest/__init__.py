@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 _DAGSTER_EXPORTS = ("EventSources", "IngestResource")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     if name in _DAGSTER_EXPORTS:
         from . import component
 

@@ -15,13 +15,12 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 import redis
 
-from event_ingest.config import SourceConfig
+from event_ingest.config import SourceConfig, with_database
 from event_ingest.core import Store, connect_redis
 
 TEST_DB_ENV = "EVENT_INGEST_TEST_DATABASE_URL"
@@ -51,11 +50,6 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     session.config._event_ingest_passed = exitstatus == 0
 
 
-def _with_database(url: str, dbname: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + dbname))
-
-
 @pytest.fixture(scope="session")
 def services_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("services")
@@ -83,7 +77,7 @@ def database_url(postgres_server_url):
     dbname = f"event_ingest_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{dbname}"')
-    yield _with_database(postgres_server_url, dbname)
+    yield with_database(postgres_server_url, dbname)
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 

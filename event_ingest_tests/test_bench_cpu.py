@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from event_ingest.bench.cpu import CpuLedger, descendants, snapshot
-from event_ingest.bench.outside import CODE_SERVER, DAEMON, DAGSTER_DEV, RUN_LOGS, RUNS, WEBSERVER, dagster_part
+from event_ingest.bench.parts import CODE_SERVER, DAEMON, DAGSTER_DEV, RUN_LOGS, RUNS, WEBSERVER, dagster_part
 from event_ingest.bench.profile import top_functions
 
 # A parent that, between two reports of its CPU and its reaped children's (getrusage), lets a child started

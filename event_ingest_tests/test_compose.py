@@ -580,7 +580,7 @@ def test_dockerignore_keeps_local_state_and_secrets_out():
         assert dockerignored(rel), f".dockerignore does not exclude {rel}"
     for rel in (
         "pyproject.toml",
-        "event_ingest/cli.py",
+        "event_ingest/cli/main.py",
         "event_ingest/defs/event_sources/defs.yaml",
         "deploy/dagster.yaml",
         "deploy/workspace.docker.yaml",

@@ -25,7 +25,7 @@ from event_ingest.cli import build_parser
 from event_ingest.config import ConfigError, SourceConfig, load_sources
 from event_ingest.core import DrainObserver, DrainOptions, Gate, Lease, Store, connect_redis, drain
 from event_ingest.core.progress import DrainStatus
-from event_ingest.core.store import partition_name
+from event_ingest.core.store.schema import partition_name
 from event_ingest.mocksource import MockSourceConfig
 from event_ingest_tests.conftest import source_config
 

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cases = parser.add_subparsers(dest="case", metavar="CASE")
     for name in CASES:
         case = case_module(name)
-        sub = cases.add_parser(name, help=case.HELP, description=case.__doc__.split("\n\n")[0])
+        sub = cases.add_parser(name, help=case.HELP, description=(case.__doc__ or "").split("\n\n")[0])
         case.add_arguments(sub)
 
 

@@ -38,11 +38,18 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import report
-from .services import services
+from .services import one_row, services
+
+if TYPE_CHECKING:
+    from ..core import Store
+
+T = TypeVar("T")
 
 HELP = "time the checks' and the rollup's queries at 1, 10 and 30 million events in one source"
 LOAD_CHUNK = 500_000  # rows per COPY statement (and transaction) while loading
@@ -91,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         database_url, redis_url = stack.enter_context(services(redis=args.dagster))
         store = stack.enter_context(Store(database_url))
         store.apply_schema([source])
-        cli = _DagsterCli(stack, source, database_url, redis_url) if args.dagster else None
+        cli = _DagsterCli(stack, source, database_url, redis_url) if args.dagster and redis_url else None
         dagster_repeat = min(args.repeat, 3)
         try:
             if cli:
@@ -192,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(store, source: str, first_loaded: int, size: int, largest: int, started: datetime) -> None:
+def _load(store: Store, source: str, first_loaded: int, size: int, largest: int, started: datetime) -> None:
     """Ids first_loaded+1..size, ingest times spread evenly over SPREAD before `started` by id."""
     span_us = SPREAD / timedelta(microseconds=1)
     for chunk_start in range(first_loaded + 1, size + 1, LOAD_CHUNK):
@@ -214,29 +221,30 @@ def _load(store, source: str, first_loaded: int, size: int, largest: int, starte
         store.conn.execute(SET_CURSOR_SQL, (size, source))
 
 
-def _median_s(fn, repeat: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeat):
+def _median_s(fn: Callable[[], T], repeat: int) -> tuple[float, T]:
+    """The median time of ``repeat`` calls (at least one), and what the last one returned."""
+    times = []
+    for _ in range(max(1, repeat)):
         t = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - t)
     return round(statistics.median(times), 4), result
 
 
-def _measure(store, source: str, size: int, repeat: int, baseline: bool) -> dict:
+def _measure(store: Store, source: str, size: int, repeat: int, baseline: bool) -> dict[str, Any]:
     from ..core.checks import cursor_check, gap_check, quarantine_check
 
-    row: dict = {"events": size}
+    row: dict[str, Any] = {"events": size}
     row["no_gaps_s"], passing = _median_s(lambda: gap_check(store, source), repeat)
     row["cursor_check_s"], cursor = _median_s(lambda: cursor_check(store, source), repeat)
     row["quarantine_check_s"], _ = _median_s(lambda: quarantine_check(store, source), repeat)
     row["rollup_s"], minutes = _median_s(lambda: store.recent_minutes(source, hours=1), repeat)
     row["status_s"], status = _median_s(lambda: store.source_status(source), repeat)
     # What the figures stand on, from Postgres: the counters agree with the rows, the check passed.
-    row["rows_counted"] = store.conn.execute(COUNT_SQL, (source,)).fetchone()[0]
+    row["rows_counted"] = one_row(store.conn, COUNT_SQL, (source,))[0]
     store.conn.rollback()
     row.update(
-        status_events=status.events,
+        status_events=status.events if status is not None else None,
         gap_check_passed=passing.passed,
         cursor_check_passed=cursor.passed,
         rollup_minutes=len(minutes),
@@ -245,7 +253,7 @@ def _measure(store, source: str, size: int, repeat: int, baseline: bool) -> dict
 
     middle = size // 2
     with store.conn.transaction():
-        kept = store.conn.execute(LOADED_ROW_SQL, (source, middle)).fetchone()
+        kept = one_row(store.conn, LOADED_ROW_SQL, (source, middle))
         store.conn.execute(DELETE_ONE_SQL, (source, middle))
     try:
         row["no_gaps_one_deleted_s"], failing = _median_s(lambda: gap_check(store, source), repeat)

@@ -23,10 +23,16 @@ import argparse
 import math
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from ..config import SourceConfig
 from . import report
 from .services import services
+
+if TYPE_CHECKING:
+    import redis
+
+    from ..core import Store
 
 HELP = "time from a drain's start to its first request at the source: new, idle and lost gate state"
 
@@ -42,8 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core import DrainOptions, Store, connect_redis
-    from ..core.drain import Drain
+    from ..core import Store, connect_redis
     from ..core.gate_lua import backdate_era
     from ..mocksource import MockSource, MockSourceConfig
 
@@ -62,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
                 source = SourceConfig(name=name, url=mock.url, timeout_s=args.timeout_s)
                 backdate_era(client, era_key, 3600)  # this Redis' memory whole for an hour
                 if case == "idle":
-                    _drain(Drain, source, store, client, era_key, DrainOptions)  # a first life...
+                    _drain(source, store, client, era_key)  # a first life...
                     client.delete(f"event-ingest:gate:{name}")  # ...then its record expires
                 elif case == "lost":
                     client.delete(era_key, f"event-ingest:gate:{name}")  # what FLUSHALL does
                 mock.reset_stats()
                 started_wall = time.time()
-                _drain(Drain, source, store, client, era_key, DrainOptions)
+                _drain(source, store, client, era_key)
                 stats = mock.stats(include_arrivals=True)
                 offset = stats["clock"]["wall"] - stats["clock"]["monotonic"]
                 first = stats["arrivals"][0] + offset if stats["arrivals"] else math.nan
@@ -93,8 +98,11 @@ def run(args: argparse.Namespace) -> int:
     return 0 if safe else 1
 
 
-def _drain(Drain, source, store, client, era_key, DrainOptions) -> None:
+def _drain(source: SourceConfig, store: Store, client: redis.Redis, era_key: str) -> None:
     """One drain to the head, its gate pointed at this run's own era key."""
+    from ..core import DrainOptions
+    from ..core.drain import Drain
+
     drain = Drain(source, store=store, redis_client=client, options=DrainOptions(max_seconds=60))
     drain.client.gate.era_key = era_key
     drain.run()

@@ -21,9 +21,15 @@ import argparse
 import json
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from . import report
-from .services import services
+from .services import one_row, services
+
+if TYPE_CHECKING:
+    from psycopg import sql
+
+    from ..core import Store
 
 HELP = "time the fenced commit of a page against a plain COPY of the same rows"
 PATHS = ("commit_page", "copy_events", "copy_plain")
@@ -81,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     runs, ratios = [], {}
     with services(redis=False, fast_postgres=False) as (database_url, _), Store(database_url) as store:
         conn = store.conn
-        version, fsync, synchronous_commit = conn.execute(SETTINGS_SQL).fetchone()
+        version, fsync, synchronous_commit = one_row(conn, SETTINGS_SQL)
         conn.rollback()
         for page_size in page_sizes:
             commit_source, copy_source = f"bench_c{tag}_{page_size}", f"bench_p{tag}_{page_size}"
@@ -141,7 +147,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _time_page_size(store, page_size: int, events: int, commit_source: str, copy_source: str, plain) -> list[dict]:
+def _time_page_size(
+    store: Store, page_size: int, events: int, commit_source: str, copy_source: str, plain: sql.Identifier
+) -> list[dict]:
     from psycopg import sql
 
     conn = store.conn
@@ -191,7 +199,7 @@ def _time_page_size(store, page_size: int, events: int, commit_source: str, copy
         ("copy_plain", plain, copy_source),
     ):
         table = sql.Identifier(table) if isinstance(table, str) else table
-        rows[path] = conn.execute(sql.SQL(COUNT_ROWS_SQL).format(table=table), (source,)).fetchone()[0]
+        rows[path] = one_row(conn, sql.SQL(COUNT_ROWS_SQL).format(table=table), (source,))[0]
         conn.rollback()
     rows["commit_page_replay"] = rows["commit_page"]  # nothing new: the same rows, counted once
     result = []

@@ -30,21 +30,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import report
-from .figures import gap_histogram, lag_chart, measure
-from .live import (
-    Deployment,
-    MockFleet,
-    Sampler,
-    create_database,
-    drop_database,
-    postgres_connections,
-    postgres_pids,
-    redis_commands,
-    redis_pid,
-    wait_first_requests,
-    write_sources,
-)
-from .services import services
+from .deployment import Deployment
+from .figures import SourceFigures, gap_histogram, lag_chart, measure
+from .fleet import MockFleet, wait_first_requests, write_sources
+from .probes import postgres_connections, postgres_pids, redis_commands, redis_pid
+from .sampler import Sampler
+from .services import create_database, drop_database, services
 
 HELP = "live sources through the real sensors and runs: ceiling ratio, pauses at handoffs, lag"
 QUICK = {"sources": 2, "rate": 20.0, "minutes": 1.5, "run_seconds": 60, "handoff_s": 25}
@@ -95,7 +86,7 @@ def run_live(args: argparse.Namespace, *, case: str, deployments: int, targets: 
     out = report.output_dir(args.out, case)
     result, figures, marks, t0 = measure_live(args, case=case, deployments=deployments)
     targets = targets or (FAILOVER_TARGETS if deployments > 1 else TARGETS)
-    result["targets"] = _verdicts(result["per_source"], targets)
+    result["targets"] = verdicts(result["per_source"], targets)
     print_result(result, case)
     report.write_json(out / f"{case}.json", result)
     lag_chart(
@@ -134,7 +125,7 @@ def measure_live(
     deployments: int,
     fleet_factory: Callable[[list[str], float, Path], Any] = MockFleet,
     observers: Sequence[Observer] = (),
-):
+) -> tuple[dict[str, Any], list[SourceFigures], dict[str, list[float]], float]:
     """Start everything, measure one window, stop everything. Returns (result, figures, marks, t0)."""
     window_s = args.minutes * 60
     suffix = uuid.uuid4().hex[:6]
@@ -228,7 +219,7 @@ def measure_live(
             "deployment": d.name,
             "ingest_runs": len(runs[d.name]),
             "runs_ended_in_window": sum(1 for r in runs[d.name] if r["end"] and t0 <= r["end"] <= t1),
-            "event_log_rows_per_s": round((log_rows[i] - log_rows0[i]) / span, 2) if log_rows[i] else None,
+            "event_log_rows_per_s": round((rows - log_rows0[i]) / span, 2) if (rows := log_rows[i]) else None,
             "killed": d.killed_at is not None,
         }
         for i, d in enumerate(stacks)
@@ -281,7 +272,7 @@ def print_result(result: dict, case: str) -> None:
     report.print_table(result["targets"], title="targets (worst source)")
 
 
-def _verdicts(rows: list[dict], targets: dict) -> list[dict]:
+def verdicts(rows: list[dict], targets: dict) -> list[dict]:
     out = []
     for key, (label, op, target) in targets.items():
         values = [r[key] for r in rows if r.get(key) is not None]

@@ -125,7 +125,7 @@ class CpuLedger(threading.Thread):
         self._halt = threading.Event()
         self.errors: list[str] = []
 
-    def start(self, t0: float | None = None) -> None:  # type: ignore[override]
+    def start(self, t0: float | None = None) -> None:
         self._t0 = time.time() if t0 is None else t0
         self.sample()
         super().start()

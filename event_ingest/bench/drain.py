@@ -14,10 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import uuid
+from typing import TYPE_CHECKING
 
 from ..config import SourceConfig
 from . import report
-from .services import services
+from .services import one_row, services
+
+if TYPE_CHECKING:
+    from ..core import Store
 
 HELP = "drain a deep backlog and report rate and spacing at the source"
 COUNT_ROWS_SQL = "SELECT count(*) FROM events WHERE source = %s"
@@ -34,9 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     report.add_output_arguments(parser, "CI smoke run: 3 s, pages of 100, no target asserted")
 
 
-def _rows(store, source: str) -> int:
+def _rows(store: Store, source: str) -> int:
     """Events of the source counted in its rows (not the drain's report, nor a counter kept beside the rows)."""
-    (count,) = store.conn.execute(COUNT_ROWS_SQL, (source,)).fetchone()
+    (count,) = one_row(store.conn, COUNT_ROWS_SQL, (source,))
     store.conn.rollback()
     return int(count)
 

@@ -15,6 +15,8 @@ from typing import Protocol
 
 import psycopg
 
+from ..core.percentile import percentile
+
 
 @dataclass(frozen=True)
 class Observed:
@@ -74,11 +76,6 @@ class SourceFigures:
         }
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 LAG_SQL = """
 SELECT event_id, (payload->>'created_at')::float8, extract(epoch FROM ingested_at)::float8
 FROM events
@@ -117,8 +114,8 @@ def measure(
             # Read the cursor before the rows: a page served but not committed yet (in flight now, or
             # dropped by a drain that was stopped) lies above the cursor and will be fetched again by
             # the next holder - not lost. Lost is served, at or below the cursor, and not stored.
-            cursor = conn.execute("SELECT cursor FROM source_state WHERE source = %s", (name,)).fetchone()
-            cursor = cursor[0] if cursor else 0
+            state = conn.execute("SELECT cursor FROM source_state WHERE source = %s", (name,)).fetchone()
+            cursor = state[0] if state else 0
             stored = {r[0] for r in conn.execute("SELECT event_id FROM events WHERE source = %s", (name,))}
             served = [i for i in seen.served_ids if i <= cursor]
             figures.append(
@@ -213,7 +210,7 @@ def gap_histogram(path: Path, figures: list[SourceFigures], *, title: str) -> Pa
     try:
         if gaps_ms:
             top = max(gaps_ms)
-            bins = [150 + 5 * i for i in range(int((min(top, 600) - 150) / 5) + 2)]
+            bins: list[float] = [150 + 5 * i for i in range(int((min(top, 600) - 150) / 5) + 2)]
             if top > 600:
                 bins.append(top + 1)
             ax.hist(gaps_ms, bins=bins, log=True)

@@ -35,54 +35,18 @@ import time
 from pathlib import Path
 
 import httpx
-import psycopg
 
 from ..config import DATABASE_URL_ENV, REDIS_URL_ENV
-from ..devstack.procs import HOST, cmdline, spawn, stop_child
+from ..core.percentile import percentile
+from ..devstack.procs import HOST, spawn, stop_child
 from . import report
 from .continuity import LiveStack
-from .cpu import CpuLedger, Proc, descendants
-from .figures import Observed, SourceFigures, percentile
-from .live import redis_pid
+from .figures import Observed, SourceFigures
+from .parts import RUNS, CpuByPart
 from .profile import Profiler, py_spy
 
 READY_TIMEOUT_S = 60
 PROFILE_AFTER_S = 10.0  # into the window: past any start-up, on a run that is draining
-
-# Parts in the order they are reported; the first six are the deployment's processes.
-RUNS, RUN_LOGS, DAEMON, WEBSERVER, CODE_SERVER, DAGSTER_DEV = (
-    "ingest runs",
-    "ingest runs' log capture",
-    "dagster daemon",
-    "dagster webserver",
-    "dagster code server",
-    "dagster dev",
-)
-PG_EVENTS, PG_DAGSTER, PG_SERVER = "postgres: events db", "postgres: dagster db", "postgres: server"
-PG_GONE = "postgres: came and went"  # backends (and autovacuum workers) that lived less than a sample
-REDIS, SOURCES, HARNESS = "redis", "sources", "bench harness"
-PARTS = (
-    RUNS,
-    RUN_LOGS,
-    DAEMON,
-    WEBSERVER,
-    CODE_SERVER,
-    DAGSTER_DEV,
-    PG_EVENTS,
-    PG_DAGSTER,
-    PG_SERVER,
-    PG_GONE,
-    REDIS,
-    SOURCES,
-    HARNESS,
-)
-# Where the CPU of children reaped unseen goes (cpu.py): what the postmaster reaps is backends, what
-# the code server reaps is runs, what a run reaps is its log capture.
-REAPED_INTO = {PG_SERVER: PG_GONE, CODE_SERVER: RUNS, RUNS: RUN_LOGS}
-NOT_THE_STACK = (SOURCES, HARNESS)
-SESSIONS_SQL = (
-    "SELECT datname, sessions FROM pg_stat_database WHERE datname = ANY(%s)"  # what a real deployment does not run
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,8 +105,10 @@ class OutsideFleet:
             )
         deadline = time.monotonic() + READY_TIMEOUT_S
         for i, proc in enumerate(self.procs):
-            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            line = proc.stdout.readline() if ready else ""
+            pipe = proc.stdout
+            assert pipe is not None  # spawned with stdout=PIPE
+            ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))
+            line = pipe.readline() if ready else ""
             if not line:
                 raise RuntimeError(
                     f"outside source process {i} ({', '.join(self.groups[i])}) did not start within "
@@ -181,124 +147,6 @@ class OutsideFleet:
             stop_child(proc, signal.SIGTERM, 10)
 
 
-# ------------------------------------------------------------------------------ CPU by part
-
-
-def dagster_part(command: str, parent: str | None) -> str:
-    """Which piece of a `dagster dev` deployment a process is, from its command line and its parent's part."""
-    if "multiprocessing.spawn" in command or "execute_run" in command:
-        return RUNS  # the code server starts each run with multiprocessing's spawn
-    if parent in (RUNS, RUN_LOGS):
-        return RUN_LOGS  # what a run starts beside itself: `tail -F` and watch_orphans.py per log file
-    if "dagster._daemon" in command or "dagster-daemon" in command:
-        return DAEMON
-    if "dagster_webserver" in command or "dagster-webserver" in command:
-        return WEBSERVER
-    if "api grpc" in command or "code-server" in command or "multiprocessing" in command:
-        return CODE_SERVER  # the code server, its gRPC server, and the resource tracker multiprocessing gives it
-    return parent or DAGSTER_DEV
-
-
-class CpuByPart:
-    """An observer of the window (continuity.Observer): every process there is, by part, in a CpuLedger."""
-
-    def __init__(self) -> None:
-        self.ledger: CpuLedger | None = None
-        self.live: LiveStack | None = None
-        self.span_s = 0.0
-        self._t0 = 0.0
-        self._parts: dict[tuple[int, int], str] = {}  # (pid, start) -> part, for the deployment's processes
-        self._pg: psycopg.Connection | None = None
-        self._postmaster: int | None = None
-        self._databases: dict[str, str] = {}
-        self._redis: list[int] = []
-        self._sessions0: dict[str, int] = {}
-        self.sessions_per_s: dict[str, float] = {}
-
-    def start(self, live: LiveStack, t0: float) -> None:
-        self.live, self._t0 = live, t0
-        self._pg = psycopg.connect(live.events_url, autocommit=True)  # autocommit: pg_stat_activity fresh each read
-        backend = self._pg.execute("SELECT pg_backend_pid()").fetchone()[0]
-        try:
-            self._postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            self._postmaster = None  # Postgres is not on this host: not counted
-        name = lambda url: url.rsplit("/", 1)[-1].split("?")[0]  # noqa: E731
-        self._databases = {name(live.events_url): PG_EVENTS, **{name(u): PG_DAGSTER for u in live.dagster_urls}}
-        self._redis = redis_pid(live.redis_url)
-        self._sessions0 = self._sessions()
-        self.ledger = CpuLedger(self.classify, reaped_into=REAPED_INTO)
-        self.ledger.start(t0)
-
-    def stop(self) -> None:
-        self.ledger.stop()
-        self.span_s = time.time() - self._t0
-        sessions = self._sessions()
-        self.sessions_per_s = {
-            part: round((sessions.get(part, 0) - self._sessions0.get(part, 0)) / self.span_s, 2) for part in sessions
-        }
-        self._pg.close()
-
-    def _sessions(self) -> dict[str, int]:
-        """Sessions ever opened to our databases, by part (pg_stat_database.sessions, Postgres 14 and later):
-        how many connections came and went, beside what they cost."""
-        rows = self._pg.execute(SESSIONS_SQL, (list(self._databases),)).fetchall()
-        out: dict[str, int] = {}
-        for datname, count in rows:
-            out[self._databases[datname]] = out.get(self._databases[datname], 0) + int(count or 0)
-        return out
-
-    def classify(self, table: dict[int, Proc]) -> dict[int, str]:
-        parts: dict[int, str] = {}
-        for deployment in self.live.deployments:
-            if deployment.proc is None:
-                continue
-            for pid in descendants(table, [deployment.proc.pid], pgid=deployment.proc.pid):
-                key = (pid, table[pid].start_ticks)
-                if key not in self._parts:  # parents come first: a child can inherit its parent's part
-                    self._parts[key] = dagster_part(cmdline(pid), parts.get(table[pid].ppid))
-                parts[pid] = self._parts[key]
-        for pid in descendants(table, self.live.fleet.pids):
-            parts[pid] = SOURCES
-        for pid in self._redis:
-            parts[pid] = REDIS
-        if self._postmaster is not None:
-            databases = dict(self._pg.execute("SELECT pid, datname FROM pg_stat_activity").fetchall())
-            ours = self._pg.info.backend_pid
-            for pid in descendants(table, [self._postmaster]):
-                if pid == ours:
-                    parts[pid] = HARNESS
-                elif databases.get(pid) is None:
-                    # The postmaster, checkpointer, WAL writer, ... (no database); or a backend still
-                    # connecting, whose part is corrected once it names its database.
-                    parts[pid] = PG_SERVER
-                elif databases[pid] in self._databases:
-                    parts[pid] = self._databases[databases[pid]]
-                # else: another database on a shared server, not ours to count
-        for pid in descendants(table, [os.getpid()]):
-            parts.setdefault(pid, HARNESS)  # this process and what it started for itself (py-spy)
-        return parts
-
-    def rows(self, requests: int) -> list[dict]:
-        """Per part: CPU seconds in the window, cores, ms of CPU per request at the sources, processes seen."""
-        cpu, procs = self.ledger.cpu_s(), self.ledger.processes()
-
-        def row(part: str, seconds: float, processes: int | None) -> dict:
-            return {
-                "part": part,
-                "cpu_s": round(seconds, 2),
-                "cores": round(seconds / self.span_s, 3),
-                "cpu_ms_per_request": round(1000 * seconds / requests, 3) if requests else None,
-                "processes": processes,
-            }
-
-        rows = [row(p, cpu.get(p, 0.0), procs.get(p)) for p in PARTS]  # none sampled: "came and went"
-        stack = sum(cpu.get(p, 0.0) for p in PARTS if p not in NOT_THE_STACK)
-        rows.append(row("the stack (all but sources and harness)", stack, None))
-        rows.append(row("everything", sum(cpu.values()), None))
-        return rows
-
-
 # ------------------------------------------------------------------------------ the profile
 
 
@@ -310,6 +158,10 @@ class RunProfiler:
         self.stem = stem
         self.cpu = cpu
         self.seconds = min(seconds, max(5.0, window_s - PROFILE_AFTER_S - 5))
+        spy = py_spy()
+        if spy is None:  # argument_error() said so before anything started
+            raise RuntimeError("--profile needs py-spy")
+        self.py_spy = spy
         self.profiler: Profiler | None = None
         self.summary: dict | None = None
         self._halt = threading.Event()
@@ -322,7 +174,7 @@ class RunProfiler:
 
         def later() -> None:
             if not self._halt.wait(PROFILE_AFTER_S):
-                self.profiler = Profiler(self.stem, busiest_run, self.seconds, py_spy())
+                self.profiler = Profiler(self.stem, busiest_run, self.seconds, self.py_spy)
                 self.profiler.begin()
 
         self._thread = threading.Thread(target=later, daemon=True, name="run-profiler")
@@ -330,7 +182,8 @@ class RunProfiler:
 
     def stop(self) -> None:
         self._halt.set()
-        self._thread.join(30)
+        if self._thread is not None:
+            self._thread.join(30)
         if self.profiler is None:
             self.summary = {"error": f"the window ended before {PROFILE_AFTER_S:g} s: nothing profiled"}
         else:

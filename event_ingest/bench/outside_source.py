@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 from urllib.parse import parse_qsl, urlsplit
 
 # <asm-generic/socket.h> (x86_64 and aarch64 alike): SO_TIMESTAMPNS(_OLD); its control message
@@ -217,14 +218,14 @@ class OutsideSources:
             while not self._halt.is_set():
                 for key, mask in self._selector.select(timeout=0.2):
                     if isinstance(key.data, LiveSource):
-                        self._accept(key.fileobj, key.data)
+                        self._accept(cast(socket.socket, key.fileobj), key.data)
                     elif mask & selectors.EVENT_READ:
                         self._read(key.data)
                     elif mask & selectors.EVENT_WRITE:
                         self._flush(key.data)
         finally:
             for key in list(self._selector.get_map().values()):
-                key.fileobj.close()
+                cast(socket.socket, key.fileobj).close()  # only sockets are registered
             self._selector.close()
 
     def start(self) -> OutsideSources:
@@ -247,7 +248,7 @@ class OutsideSources:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _accept(self, listener, source: LiveSource) -> None:
+    def _accept(self, listener: socket.socket, source: LiveSource) -> None:
         try:
             sock, _ = listener.accept()
         except (BlockingIOError, ConnectionError):

@@ -24,7 +24,7 @@ import argparse
 import sys
 
 from . import outside, report
-from .continuity import _verdicts, measure_live, print_result
+from .continuity import measure_live, print_result, verdicts
 from .figures import gap_histogram, lag_chart
 
 HELP = "N live sources through the real sensors and runs: ceiling ratio, lag, and what each source costs"
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         args.sources = size
         watch = outside.WindowWatch(args, out, size)
         result, figures, marks, t0 = measure_live(args, case="scale", deployments=1, **watch.options())
-        result["targets"] = _verdicts(result["per_source"], TARGETS)
+        result["targets"] = verdicts(result["per_source"], TARGETS)
         result["costs"] = costs(result)
         watch.complete(result, figures)
         windows.append(result)

@@ -43,10 +43,13 @@ malformed                           bodies that are not pages, and hostile items
 ==================================  =====================================================
 
 Modules: ``cli`` (options, exit code), ``plan`` (fault kinds, timings, schedule), ``harness``
-(services, lifecycle, catch-up), ``processes`` (mocks, consumers, announcements, supervisor),
-``consumer`` (the consumer process and its checkpoints), ``faults`` (one method per kind),
-``verify`` (the ledger and its checks), ``report`` (the text report), ``redis_pair`` and ``relay`` (a
-primary and its replica behind a VIP, for the failover).
+(services, lifecycle, catch-up; it owns every server and process of the run), ``rig`` (the frozen
+view of a set-up run that the faults and the verifier are handed: they never see the harness),
+``processes`` (mocks, consumers, announcements, supervisor), ``consumer`` (the consumer process and
+its checkpoints), ``faults`` (the injector of each kind, by family: ``process_faults``,
+``redis_faults``, ``postgres_faults``, ``source_faults``), ``verify`` (the ledger and its checks),
+``explain`` (each spacing violation explained), ``report`` (the text report), ``redis_pair`` and
+``relay`` (a primary and its replica behind a VIP, for the failover).
 """
 
 from .cli import add_arguments, main, run_chaos

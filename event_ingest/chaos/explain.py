@@ -90,7 +90,7 @@ def explain(
     def request(arrival: Arrival) -> dict:
         seen = arrival["kernel"] if arrival.get("kernel") is not None else arrival["at"]
         sent = matched.get(id(arrival))
-        entry = {"arrived_kernel": rel(arrival.get("kernel")), "arrived_handler": rel(arrival["at"])}
+        entry: dict[str, Any] = {"arrived_kernel": rel(arrival.get("kernel")), "arrived_handler": rel(arrival["at"])}
         entry["last_id"] = arrival.get("last_id")
         if sent is None:
             entry["consumer"] = "no traced request matches (its consumer killed before the trace line was written?)"

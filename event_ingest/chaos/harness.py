@@ -4,6 +4,9 @@ Lifecycle of one run: set up (embedded servers in a state directory, the schema 
 audit, mocks, consumers) -> faults on the seeded schedule -> faults off, consumers catch up ->
 consumers stop -> the ledger is balanced (``verify.py``) -> everything stopped, the state
 directory removed if the run passed (kept otherwise, or when ``--data-dir`` was given).
+
+The harness owns every server and process of the run; the faults (``faults.py``) and the verifier
+(``verify.py``) are handed a frozen ``Rig`` of them (``rig.py``) and never see the harness.
 """
 
 from __future__ import annotations
@@ -18,26 +21,35 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from ..devstack.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
 from ..devstack.procs import restartable_port
 from .faults import Faults
 from .plan import (
     CATCH_UP_TIMEOUT_S,
     FAULT_KINDS,
     HARNESS_APP_NAME,
-    LEASE_TTL_S,
     MAX_RETRY_AFTER_S,
     NEEDS_REPLICA,
     SOURCE_TIMEOUT_S,
     schedule,
 )
 from .processes import Bus, Consumers, HarnessError, MockProc, start_mock, stop_mocks
+from .redis_pair import RedisPair
+from .rig import Rig, run_sql
 from .verify import install_write_audit, verify
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("event_ingest.chaos")
 
 
 class Harness:
+    """Owns a run: every server and process it starts, stopped whatever happens; hands the faults and
+    the verifier a ``Rig`` of them once all is up."""
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.kinds: tuple[str, ...] = tuple(args.faults) if getattr(args, "faults", None) else FAULT_KINDS
@@ -45,68 +57,63 @@ class Harness:
         self.bus = Bus()
         self.keep_dir = args.data_dir is not None
         self.dir: Path | None = None
-        self.pg = None
-        self.redis = None  # the Redis primary (a failover makes its promoted replica the primary)
-        self.pair = None  # with a failover among the faults: the primary's replica and the VIP in front of both
-        self.db_url = ""
-        self.redis_url = ""
+        self.pg: EmbeddedPostgres | None = None
+        self.redis: EmbeddedRedis | None = None  # the Redis primary it started (a pair owns the primary after)
+        self.pair: RedisPair | None = None  # with a failover among the faults: a replica, the VIP before both
         self.mocks: list[MockProc] = []
         self.consumers: Consumers | None = None
-        self.faults = Faults(self)
-        self.started = 0.0
-        self._http = None
+        self.http: httpx.Client | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def run(self) -> dict:
+    def run(self) -> dict[str, Any]:
         ok = False
         try:
-            self._setup()
-            self._chaos()
-            caught_up, catch_up_s = self._catch_up()
-            self.consumers.stop(wait_s=SOURCE_TIMEOUT_S + 10)
-            report = verify(self, caught_up, catch_up_s)
+            rig = self._setup()
+            faults = Faults(rig)
+            self._chaos(rig, faults)
+            caught_up, catch_up_s = self._catch_up(rig)
+            rig.consumers.stop(wait_s=SOURCE_TIMEOUT_S + 10)
+            report = verify(rig, faults, caught_up, catch_up_s)
             ok = report["ok"]
             return report
         finally:
             self._cleanup(remove_dir=ok and not self.keep_dir)
 
-    def _setup(self) -> None:
+    def _setup(self) -> Rig:
         import httpx
 
         from ..core import Store, StoreError
-        from ..devstack.embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
 
         if self.args.data_dir:
-            self.dir = Path(self.args.data_dir).resolve()
-            if self.dir.exists() and any(self.dir.iterdir()):
-                raise HarnessError(f"--data-dir {self.dir} is not empty; a chaos run starts from nothing")
-            self.dir.mkdir(parents=True, exist_ok=True)
+            state_dir = Path(self.args.data_dir).resolve()
+            if state_dir.exists() and any(state_dir.iterdir()):
+                raise HarnessError(f"--data-dir {state_dir} is not empty; a chaos run starts from nothing")
+            state_dir.mkdir(parents=True, exist_ok=True)
         else:
-            self.dir = Path(tempfile.mkdtemp(prefix="event-ingest-chaos-"))
-        (self.dir / "control").mkdir()
-        (self.dir / "logs").mkdir()
-        log.info("chaos: seed %s, state in %s", self.args.seed, self.dir)
-        self._http = httpx.Client(timeout=10.0)
+            state_dir = Path(tempfile.mkdtemp(prefix="event-ingest-chaos-"))
+        self.dir = state_dir
+        (state_dir / "control").mkdir()
+        (state_dir / "logs").mkdir()
+        log.info("chaos: seed %s, state in %s", self.args.seed, state_dir)
+        self.http = http = httpx.Client(timeout=10.0)
         try:
-            self.pg = EmbeddedPostgres(
-                self.dir / "postgres", port=restartable_port(), fast=True, databases=("event_ingest",)
+            self.pg = pg = EmbeddedPostgres(
+                state_dir / "postgres", port=restartable_port(), fast=True, databases=("event_ingest",)
             )
-            self.db_url = self.pg.start()
-            self.redis = EmbeddedRedis(self.dir / "redis", port=restartable_port())
-            self.redis_url = self.redis.start()
+            db_url = pg.start()
+            self.redis = redis = EmbeddedRedis(state_dir / "redis", port=restartable_port())
+            redis_url = redis.start()
             if any(kind in self.kinds for kind in NEEDS_REPLICA):
-                from .redis_pair import RedisPair
-
-                self.pair = RedisPair(self.dir, self.redis)
-                self.redis_url = self.pair.url  # consumers and harness alike reach Redis through the VIP
+                self.pair = RedisPair(state_dir, redis)
+                redis_url = self.pair.url  # consumers and harness alike reach Redis through the VIP
         except EmbeddedServerError as exc:
             raise HarnessError(str(exc)) from None
         a = self.args
         for i in range(a.sources):
             self.mocks.append(
                 start_mock(
-                    self.dir,
+                    state_dir,
                     f"chaos_s{i + 1}",
                     [
                         "--backlog",
@@ -121,17 +128,16 @@ class Harness:
                 )
             )
         try:
-            with Store(self.db_url, application_name=HARNESS_APP_NAME) as store:
+            with Store(db_url, application_name=HARNESS_APP_NAME) as store:
                 store.apply_schema(m.name for m in self.mocks)
         except StoreError as exc:
             raise HarnessError(str(exc)) from None
-        self.sql(install_write_audit())
         workers = [f"w{i + 1}" for i in range(a.consumers)]
         config = {
-            "database_url": self.db_url,
-            "redis_url": self.redis_url,
-            "control_dir": str(self.dir / "control"),
-            "trace_dir": str(self.dir / "logs"),
+            "database_url": db_url,
+            "redis_url": redis_url,
+            "control_dir": str(state_dir / "control"),
+            "trace_dir": str(state_dir / "logs"),
             "sources": [
                 {
                     "name": m.name,
@@ -143,10 +149,27 @@ class Harness:
                 for m in self.mocks
             ],
         }
-        (self.dir / "consumers.json").write_text(json.dumps(config, indent=2))
-        self.consumers = Consumers(self.dir, workers, self.bus)
-        self.consumers.start()
-        self.started = time.monotonic()
+        run_sql(db_url, install_write_audit())
+        (state_dir / "consumers.json").write_text(json.dumps(config, indent=2))
+        self.consumers = consumers = Consumers(state_dir, workers, self.bus)
+        consumers.start()
+        return Rig(
+            dir=state_dir,
+            started=time.monotonic(),
+            seed=a.seed,
+            seconds=a.seconds,
+            kinds=self.kinds,
+            rng=self.rng,
+            bus=self.bus,
+            consumers=consumers,
+            mocks=tuple(self.mocks),
+            pg=pg,
+            redis=redis,
+            pair=self.pair,
+            db_url=db_url,
+            redis_url=redis_url,
+            http=http,
+        )
 
     def _cleanup(self, remove_dir: bool) -> None:
         """Stop everything this run started, whatever state it is in."""
@@ -158,7 +181,7 @@ class Harness:
         stop_mocks(self.mocks)
         if self.pair is not None:
             try:
-                self.pair.stop()  # the primary (self.redis), its replica and the relays
+                self.pair.stop()  # its primary now (started here, or the promoted replica), replica, relays
             except Exception as exc:
                 log.warning("chaos: could not stop the Redis pair: %s", exc)
         for server in (None if self.pair else self.redis, self.pg):
@@ -167,8 +190,8 @@ class Harness:
                     server.stop()
                 except Exception as exc:  # keep cleaning up the rest
                     log.warning("chaos: could not stop %s: %s", server, exc)
-        if self._http is not None:
-            self._http.close()
+        if self.http is not None:
+            self.http.close()
         if self.dir is not None:
             if remove_dir:
                 shutil.rmtree(self.dir, ignore_errors=True)
@@ -177,23 +200,23 @@ class Harness:
 
     # -- the fault phase ------------------------------------------------------------------------
 
-    def _chaos(self) -> None:
-        end = self.started + self.args.seconds
+    def _chaos(self, rig: Rig, faults: Faults) -> None:
+        end = rig.started + rig.seconds
         pending: list[str] = []  # mandatory kinds that could not be injected yet: tried again
-        for at, kind, mandatory in schedule(self.rng, self.args.seconds, self.kinds):
-            wait = self.started + at - time.monotonic()
+        for at, kind, mandatory in schedule(rig.rng, rig.seconds, rig.kinds):
+            wait = rig.started + at - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-            elif not mandatory and time.monotonic() > self.started + 0.9 * self.args.seconds:
+            elif not mandatory and time.monotonic() > rig.started + 0.9 * rig.seconds:
                 continue  # running late: drop extras, never the first round
             for retry in list(pending):
-                if self.faults.inject(retry):
+                if faults.inject(retry):
                     pending.remove(retry)
-            if not self.faults.inject(kind) and mandatory:
+            if not faults.inject(kind) and mandatory:
                 pending.append(kind)
         for _ in range(3):
             for kind in list(pending):
-                if self.faults.inject(kind):
+                if faults.inject(kind):
                     pending.remove(kind)
         remaining = end - time.monotonic()
         if remaining > 0:
@@ -201,20 +224,20 @@ class Harness:
 
     # -- the end: faults off, catch up ------------------------------------------------------------
 
-    def _catch_up(self) -> tuple[bool, float]:
+    def _catch_up(self, rig: Rig) -> tuple[bool, float]:
         """Faults and production off; wait until every cursor reaches what its source has produced."""
-        for mock in self.mocks:
-            self.http.post(mock.base_url + "/control", json={"clear_next": True, "error_rate": 0.0, "producing": False})
-        for slot in self.consumers.slots:
-            self.consumers.signal(slot, signal.SIGCONT)
-            self.consumers.release(slot.name)
-        for name in list((self.dir / "control").iterdir()):
+        for mock in rig.mocks:
+            rig.http.post(mock.base_url + "/control", json={"clear_next": True, "error_rate": 0.0, "producing": False})
+        for slot in rig.consumers.slots:
+            rig.consumers.signal(slot, signal.SIGCONT)
+            rig.consumers.release(slot.name)
+        for name in list(rig.control_dir.iterdir()):
             name.unlink(missing_ok=True)
         started = time.monotonic()
-        targets = {m.name: self.mock_stats(m)["produced_max_id"] for m in self.mocks}
+        targets = {m.name: rig.mock_stats(m)["produced_max_id"] for m in rig.mocks}
         while time.monotonic() - started < CATCH_UP_TIMEOUT_S:
             try:
-                cursors = dict(self.sql("SELECT source, cursor FROM source_state"))
+                cursors = dict(rig.sql("SELECT source, cursor FROM source_state"))
             except Exception:
                 cursors = {}
             if all(cursors.get(name, 0) >= target for name, target in targets.items()):
@@ -222,39 +245,3 @@ class Harness:
             time.sleep(0.25)
         log.error("chaos: consumers did not catch up within %.0fs (targets %s)", CATCH_UP_TIMEOUT_S, targets)
         return False, time.monotonic() - started
-
-    # -- helpers --------------------------------------------------------------------------------
-
-    @property
-    def http(self):
-        return self._http
-
-    def sql(self, query: str, params: tuple = ()) -> list[tuple]:
-        import psycopg
-
-        with psycopg.connect(
-            self.db_url, application_name=HARNESS_APP_NAME, autocommit=True, connect_timeout=5
-        ) as conn:
-            cur = conn.execute(query, params)
-            return cur.fetchall() if cur.description else []
-
-    def mock(self, name: str) -> MockProc:
-        return next(m for m in self.mocks if m.name == name)
-
-    def mock_stats(self, mock: MockProc, ids: bool = False, arrivals: bool = False) -> dict:
-        params = {k: "1" for k, on in (("ids", ids), ("arrivals", arrivals)) if on}
-        response = self.http.get(mock.base_url + "/stats", params=params or None)
-        response.raise_for_status()
-        return response.json()
-
-    def requests_at_sources(self) -> int:
-        return sum(self.mock_stats(m)["requests"] for m in self.mocks)
-
-    def redis_client(self):
-        import redis
-
-        return redis.Redis.from_url(self.redis_url, socket_timeout=5)
-
-    @property
-    def lease_ttl_s(self) -> float:
-        return LEASE_TTL_S

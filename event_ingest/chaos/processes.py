@@ -19,6 +19,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from ..devstack.procs import kill_group, signal_group, terminate_group
 
@@ -146,7 +147,8 @@ class Consumers:
         """SIGKILL a consumer; the supervisor starts it again (that is the restart)."""
         with self.lock:
             slot.expect_exit = True
-            kill_group(slot.proc)
+            if slot.proc is not None:
+                kill_group(slot.proc)
             self.release(slot.name)
 
     def signal(self, slot: Slot, sig: int) -> None:
@@ -166,20 +168,20 @@ class Consumers:
         slot.expect_exit = False
         threading.Thread(
             target=self._read_announcements,
-            args=(slot.name, proc),
+            args=(slot.name, proc.stdout),
             daemon=True,
             name=f"chaos-read-{slot.name}-{slot.incarnation}",
         ).start()
 
-    def _read_announcements(self, name: str, proc: subprocess.Popen) -> None:
-        for raw in proc.stdout:
+    def _read_announcements(self, name: str, stdout: IO[bytes]) -> None:
+        for raw in stdout:
             try:
                 ev = json.loads(raw)
             except ValueError:
                 continue
             if isinstance(ev, dict):
                 self.bus.post(name, ev)
-        proc.stdout.close()
+        stdout.close()
 
     def _supervise(self) -> None:
         while self._supervising.is_set():
@@ -206,18 +208,18 @@ class Consumers:
         if self._supervisor is not None:
             self._supervisor.join(timeout=5)
         with self.lock:
-            live = [s for s in self.slots if s.proc is not None and s.proc.poll() is None]
-            for slot in live:
+            live = [(s, s.proc) for s in self.slots if s.proc is not None and s.proc.poll() is None]
+            for slot, proc in live:
                 slot.expect_exit = True
-                signal_group(slot.proc, signal.SIGCONT)
-                signal_group(slot.proc, signal.SIGTERM)
+                signal_group(proc, signal.SIGCONT)
+                signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + wait_s
-        for slot in live:
+        for slot, proc in live:
             try:
-                slot.proc.wait(max(deadline - time.monotonic(), 0.1))
+                proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 log.warning("chaos: consumer %s did not stop on SIGTERM; killing it", slot.name)
-                kill_group(slot.proc)
+                kill_group(proc)
 
     def kill_all(self) -> None:
         self._supervising.clear()

@@ -24,6 +24,20 @@ from .relay import HOST, Relay
 SERVER_ARGS = ("--repl-diskless-sync-delay", "0", "--rdb-del-sync-files", "yes")
 
 
+def port_of(server: EmbeddedRedis) -> int:
+    """The port of a server that has been started (it keeps it across restarts)."""
+    if server.port is None:
+        raise RuntimeError(f"{server} has no port: it was never started")
+    return server.port
+
+
+def pid_of(server: EmbeddedRedis) -> int:
+    pid = server.pid
+    if pid is None:
+        raise RuntimeError(f"{server} is not running")
+    return pid
+
+
 def _client(port: int) -> redis.Redis:
     return redis.Redis(host=HOST, port=port, socket_timeout=5, socket_connect_timeout=5)
 
@@ -43,7 +57,7 @@ class RedisPair:
         """``primary``: started, serving; its replica and the two relays are made here."""
         self.base_dir = base_dir
         self.primary = primary
-        client = _client(primary.port)
+        client = _client(port_of(primary))
         try:
             client.config_set("repl-diskless-sync-delay", 0)
             client.config_set("rdb-del-sync-files", "yes")
@@ -51,8 +65,8 @@ class RedisPair:
             client.close()
         primary.extra_args = [*primary.extra_args, *SERVER_ARGS]  # the same after a restart
         self.generation = 0
-        self.link = Relay(primary.port)
-        self.vip = Relay(primary.port)
+        self.link = Relay(port_of(primary))
+        self.vip = Relay(port_of(primary))
         self.replica = self._new_replica()
 
     @property
@@ -72,15 +86,16 @@ class RedisPair:
     def wait_in_sync(self, timeout_s: float = 20.0) -> None:
         """Until the replica has everything the primary has written."""
         deadline = time.monotonic() + timeout_s
+        replica_port = port_of(self.the_replica())
         while True:
-            primary = replication(self.primary.port)
-            replica = replication(self.replica.port)
+            primary = replication(port_of(self.primary))
+            replica = replication(replica_port)
             if replica.get("master_link_status") == "up" and replica.get("slave_repl_offset", -1) >= primary.get(
                 "master_repl_offset", 0
             ):
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"replica on port {self.replica.port} not in sync after {timeout_s:g}s")
+                raise TimeoutError(f"replica on port {replica_port} not in sync after {timeout_s:g}s")
             time.sleep(0.02)
 
     def hold_link(self) -> None:
@@ -89,21 +104,28 @@ class RedisPair:
 
     def kill_primary(self) -> int:
         """The primary dies (SIGKILL); what the link held is lost. Returns how many bytes that was."""
-        kill_hard(self.primary.pid)
+        kill_hard(pid_of(self.primary))
         self.primary.stop()
         return self.link.cut()
 
     def promote(self) -> None:
         """The replica becomes the primary and clients are sent to it (the VIP moves); no replica for now."""
-        client = _client(self.replica.port)
+        replica = self.the_replica()
+        client = _client(port_of(replica))
         try:
             client.execute_command("REPLICAOF", "NO", "ONE")
         finally:
             client.close()
-        self.primary, self.replica = self.replica, None
-        self.primary.extra_args = list(SERVER_ARGS)  # restarted later (redis_restart), it stays a primary
-        self.vip.switch(self.primary.port)
-        self.link.switch(self.primary.port)
+        self.primary, self.replica = replica, None
+        replica.extra_args = list(SERVER_ARGS)  # restarted later (redis_restart), it stays a primary
+        self.vip.switch(port_of(replica))
+        self.link.switch(port_of(replica))
+
+    def the_replica(self) -> EmbeddedRedis:
+        """The replica (there is none between a promotion and ``add_replica``)."""
+        if self.replica is None:
+            raise RuntimeError("the pair has no replica now: add_replica() first")
+        return self.replica
 
     def add_replica(self) -> None:
         """A new replica (empty, on a data directory of its own) joins the primary through the link."""

@@ -10,12 +10,12 @@ hides: a row written twice by one commit, or one id written by two commits that 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .explain import explain, read_traces
-
-if TYPE_CHECKING:
-    from .harness import Harness
+from .faults import Faults
+from .rig import Rig
+from .source_faults import missing_markers
 
 # What each check proves; a run passes only if all hold (the README's table is this one).
 CHECKS = {
@@ -81,23 +81,24 @@ def install_write_audit() -> str:
     return AUDIT_SQL
 
 
-def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
-    f = h.faults
-    twice_in_commit = dict(h.sql(WRITTEN_TWICE_IN_A_COMMIT_SQL))
-    committed_twice = dict(h.sql(COMMITTED_TWICE_SQL))
+def verify(rig: Rig, faults: Faults, caught_up: bool, catch_up_s: float) -> dict[str, Any]:
+    """The run's report: the ledger per source and in total, every check (``CHECKS``), the trials."""
+    f, process, redis, source = faults, faults.process, faults.redis, faults.source
+    twice_in_commit = dict(rig.sql(WRITTEN_TWICE_IN_A_COMMIT_SQL))
+    committed_twice = dict(rig.sql(COMMITTED_TWICE_SQL))
     sources = []
     violations: list[dict] = []
-    traces = read_traces(h.dir / "logs")
-    for mock in h.mocks:
-        seen = h.mock_stats(mock, ids=True, arrivals=True)
-        violations += explain(mock.name, seen["arrival_log"], seen["min_interval_ms"], traces, f.fault_log, h.started)
+    traces = read_traces(rig.logs_dir)
+    for mock in rig.mocks:
+        seen = rig.mock_stats(mock, ids=True, arrivals=True)
+        violations += explain(mock.name, seen["arrival_log"], seen["min_interval_ms"], traces, f.fault_log, rig.started)
         served = set(seen["served_ids"])
-        stored = {r[0] for r in h.sql("SELECT event_id FROM events WHERE source = %s", (mock.name,))}
-        cursor, fenced = h.sql("SELECT cursor, fenced_commits FROM source_state WHERE source = %s", (mock.name,))[0]
-        quarantined = h.sql("SELECT count(*) FROM quarantine WHERE source = %s", (mock.name,))[0][0]
+        stored = {r[0] for r in rig.sql("SELECT event_id FROM events WHERE source = %s", (mock.name,))}
+        cursor, fenced = rig.sql("SELECT cursor, fenced_commits FROM source_state WHERE source = %s", (mock.name,))[0]
+        quarantined = rig.sql("SELECT count(*) FROM quarantine WHERE source = %s", (mock.name,))[0][0]
         max_stored = max(stored, default=0)
         lost = (served - stored) | (set(range(1, max_stored + 1)) - stored)
-        markers = [(s, m) for s, m in f.markers if s == mock.name]
+        markers = [(s, m) for s, m in source.markers if s == mock.name]
         sources.append(
             {
                 "source": mock.name,
@@ -114,7 +115,7 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
                 "max_stored_id": max_stored,
                 "quarantined": quarantined,
                 "malformed_injected": len(markers),
-                "malformed_missing": f.missing_markers(markers),
+                "malformed_missing": missing_markers(rig, markers),
                 "fenced_commits": fenced,
                 "gaps_under_200ms": seen["gaps_under_200ms"],
                 "min_gap_ms": seen["min_gap_ms"],
@@ -135,15 +136,15 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
         "spacing_violations": sum(s["gaps_under_200ms"] for s in sources),
         # Not judged (how late a busy source read its requests), shown beside: see mocksource/arrival.py.
         "spacing_gaps_by_handler_stamp": sum(s["handler_gaps_under_200ms"] for s in sources),
-        "requests_during_held_response": sum(t["requests_during_hold"] for t in f.flush_trials),
+        "requests_during_held_response": sum(t["requests_during_hold"] for t in redis.flush_trials),
         **{
             f"requests_during_held_response_{kind}": sum(
-                t["requests_during_hold"] for t in f.loss_trials if t["kind"] == kind
+                t["requests_during_hold"] for t in redis.loss_trials if t["kind"] == kind
             )
             for kind in LOSS_CHECKS.values()
         },
-        "stale_commits_that_moved_something": sum(not t["commit_refused"] for t in f.fence_trials),
-        "taker_leases_lost": sum(not t["lease_kept"] for t in f.fence_trials),
+        "stale_commits_that_moved_something": sum(not t["commit_refused"] for t in process.fence_trials),
+        "taker_leases_lost": sum(not t["lease_kept"] for t in process.fence_trials),
         "fenced_commits": sum(s["fenced_commits"] for s in sources),
         "min_gap_ms": min(gaps) if gaps else None,
         "requests": sum(s["requests"] for s in sources),
@@ -157,37 +158,37 @@ def verify(h: Harness, caught_up: bool, catch_up_s: float) -> dict:
         "no_spacing_violation": totals["spacing_violations"] == 0,
         "gate_waits_after_state_lost": totals["requests_during_held_response"] == 0,
         **{check: totals[f"requests_during_held_response_{kind}"] == 0 for check, kind in LOSS_CHECKS.items()},
-        "retry_after_honoured": f.requests_during_retry_after == 0,
-        "no_request_while_redis_down": f.requests_while_redis_down == 0,
+        "retry_after_honoured": source.requests_during_retry_after == 0,
+        "no_request_while_redis_down": redis.requests_while_redis_down == 0,
         "stale_commit_fenced": totals["stale_commits_that_moved_something"] == 0,
         "lease_kept_by_taker": totals["taker_leases_lost"] == 0,
         "malformed_all_quarantined": all(not s["malformed_missing"] for s in sources),
-        "every_fault_kind_injected": all(f.injected[k] >= 1 for k in h.kinds),
+        "every_fault_kind_injected": all(f.injected[k] >= 1 for k in rig.kinds),
         "caught_up": caught_up,
-        "no_consumer_crash": h.consumers.crashes == 0,
+        "no_consumer_crash": rig.consumers.crashes == 0,
     }
     assert set(checks) == set(CHECKS)
     return {
         "ok": all(checks.values()),
-        "seed": h.args.seed,
-        "seconds": h.args.seconds,
-        "consumers": h.args.consumers,
-        "sources": h.args.sources,
-        "faults": {k: f.injected[k] for k in h.kinds},
+        "seed": rig.seed,
+        "seconds": rig.seconds,
+        "consumers": len(rig.consumers.slots),
+        "sources": len(rig.mocks),
+        "faults": {k: f.injected[k] for k in rig.kinds},
         "totals": totals,
         "checks": checks,
         "per_source": sources,
         "violations": violations,
-        "fence_trials": f.fence_trials,
-        "stops_not_taken_over": f.stops_not_taken_over,
-        "flush_trials": f.flush_trials,
-        "loss_trials": f.loss_trials,
-        "drain_ends": dict(h.bus.drain_ends),
-        "requests_while_redis_down": f.requests_while_redis_down,
-        "requests_during_retry_after": f.requests_during_retry_after,
-        "consumer_restarts": h.consumers.restarts,
-        "consumer_crashes": h.consumers.crashes,
+        "fence_trials": process.fence_trials,
+        "stops_not_taken_over": process.stops_not_taken_over,
+        "flush_trials": redis.flush_trials,
+        "loss_trials": redis.loss_trials,
+        "drain_ends": dict(rig.bus.drain_ends),
+        "requests_while_redis_down": redis.requests_while_redis_down,
+        "requests_during_retry_after": source.requests_during_retry_after,
+        "consumer_restarts": rig.consumers.restarts,
+        "consumer_crashes": rig.consumers.crashes,
         "catch_up_s": round(catch_up_s, 2),
         "fault_log": f.fault_log,
-        "state_dir": str(h.dir),
+        "state_dir": str(rig.dir),
     }

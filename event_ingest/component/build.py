@@ -84,9 +84,8 @@ def build_definitions(
         replay,  # `event-ingest replay` from the launchpad
         freshness,  # `fresh` red for a late source whether or not a run hosts it
     ]
-    if alerts:  # run- and check-failure webhooks, one message per incident
-        monitored = [ingest_job, drain_job, rollup_job, *replay.jobs, *freshness.jobs]
-        parts.append(build_alerts(sources, monitored, names))
+    if alerts:  # run- and check-failure webhooks (for every job above), one message per incident
+        parts.append(build_alerts(sources, parts, names))
     if run_retention:  # hourly deletion of old finished runs (of every job in the Dagster instance)
         parts.append(build_retention(names.prefix))
     return dg.Definitions.merge(*parts)

@@ -16,13 +16,12 @@ from ..config import SourceConfig
 from ..core import Store
 from ..core.checks import cursor_check, gap_check, quarantine_check
 from ..core.status import stuck_check
+from .names import Names
+from .resources import ingest_of
 
 # Partitioned asset checks are a preview feature in Dagster 1.13; we rely on them on purpose
 # (one check result per source), so the warning is noise in every log.
 warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*", category=dg.PreviewWarning)
-
-from .names import Names  # noqa: E402
-from .resources import ingest_of  # noqa: E402
 
 
 def no_gaps(store: Store, source: SourceConfig) -> dg.AssetCheckResult:
@@ -90,7 +89,10 @@ def not_stuck(store: Store, source: SourceConfig) -> dg.AssetCheckResult:
     )
 
 
-CHECKS: dict[str, tuple[Callable[[Store, SourceConfig], dg.AssetCheckResult], str]] = {
+# One check of one source, with the store open.
+CheckFn = Callable[[Store, SourceConfig], dg.AssetCheckResult]
+
+CHECKS: dict[str, tuple[CheckFn, str]] = {
     "no_gaps": (no_gaps, "No ids missing between the lowest and highest stored (or quarantined) id of the source."),
     "cursor_matches_max_id": (
         cursor_matches_max_id,
@@ -120,7 +122,7 @@ def build_checks(
 ) -> list[dg.AssetChecksDefinition]:
     by_name = {s.name: s for s in sources}
 
-    def make(name: str, fn, description: str) -> dg.AssetChecksDefinition:
+    def make(name: str, fn: CheckFn, description: str) -> dg.AssetChecksDefinition:
         @dg.asset_check(
             asset=names.events,
             name=name,

@@ -239,7 +239,7 @@ class EventSources(dg.Component, dg.Resolvable):
             raise ConfigError(f"{origin}: give `sources` or `sources_file`, not both")
         if self.sources is not None:
             if all(isinstance(s, SourceConfig) for s in self.sources) and not isinstance(self.runs, Mapping):
-                return IngestConfig(sources=list(self.sources), runs=self.runs or RunSettings())
+                return IngestConfig(sources=list(self.sources), runs=self.runs or RunSettings.model_validate({}))
             document: dict[str, Any] = {"sources": [_plain(s) for s in self.sources]}
             if self.runs is not None:
                 document["runs"] = _plain(self.runs)

@@ -108,7 +108,7 @@ def build_freshness_watch(sources: list[SourceConfig], names: Names = Names()) -
         description="Turns `fresh` red for a source past its max_lag_s whether or not a run hosts it: one run of "
         "the check per late episode. Stopping it leaves freshness to the ingest runs alone.",
     )
-    def _watch(context: dg.SensorEvaluationContext):
+    def _watch(context: dg.SensorEvaluationContext) -> dg.SkipReason | list[dg.RunRequest]:
         memory = json.loads(context.cursor) if context.cursor else {}
         try:
             with ingest_of(context, names).store() as store:

@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable
 
 import dagster as dg
+import redis
 
 from ..config import IngestConfig
-from ..core import DrainStatus, StoreError
+from ..core import DrainStatus, Store, StoreError
 from ..core.worker import SourceReport, Worker, WorkerOptions, read_heartbeats, slot_members, sources_to_host
 from .checks import evaluate_checks
 from .hosting import WANTED_TTL_S, sensors_ticking, wanted
@@ -82,7 +83,7 @@ def report_metadata(report: SourceReport, row_count: int | None) -> dict:
 class _Plan:
     """Answers the worker's "what should I host now?" from the sensors' marks and the instance, cached briefly."""
 
-    def __init__(self, context: dg.OpExecutionContext, members: list[str], redis_client):
+    def __init__(self, context: dg.OpExecutionContext, members: list[str], redis_client: redis.Redis):
         self.context = context
         self.members = members
         self.redis = redis_client
@@ -175,7 +176,7 @@ class _Publisher:
             else "hosting nothing"
         )
 
-    def _checks(self, store, report: SourceReport) -> None:
+    def _checks(self, store: Store, report: SourceReport) -> None:
         if report.state == "stopped" or report.source in self.plan.unwanted:
             return  # handed over (the next host publishes), or not wanted (published as such)
         source = self.sources[report.source]
@@ -193,7 +194,8 @@ class _Publisher:
             if last is not None and last[0] == result.passed and now - last[1] < CHECK_REPUBLISH_S:
                 continue
             self.context.log_event(
-                dg.AssetCheckEvaluation(
+                # log_event takes check evaluations (Dagster 1.13); its annotation leaves them out.
+                dg.AssetCheckEvaluation(  # type: ignore[arg-type]
                     asset_key=self.names.events,
                     check_name=name,
                     passed=result.passed,

@@ -43,8 +43,8 @@ def build_replay(sources: list[SourceConfig], names: Names = Names()) -> dg.Defi
             except ReplayRefused as exc:
                 raise dg.Failure(description=f"refused: {exc}") from None
         context.log.info(result.summary())
-        metadata = {
-            "source": result.source,
+        metadata: dict[str, dg.MetadataValue] = {
+            "source": dg.MetadataValue.text(result.source),
             "cursor_before": dg.MetadataValue.int(result.cursor_before),
             "cursor_after": dg.MetadataValue.int(result.cursor_after),
             "epoch": dg.MetadataValue.int(result.epoch),

@@ -86,6 +86,12 @@ def default_resource(key: str) -> IngestResource:
         return _defaults.setdefault(key, ingest_resource_from_env())
 
 
-def ingest_of(context, names: Names) -> IngestResource:
+# The contexts an instance's resource is read from.
+ResourceContext = (
+    dg.AssetExecutionContext | dg.AssetCheckExecutionContext | dg.OpExecutionContext | dg.SensorEvaluationContext
+)
+
+
+def ingest_of(context: ResourceContext, names: Names) -> IngestResource:
     """The instance's resource, from an asset, op, check or sensor context."""
     return getattr(context.resources, names.resource_key)

@@ -84,7 +84,9 @@ def claim_slot(client: redis.Redis, slot_key: str, sensor: str) -> tuple[bool, s
     if client.set(key, sensor, nx=True, px=SLOT_CLAIM_TTL_S * 1000):
         return True, sensor
     holder = client.get(key)
-    return False, holder.decode() if holder else "another"
+    if isinstance(holder, bytes):
+        holder = holder.decode()
+    return False, holder or "another"
 
 
 def _run_views(instance: dg.DagsterInstance, job_name: str) -> list[RunView]:
@@ -124,7 +126,7 @@ def build_source_sensor(
         description=f"Keeps source {source.name!r} hosted by a live `{job.name}` run (slot {slot}). Stop it to "
         "pause the source: the run hosting it lets go within two minutes.",
     )
-    def _sensor(context: dg.SensorEvaluationContext):
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason | dg.RunRequest:
         ingest = ingest_of(context, names)
         try:
             client = ingest.shared_redis()

@@ -31,18 +31,9 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .store import (
-    COUNTER_BLOCKS_PER_CALL,
-    ID_BLOCK_BITS,
-    ID_BLOCK_SIZE,
-    BlockDrift,
-    CounterAudit,
-    Gap,
-    Reads,
-    Store,
-    StoreError,
-    drift_summary,
-)
+from .store import BlockDrift, CounterAudit, Gap, Reads, Store, StoreError
+from .store.audit import COUNTER_BLOCKS_PER_CALL, drift_summary
+from .store.schema import ID_BLOCK_BITS, ID_BLOCK_SIZE
 
 GAPS_LISTED = 20  # ranges named in a result; the counts are always whole
 BLOCKS_SCANNED = 16  # incomplete blocks read to name ranges: at most 16 x 65,536 ids per check
@@ -124,7 +115,9 @@ class _Window:
     whole: bool  # nothing in it is accounted for: all of it is missing, no need to read it
 
 
-def gap_check(store: Reads, source: str, *, listed: int = GAPS_LISTED, scan_blocks: int = BLOCKS_SCANNED) -> GapCheck:
+def gap_check(
+    store: Store | Reads, source: str, *, listed: int = GAPS_LISTED, scan_blocks: int = BLOCKS_SCANNED
+) -> GapCheck:
     """Ids missing between the lowest and highest accounted-for id of a source, read in one snapshot.
 
     Cost without gaps: five index probes and one row per block (458 at 30 million ids). With gaps,
@@ -205,7 +198,7 @@ def _incomplete_windows(blocks: list[tuple[int, int]], lowest: int, highest: int
     return windows, overcounted
 
 
-def _locate(store: Reads, source: str, windows: list[_Window], scan_blocks: int) -> tuple[list[Gap], int, bool]:
+def _locate(store: Store | Reads, source: str, windows: list[_Window], scan_blocks: int) -> tuple[list[Gap], int, bool]:
     """Name the missing ranges window by window, merging ranges that run across a window's edge;
     stop after reading ``scan_blocks`` blocks (the ranges found so far are then a lower bound)."""
     gaps: list[Gap] = []
@@ -226,7 +219,7 @@ def _locate(store: Reads, source: str, windows: list[_Window], scan_blocks: int)
     return gaps, scanned, True
 
 
-def cursor_check(store: Reads, source: str) -> CursorCheck:
+def cursor_check(store: Store | Reads, source: str) -> CursorCheck:
     """The cursor equals the highest id accounted for (stored or quarantined with its id), read in one
     snapshot: a commit moves both, and is seen by both reads or by neither."""
     with store.snapshot() as snap:
@@ -237,7 +230,7 @@ def cursor_check(store: Reads, source: str) -> CursorCheck:
     return CursorCheck(passed=status.cursor == highest, cursor=status.cursor, highest=highest)
 
 
-def quarantine_check(store: Reads, source: str) -> QuarantineCheck:
+def quarantine_check(store: Store | Reads, source: str) -> QuarantineCheck:
     count, last_reason, _ = store.quarantine_summary(source)  # one statement: one snapshot
     return QuarantineCheck(passed=count == 0, quarantined=count, last_reason=last_reason)
 

@@ -35,7 +35,8 @@ from .lease import Lease, LeaseUnavailable
 from .page import Page
 from .progress import LAG_SAMPLES, Counters, DrainOptions, DrainStats, DrainStatus, Progress, lag_s
 from .retry import after_failure
-from .store import STOPS_BEFORE_PHRASE, Fenced, Store, StoreError
+from .store import Fenced, Store, StoreError
+from .store.reads import STOPS_BEFORE_PHRASE
 from .writes import CountedWrites
 
 log = logging.getLogger(__name__)

@@ -53,7 +53,7 @@ class StuckCheck:
         )
 
 
-def stuck_check(store: Reads, source: str) -> StuckCheck:
+def stuck_check(store: Store | Reads, source: str) -> StuckCheck:
     """One index probe (see Store.stuck)."""
     stuck = store.stuck(source)
     return StuckCheck(source, passed=stuck is None, stuck=stuck)

@@ -44,6 +44,7 @@ import redis
 from ..config import RunSettings, SourceConfig
 from .host import BACKOFF_START_S, SourceHost
 from .lease import BLOCK_S as LEASE_BLOCK_S
+from .percentile import percentile
 from .progress import Counters, DrainObserver
 from .store import Store
 
@@ -154,11 +155,6 @@ class SourceReport:
     lag_p99_s: float | None = None
     lag_max_s: float | None = None
     last_error: str | None = None
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 class Worker:
@@ -322,7 +318,7 @@ class Worker:
             cursor=now.cursor if now is not None else None,
             caught_up=bool(now and now.caught_up),
             lag_p50_s=round(statistics.median(lags), 3) if lags else None,
-            lag_p99_s=round(_percentile(lags, 0.99), 3) if lags else None,
+            lag_p99_s=round(percentile(lags, 0.99), 3) if lags else None,
             lag_max_s=round(max(lags), 3) if lags else None,
             last_error=host.last_error,
         )

@@ -23,6 +23,12 @@ the last run stopped::
 
 Every child runs in its own session (process group), so a Ctrl-C in the terminal reaches us
 only and we stop the children in order; nothing is left behind, not even Dagster's run workers.
+
+The parts, each owning its own state and handed what it needs: StateDir (statedir.py),
+plan_sources -> SourcesPlan (sources.py), start_services -> ServiceUrls (services.py), MockFleet
+(mockfleet.py), DagsterDev (dagster_dev.py), the reports (report.py). DevStack holds them and a
+Teardown (an ExitStack, runtime.py) on which each registers its stop as it starts, so whatever
+fails or is interrupted, what was started stops in reverse order.
 """
 
 from __future__ import annotations
@@ -31,20 +37,21 @@ import argparse
 import os
 import signal
 import sys
-import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from ..config import DATABASE_URL_ENV, REDIS_URL_ENV, SOURCES_ENV, ConfigError
-from .children import Child, _Children
-from .dagster_ui import UI_READY_TIMEOUT_S, _DagsterUI
-from .embedded import EmbeddedPostgres, EmbeddedRedis, EmbeddedServerError
-from .errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, DevError, _Interrupted
-from .procs import HOST
-from .report import _Report
-from .services import _Services
-from .statedir import DEFAULT_STATE_DIR, STACK_FILE, _StateDir
+from ..config import DAGSTER_DATABASE_URL_ENV, SOURCES_ENV, ConfigError
+from ..exits import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from .dagster_dev import DagsterDev, project_files
+from .errors import DevError
+from .mockfleet import MockFleet
+from .procs import HOST, port_is_free
+from .report import StackView, stack_document, stack_env, summary
+from .runtime import Console, Interrupted, Interrupts, Teardown
+from .services import ServiceUrls, start_services
+from .sources import SourcesPlan, plan_sources
+from .statedir import DEFAULT_STATE_DIR, StateDir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,80 +86,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class DevStack(_StateDir, _Services, _Children, _DagsterUI, _Report):
-    """The running dev stack. Its state is here; the steps live by concern in statedir.py,
-    services.py, children.py, dagster_ui.py and report.py."""
+class DevStack:
+    """The dev stack: the parts it started, and the teardown that stops them in reverse order.
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    Parts, each owning its state: StateDir (the lock, stack.json), the SourcesPlan, ServiceUrls
+    (from start_services: Postgres, Redis), MockFleet (the mock sources), DagsterDev (dagster dev
+    and its readiness). Reports are made from a StackView snapshot (report.py)."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        console: Console | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.args = args
-        self.out_lock = threading.Lock()  # our lines and dagster's, whole lines each
+        self.console = console or Console()
+        self.environ = os.environ if environ is None else environ
+        self.interrupts = Interrupts()
+        self.teardown = Teardown()
         self.t0 = time.monotonic()
         self.started_at = time.time()
-        self.state_dir = Path(args.data_dir or Path.cwd() / DEFAULT_STATE_DIR).expanduser().resolve()
-        self.logs_dir = self.state_dir / "logs"
-        self.stack_file = self.state_dir / STACK_FILE
-        self.interrupts = 0
-        self.interrupts_at_stop = 0
-        self.lock_fd: int | None = None
-        self.pg: EmbeddedPostgres | None = None
-        self.redis: EmbeddedRedis | None = None
-        self.sources: list[Child] = []
-        self.dagster: Child | None = None
-        self.tee: threading.Thread | None = None
-        self.database_url = ""
-        self.dagster_database_url = ""
-        self.redis_url = ""
-        self.sources_file: Path | None = None
-        self.mock = False
-        self.generated_sources = False
-        self.source_urls: dict[str, str] = {}
+        self.state = StateDir(Path(args.data_dir or Path.cwd() / DEFAULT_STATE_DIR))
+        self.sources: SourcesPlan | None = None
+        self.services: ServiceUrls | None = None
+        self.fleet: MockFleet | None = None
+        self.dagster: DagsterDev | None = None
         self.timings: dict[str, float] = {}
-        self.ui_ready = False
-        self.from_env: set[str] = set()  # variables the user set (not printed back: may hold passwords)
 
-    # -- helpers
-
-    def say(self, message: str, prefix: bool = True) -> None:
-        self.write(f"event-ingest dev: {message}\n" if prefix else message + "\n")
-
-    def write(self, text: str) -> bool:
-        """To our stdout; False if it is gone (a closed terminal or pipe)."""
-        with self.out_lock:
-            try:
-                sys.stdout.write(text)
-                sys.stdout.flush()
-                return True
-            except (OSError, ValueError):
-                return False
-
-    @property
-    def started_anything(self) -> bool:
-        return bool(self.pg or self.redis or self.sources or self.dagster)
-
-    @property
-    def ui_url(self) -> str:
-        return f"http://{HOST}:{self.args.port}"
+    def say(self, message: str) -> None:
+        self.console.say(message)
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.t0, 2)
 
-    def check_interrupted(self) -> None:
-        if self.interrupts:
-            raise _Interrupted()
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep, cut short by SIGINT/SIGTERM (the handler only counts; see run_dev)."""
-        deadline = time.monotonic() + seconds
-        while not self.interrupts and time.monotonic() < deadline:
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-
-    def env(self) -> dict[str, str]:
-        """What `event-ingest status` / `ingest` / Dagster need to find this stack."""
-        return {
-            DATABASE_URL_ENV: self.database_url,
-            REDIS_URL_ENV: self.redis_url,
-            SOURCES_ENV: str(self.sources_file),
-        }
+    @property
+    def started_anything(self) -> bool:
+        return self.teardown.stops > 0
 
     # -- start
 
@@ -161,118 +130,139 @@ class DevStack(_StateDir, _Services, _Children, _DagsterUI, _Report):
         for opt, port in (("--port", args.port), ("--sources-port-base", args.sources_port_base)):
             if not 1 <= port <= 65535 - (2 if opt == "--sources-port-base" else 0):
                 raise DevError(f"event-ingest dev: {opt} {port} is not a usable TCP port")
-        files = self._project_files()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.logs_dir.mkdir(exist_ok=True)
-        self._lock_state_dir()
-        self._stop_leftovers()
-        self._resolve_sources()
-        self._check_ports()
+        files = None if args.no_dagster else project_files()
+        self.state.open()
+        self.teardown.callback(self.state.close)  # last: the stack file goes once all is down
+        self.state.stop_leftovers(self.say)
+        sources = self.sources = plan_sources(
+            args.sources, self.environ, args.no_mock_sources, args.sources_port_base, self.state.path / "sources.yaml"
+        )
+        self._check_ports(sources)
 
-        self._start_postgres()
-        self.check_interrupted()
-        self._start_redis()
-        self.check_interrupted()
-        self._apply_schema()
+        services = self.services = start_services(
+            self.state.path, self.state.logs, list(sources.urls), self.teardown, self.interrupts, self.say, self.environ
+        )
         self.timings["services_ready_s"] = self.elapsed()
-        self.check_interrupted()
-        self._start_mock_sources()
+        self.interrupts.check()
+        if sources.mock:
+            self.fleet = MockFleet(sources.urls, args.sources_port_base, self.state.logs, self.interrupts, self.say)
+            self.teardown.on_close(self.fleet.stop)
+            self.fleet.start()
         self.timings["sources_ready_s"] = self.elapsed()
-        self.check_interrupted()
-        if not args.no_dagster:
-            self._start_dagster(*files)
+        self.interrupts.check()
+        if files is not None:
+            dagster_yaml, workspace = files
+            env = {
+                **self.environ,
+                **stack_env(services, sources),
+                DAGSTER_DATABASE_URL_ENV: services.dagster_database_url,
+            }
+            self.dagster = DagsterDev(
+                self.state.path / "dagster_home",
+                dagster_yaml,
+                workspace,
+                args.port,
+                env,
+                self.state.logs / "dagster.log",
+                self.console,
+                self.interrupts,
+                # Only when the Dagster storage is ours: then no run created before now can be alive.
+                cancel_stale_before=self.started_at if services.postgres is not None else None,
+            )
+            self.teardown.on_close(self.dagster.stop)
+            self.dagster.start()
         self.write_stack()
 
+    def _check_ports(self, sources: SourcesPlan) -> None:
+        """Fail before starting anything if a port we must bind is taken."""
+        wanted: list[tuple[int, str, str]] = []
+        if not self.args.no_dagster:
+            wanted.append((self.args.port, "the Dagster UI", "--port"))
+        for name, port in sources.mock_ports(self.args.sources_port_base).items():
+            wanted.append((port, f"mock source {name}", "--sources-port-base"))
+        for port, what, option in wanted:
+            if not port_is_free(port):
+                raise DevError(
+                    f"event-ingest dev: port {port} on {HOST} is already in use (needed for {what}); "
+                    f"free it or choose another with {option}"
+                )
+
+    # -- run
+
+    def view(self) -> StackView:
+        if self.services is None or self.sources is None:
+            raise RuntimeError("the dev stack has not started")
+        return StackView(
+            state_dir=self.state.path,
+            stack_file=self.state.stack_file,
+            logs_dir=self.state.logs,
+            started_at=self.started_at,
+            services=self.services,
+            sources=self.sources,
+            mock_children=tuple(self.fleet.children) if self.fleet else (),
+            dagster=self.dagster.child if self.dagster else None,
+            ready=self.dagster is None or self.dagster.settled,
+            timings=dict(self.timings),
+        )
+
+    def write_stack(self) -> None:
+        self.state.write_stack(stack_document(self.view()))
+
+    def print_summary(self) -> None:
+        self.console.say(summary(self.view(), self.elapsed()), prefix=False)
+
     def first_dead(self) -> tuple[str, int | None, Path] | None:
-        """(what, exit code, log) of the first essential child that is no longer running."""
-        if self.pg is not None and not self.pg.is_running():
-            return "Postgres", None, self.pg.log_path
-        if self.redis is not None and not self.redis.is_running():
-            return "Redis", None, self.redis.log_path
-        for child in self.sources:
-            if child.proc.poll() is not None:
-                return f"mock source {child.name}", child.proc.returncode, child.log_path
-        if self.dagster is not None and self.dagster.proc.poll() is not None:
-            return "dagster dev", self.dagster.proc.returncode, self.dagster.log_path
-        return None
+        """(what, exit code, log) of the first essential process that is no longer running."""
+        server = self.services.first_dead() if self.services else None
+        if server is not None:
+            return server[0], None, server[1]
+        if self.fleet is not None and (dead := self.fleet.first_dead()) is not None:
+            return dead
+        return self.dagster.first_dead() if self.dagster else None
 
     def watch(self) -> int:
-        """Until a signal (exit 0) or an essential child dies (exit 1)."""
+        """Until a signal (exit 0) or an essential process dies (exit 1)."""
         if self.dagster is None:
             self.print_summary()
         next_poll = 0.0
-        while not self.interrupts:
+        while not self.interrupts.count:
             dead = self.first_dead()
             if dead is not None:
                 what, rc, log_path = dead
                 code = f" with code {rc}" if rc is not None else ""
                 self.say(f"ERROR: {what} exited unexpectedly{code}; log: {log_path}; stopping everything")
                 return EXIT_FAILED
-            if self.dagster is not None and not self.ui_ready and time.monotonic() >= next_poll:
-                if self.poll_ui():
-                    self.timings["ui_ready_s"] = self.elapsed()
-                    self.ui_ready = True
-                    self.cancel_stale_runs()
-                    self.write_stack()
-                    self.print_summary()
-                elif time.monotonic() - self.t0 > UI_READY_TIMEOUT_S:
-                    self.ui_ready = True  # stop polling; say where to look
-                    self.say(
-                        f"WARNING: the Dagster UI did not answer within {UI_READY_TIMEOUT_S:.0f}s; "
-                        f"see {self.dagster.log_path}"
-                    )
+            dagster = self.dagster
+            if dagster is not None and not dagster.settled and time.monotonic() >= next_poll:
+                if dagster.poll(time.monotonic() - self.t0):
+                    if dagster.answered_at is not None:
+                        self.timings["ui_ready_s"] = round(dagster.answered_at - self.t0, 2)
+                        self.write_stack()
                     self.print_summary()
                 next_poll = time.monotonic() + 1.0
-            self.sleep(0.5)
+            self.interrupts.sleep(0.5)
         return EXIT_OK
 
     # -- stop
 
-    @property
-    def hurry(self) -> bool:
-        """Another Ctrl-C after stopping began: do not wait for Dagster's graceful shutdown."""
-        return self.interrupts > self.interrupts_at_stop
-
     def stop(self) -> bool:
-        """Stop everything we started, in order; True if it all went down cleanly."""
-        self.interrupts_at_stop = self.interrupts
-        clean = True
-        if self.dagster is not None:
-            clean &= self._stop_dagster()
-        for child in reversed(self.sources):
-            clean &= self._stop_child(child, signal.SIGTERM, 5)
-        for server in (self.redis, self.pg):
-            if server is not None:
-                try:
-                    server.stop()
-                except EmbeddedServerError as exc:
-                    self.say(f"WARNING: {exc}")
-                    clean = False
-        if self.tee is not None:
-            self.tee.join(5)
-        if self.lock_fd is not None:  # else the stack file is another run's
-            self.stack_file.unlink(missing_ok=True)
-            os.close(self.lock_fd)  # releases the lock
-            self.lock_fd = None
-        return clean
+        """Stop everything we started, in reverse order; True if it all went down cleanly."""
+        self.interrupts.stopping()
+        self.teardown.close()
+        return self.teardown.clean
 
 
 def run_dev(args: argparse.Namespace) -> int:
     stack = DevStack(args)
-
-    def on_signal(signum: int, frame: Any) -> None:
-        # Only count: the main loop and the start/stop steps look at the count. (Printing or
-        # taking locks here could deadlock with the code the signal interrupted.)
-        stack.interrupts += 1
-
     # SIGHUP too: closing the terminal must not leave the children (in their own sessions) behind.
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, stack.interrupts.on_signal) for sig in sigs}
     code = EXIT_OK
     try:
         try:
             stack.start()
             code = stack.watch()
-        except _Interrupted:
+        except Interrupted:
             code = EXIT_OK
         except DevError as exc:
             print(str(exc), file=sys.stderr, flush=True)
@@ -282,10 +272,10 @@ def run_dev(args: argparse.Namespace) -> int:
             code = EXIT_CONFIG
         finally:
             started = stack.started_anything
-            if stack.interrupts and started:
+            if stack.interrupts.count and started:
+                dagster_runs = stack.dagster is not None and stack.dagster.child is not None
                 stack.say(
-                    "stopping"
-                    + (" (Ctrl-C again to stop Dagster without waiting)..." if stack.dagster is not None else "...")
+                    "stopping" + (" (Ctrl-C again to stop Dagster without waiting)..." if dagster_runs else "...")
                 )
             if not stack.stop():
                 stack.say("WARNING: some processes had to be killed; see the messages above")

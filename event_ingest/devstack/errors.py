@@ -1,6 +1,6 @@
-"""How `event-ingest dev` fails: one line for stderr, and an exit code."""
+"""How `event-ingest dev` fails: one line for stderr, and an exit code (``event_ingest.exits``)."""
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+from ..exits import EXIT_CONFIG
 
 
 class DevError(Exception):
@@ -9,7 +9,3 @@ class DevError(Exception):
     def __init__(self, message: str, code: int = EXIT_CONFIG) -> None:
         super().__init__(message)
         self.code = code
-
-
-class _Interrupted(Exception):
-    """SIGINT/SIGTERM arrived while starting up."""

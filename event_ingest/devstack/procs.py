@@ -14,8 +14,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +176,7 @@ class Usage:
     processes: int
 
 
-def usage(pids) -> Usage:
+def usage(pids: Iterable[int]) -> Usage:
     """Summed over the live ones among ``pids``. PSS (proportional set size) shares each page
     among the processes that map it, so it adds up across processes where RSS double-counts."""
     cpu = 0.0
@@ -239,7 +241,7 @@ def cmdline(pid: int) -> str:
 # ---------------------------------------------------------------------------- starting
 
 
-def spawn(cmd: list[str], **kwargs) -> subprocess.Popen:
+def spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
     """Start `cmd` in its own session (process group), stdin from /dev/null: a Ctrl-C in the
     terminal reaches us only, and we stop the child (and whatever it starts) in order.
     Raises OSError if `cmd` cannot be executed."""
@@ -281,13 +283,13 @@ def port_is_free(port: int, host: str = HOST) -> bool:
 # ------------------------------------------- children we started, each leading its own process group
 
 
-def signal_group(proc, sig: int) -> None:
+def signal_group(proc: subprocess.Popen[Any], sig: int) -> None:
     """Signal the process group a child of ours leads (started with ``start_new_session=True``)."""
     if proc.poll() is None:
         killpg(proc.pid, sig)
 
 
-def kill_group(proc, wait_s: float = 10.0) -> bool:
+def kill_group(proc: subprocess.Popen[Any], wait_s: float = 10.0) -> bool:
     """SIGKILL a child's process group and reap the child; False if it did not die in time."""
     signal_group(proc, signal.SIGKILL)
     try:
@@ -297,7 +299,7 @@ def kill_group(proc, wait_s: float = 10.0) -> bool:
         return False
 
 
-def terminate_group(proc, wait_s: float = 5.0) -> bool:
+def terminate_group(proc: subprocess.Popen[Any], wait_s: float = 5.0) -> bool:
     """SIGTERM a child's process group, then SIGKILL it if it is still there after ``wait_s``."""
     signal_group(proc, signal.SIGTERM)
     try:

@@ -1,5 +1,16 @@
-"""The dev stack's state dir: one stack per dir (its lock), leftovers of a run killed hard,
-the generated sources file, the ports to check before starting anything."""
+"""The dev stack's state dir: one stack per dir (its lock), the stack file the other commands
+read, and the leftovers of a run that was killed hard.
+
+    postgres/  redis/       server data
+    dagster_home/           DAGSTER_HOME
+    logs/                   one log per child
+    sources.yaml            generated when the mock sources are used
+    stack.json              URLs, pids and log paths of the running stack (removed on a clean stop)
+    dev.lock                held while a dev stack runs on this state dir
+
+The lock is what makes the rest safe: holding it proves that a server or child still running on
+this dir is a leftover of a run killed hard (stop it), not another stack's (refuse to start).
+"""
 
 from __future__ import annotations
 
@@ -8,63 +19,75 @@ import fcntl
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
-import event_ingest
-
-from ..config import SOURCES_ENV, load_sources
-from .children import MOCK_SOURCES
 from .errors import DevError
-from .procs import HOST, alive, port_is_free, process_tree, signal_pid, sweep
+from .procs import alive, process_tree, signal_pid, sweep
 
 DEFAULT_STATE_DIR = ".event-ingest"
 STACK_FILE = "stack.json"
 LOCK_FILE = "dev.lock"
 
 
-def project_dir() -> Path:
-    """The checkout the package runs from (it holds deploy/dagster.yaml and workspace.yaml)."""
-    return Path(event_ingest.__file__).resolve().parent.parent
+class StateDir:
+    """A state dir; `open()` creates and locks it, `close()` removes the stack file and unlocks."""
 
+    def __init__(self, path: Path) -> None:
+        self.path = path.expanduser().resolve()
+        self.logs = self.path / "logs"
+        self.stack_file = self.path / STACK_FILE
+        self._lock_fd: int | None = None
 
-class _StateDir:
-    """DevStack's work on its state dir (the attributes are DevStack's, in dev.py)."""
+    @property
+    def locked(self) -> bool:
+        return self._lock_fd is not None
 
-    def _project_files(self) -> tuple[Path, Path]:
-        root = project_dir()
-        dagster_yaml, workspace = root / "deploy" / "dagster.yaml", root / "workspace.yaml"
-        if not self.args.no_dagster:
-            for f in (dagster_yaml, workspace):
-                if not f.is_file():
-                    raise DevError(
-                        f"event-ingest dev: {f} not found; it ships beside the event_ingest "
-                        f"package (run from a checkout, or pass --no-dagster)"
-                    )
-        return dagster_yaml, workspace
-
-    def _lock_state_dir(self) -> None:
-        """One dev stack per state dir. Holding this lock also proves that any server or child
-        still running on this state dir is a leftover of a run that was killed hard."""
-        path = self.state_dir / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    def open(self) -> None:
+        """Create the dir and take its lock; one line naming the holder if another stack has it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
                 raise
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise DevError(
                 f"event-ingest dev: another dev stack (pid {holder}) is running on "
-                f"{self.state_dir}; stop it first (Ctrl-C there) or use another --data-dir"
+                f"{self.path}; stop it first (Ctrl-C there) or use another --data-dir"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.lock_fd = fd
+        self._lock_fd = fd
 
-    def _stop_leftovers(self) -> None:
-        """Stop the children a hard-killed earlier run left behind (they would hold the ports).
-        Postgres and Redis leftovers are handled by the servers' own on_orphan="stop"."""
+    def close(self) -> bool:
+        """Remove the stack file and release the lock (only if we hold it: else the file is
+        another run's). True: nothing here can fail to stop."""
+        if self._lock_fd is not None:
+            self.stack_file.unlink(missing_ok=True)
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
+        return True
+
+    def __enter__(self) -> StateDir:
+        self.open()
+        return self
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def stop_leftovers(self, say: Callable[[str], None]) -> None:
+        """Stop the children a hard-killed earlier run left behind (they would hold the ports), as
+        its stack file names them. Postgres and Redis leftovers are handled by the servers' own
+        on_orphan="stop". Only while we hold the lock."""
+        if not self.locked:
+            raise RuntimeError("stop_leftovers() needs the state dir's lock")
         try:
             old = json.loads(self.stack_file.read_text())
         except (OSError, ValueError):
@@ -73,45 +96,15 @@ class _StateDir:
         for entry in entries:
             pid, start = entry.get("pid"), entry.get("start_time")
             if isinstance(pid, int) and start is not None and alive(pid, start):
-                self.say(f"stopping {entry.get('name')} (pid {pid}) left running by an earlier run")
+                say(f"stopping {entry.get('name')} (pid {pid}) left running by an earlier run")
                 tree = process_tree([pid], pgid=pid)
                 signal_pid(pid, signal.SIGTERM)
                 sweep(tree, pid, wait_s=10)
         self.stack_file.unlink(missing_ok=True)
 
-    def _resolve_sources(self) -> None:
-        given = self.args.sources or os.environ.get(SOURCES_ENV)
-        if not self.args.sources and given:
-            self.from_env.add(SOURCES_ENV)
-        if given:
-            self.sources_file = Path(given).expanduser().resolve()
-            sources = load_sources(self.sources_file)  # fails now, with one line, if the file is bad
-            self.source_urls = {s.name: s.url for s in sources}
-            self.mock = self.generated_sources = False
-            return
-        self.mock = not self.args.no_mock_sources
-        self.generated_sources = True
-        base = self.args.sources_port_base
-        self.source_urls = {name: f"http://{HOST}:{base + i}/events" for i, (name, _, _) in enumerate(MOCK_SOURCES)}
-        self.sources_file = self.state_dir / "sources.yaml"
-        lines = ["# Generated by `event-ingest dev` at every start: the mock sources it runs.", "sources:"]
-        for name, url in self.source_urls.items():
-            # Local mocks answer in milliseconds. A short timeout also shortens the gate's cold-start
-            # hold (timeout + interval), so a fresh stack sends its first request ~2 s in, not ~10 s.
-            lines += [f"  - name: {name}", f"    url: {url}", "    timeout_s: 2"]
-        self.sources_file.write_text("\n".join(lines) + "\n")
-
-    def _check_ports(self) -> None:
-        """Fail before starting anything if a port we must bind is taken."""
-        wanted: list[tuple[int, str, str]] = []
-        if not self.args.no_dagster:
-            wanted.append((self.args.port, "the Dagster UI", "--port"))
-        if self.mock:
-            for i, (name, _, _) in enumerate(MOCK_SOURCES):
-                wanted.append((self.args.sources_port_base + i, f"mock source {name}", "--sources-port-base"))
-        for port, what, option in wanted:
-            if not port_is_free(port):
-                raise DevError(
-                    f"event-ingest dev: port {port} on {HOST} is already in use (needed for {what}); "
-                    f"free it or choose another with {option}"
-                )
+    def write_stack(self, data: dict[str, Any]) -> None:
+        """Readers never see half a file. Owner-only: URLs from the environment may hold passwords."""
+        tmp = self.stack_file.with_name(self.stack_file.name + ".tmp")
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.stack_file)

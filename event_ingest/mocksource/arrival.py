@@ -26,6 +26,10 @@ import socket
 import struct
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>: SO_TIMESTAMPNS_OLD; SCM_TIMESTAMPNS has the same value
 _TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux: tv_sec, tv_nsec
@@ -60,7 +64,7 @@ class StampingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer: WriteableBuffer) -> int:
         nbytes, ancdata, _flags, _addr = self._sock.recvmsg_into([buffer], _ANCILLARY)
         if nbytes:
             for level, kind, data in ancdata:

@@ -12,7 +12,7 @@ from typing import Any
 
 # Ids are stored as BIGINT downstream; refusing larger cursors keeps seed mode
 # from ever emitting ids no consumer could store.
-_MAX_ID = 2**63 - 1
+MAX_ID = 2**63 - 1
 
 
 def _check_rate(key: str, value: Any) -> float:
@@ -44,7 +44,7 @@ def _check_bool(key: str, value: Any) -> bool:
     raise ValueError(f"{key} must be true or false, got {value!r}")
 
 
-def _check_seed(key: str, value: Any) -> int | None:
+def check_seed(key: str, value: Any) -> int | None:
     if value is None or (isinstance(value, int) and not isinstance(value, bool)):
         return value
     raise ValueError(f"{key} must be an integer or null, got {value!r}")
@@ -52,7 +52,7 @@ def _check_seed(key: str, value: Any) -> int | None:
 
 # Settings that may be changed on a running server via POST /control, with the
 # validator used both for the config and for /control so the two cannot drift.
-_RUNTIME_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+RUNTIME_FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "error_rate": _check_rate,
     "rate_limit_rate": _check_rate,
     "malformed_rate": _check_rate,
@@ -96,7 +96,7 @@ class MockSourceConfig:
             raise ValueError("name must not be empty")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
-        if self.backlog < 0 or self.backlog > _MAX_ID:
+        if self.backlog < 0 or self.backlog > MAX_ID:
             raise ValueError(f"backlog must be >= 0, got {self.backlog}")
         _check_non_negative("rate", self.rate)
         if self.seed_batch is not None:
@@ -110,14 +110,14 @@ class MockSourceConfig:
             raise ValueError(f"max_limit must be >= 1, got {self.max_limit}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
-        for key, check in _RUNTIME_FIELDS.items():
+        for key, check in RUNTIME_FIELDS.items():
             check(key, getattr(self, key))
-        _check_seed("random_seed", self.random_seed)
-        _RuntimeSettings.from_config(self).check_total()
+        check_seed("random_seed", self.random_seed)
+        RuntimeSettings.from_config(self).check_total()
 
 
 @dataclass(frozen=True)
-class _RuntimeSettings:
+class RuntimeSettings:
     """The mutable-at-runtime part of the config (swapped atomically)."""
 
     error_rate: float
@@ -129,8 +129,8 @@ class _RuntimeSettings:
     producing: bool
 
     @classmethod
-    def from_config(cls, config: MockSourceConfig) -> _RuntimeSettings:
-        return cls(**{key: getattr(config, key) for key in _RUNTIME_FIELDS})
+    def from_config(cls, config: MockSourceConfig) -> RuntimeSettings:
+        return cls(**{key: getattr(config, key) for key in RUNTIME_FIELDS})
 
     def check_total(self) -> None:
         # One random draw per request picks at most one fault, so the fractions

@@ -8,10 +8,10 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
-from event_ingest.mocksource.config import _MAX_ID
+from event_ingest.mocksource.config import MAX_ID
 
 
-class _EventStore:
+class EventStore:
     """Ids are consecutive, so only creation times are stored (8 bytes/event).
 
     Backlog events share the start time and are never materialised, which keeps
@@ -49,17 +49,18 @@ class _EventStore:
         now = time.time()
         if not self._producing():
             if self._stretch_start is not None:
-                self._make_due(now)
+                self._make_due(self._stretch_start, now)
                 self._stretch_start = None  # paused: a resume starts a new stretch, with no burst
             return
         if self._stretch_start is None:
             self._stretch_start, self._stretch_made = now, 0
-        self._make_due(now)
+        self._make_due(self._stretch_start, now)
 
-    def _make_due(self, now: float) -> None:
-        due = int((now - self._stretch_start) * self._rate)
+    def _make_due(self, start: float, now: float) -> None:
+        """Make the current stretch's events due by ``now`` (``start``: the stretch's)."""
+        due = int((now - start) * self._rate)
         if due > self._stretch_made:
-            start, rate = self._stretch_start, self._rate
+            rate = self._rate
             self._live.extend(start + k / rate for k in range(self._stretch_made + 1, due + 1))
             self._stretch_made = due
 
@@ -88,7 +89,7 @@ class _EventStore:
             # whatever limit said; reproduce that faithfully.
             now = time.time()
             first = last_id + 1
-            last = min(last_id + self._seed_batch, _MAX_ID)
+            last = min(last_id + self._seed_batch, MAX_ID)
             return [self._event(i, now) for i in range(first, last + 1)]
         with self._lock:
             self._catch_up()

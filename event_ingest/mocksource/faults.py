@@ -10,30 +10,30 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from event_ingest.mocksource.config import (
-    _RUNTIME_FIELDS,
+    RUNTIME_FIELDS,
     MockSourceConfig,
-    _check_seed,
-    _RuntimeSettings,
+    RuntimeSettings,
+    check_seed,
 )
-from event_ingest.mocksource.oneshots import _OneShot, _parse_oneshots
+from event_ingest.mocksource.oneshots import OneShot, parse_oneshots
 
 
-class _Faults:
+class Faults:
     """Runtime settings, the seeded RNG and the one-shot queue, under one lock."""
 
     def __init__(self, config: MockSourceConfig) -> None:
-        self._initial = _RuntimeSettings.from_config(config)
+        self._initial = RuntimeSettings.from_config(config)
         self._initial_seed = config.random_seed
         self._settings = self._initial
         self._rng = random.Random(config.random_seed)
-        self._queue: deque[_OneShot] = deque()
+        self._queue: deque[OneShot] = deque()
         self._lock = threading.Lock()
 
     @property
-    def settings(self) -> _RuntimeSettings:
+    def settings(self) -> RuntimeSettings:
         return self._settings  # immutable snapshot; swapped whole under the lock
 
-    def pop_next(self) -> _OneShot | None:
+    def pop_next(self) -> OneShot | None:
         with self._lock:
             return self._queue.popleft() if self._queue else None
 
@@ -59,20 +59,20 @@ class _Faults:
     def control(self, changes: Mapping[str, Any]) -> None:
         """Apply a POST /control body: everything is validated before anything
         changes, so a bad request leaves the server as it was."""
-        allowed = set(_RUNTIME_FIELDS) | {"seed", "random_seed", "next", "clear_next", "reset"}
+        allowed = set(RUNTIME_FIELDS) | {"seed", "random_seed", "next", "clear_next", "reset"}
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"unknown control keys {sorted(unknown)}")
-        updates = {k: check(k, changes[k]) for k, check in _RUNTIME_FIELDS.items() if k in changes}
+        updates = {k: check(k, changes[k]) for k, check in RUNTIME_FIELDS.items() if k in changes}
         if "seed" in changes and "random_seed" in changes:
             raise ValueError("give seed or random_seed, not both")
         seed_key = "seed" if "seed" in changes else "random_seed"
         reseed = seed_key in changes
-        seed = _check_seed(seed_key, changes.get(seed_key))
+        seed = check_seed(seed_key, changes.get(seed_key))
         for flag in ("clear_next", "reset"):
             if not isinstance(changes.get(flag, False), bool):
                 raise ValueError(f"{flag} must be true or false")
-        shots = _parse_oneshots(changes.get("next", []))
+        shots = parse_oneshots(changes.get("next", []))
         with self._lock:
             base = self._initial if changes.get("reset") else self._settings
             settings = replace(base, **updates)

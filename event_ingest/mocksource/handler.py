@@ -1,4 +1,9 @@
-"""The mock's HTTP layer: the threading server and the request handler (routes, /events)."""
+"""The mock's HTTP layer: the threading server and the request handler (routes, /events).
+
+The handler answers through a small public response API (``send``, ``send_json``, ``send_events``,
+``send_head``, ``write``, ``pause``, ``reset``): the one-shot actions (``oneshots.py``) use it as a
+``Responder``, and never reach into the handler's own state.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import re
 import socket
 import socketserver
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -18,10 +24,10 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from event_ingest.mocksource import arrival
-from event_ingest.mocksource.config import _MAX_ID
-from event_ingest.mocksource.oneshots import _ONESHOTS
-from event_ingest.mocksource.spec import _JSON, _has_header
-from event_ingest.mocksource.state import _SourceState
+from event_ingest.mocksource.config import MAX_ID
+from event_ingest.mocksource.oneshots import ONESHOTS
+from event_ingest.mocksource.spec import JSON_CONTENT_TYPE, has_header
+from event_ingest.mocksource.state import SourceState
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +36,11 @@ log = logging.getLogger(__name__)
 _MAX_POST_BYTES = 32 * 1024 * 1024
 
 
-class _Server(ThreadingHTTPServer):
+class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # benchmarks open many connections at once
 
-    def __init__(self, address: tuple[str, int], state: _SourceState) -> None:
+    def __init__(self, address: tuple[str, int], state: SourceState) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.state = state
@@ -44,7 +50,7 @@ class _Server(ThreadingHTTPServer):
         if state.config.tls_cert_file is not None:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls.load_cert_chain(state.config.tls_cert_file, state.config.tls_key_file)
-        super().__init__(address, _Handler)
+        super().__init__(address, Handler)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, address = super().get_request()
@@ -88,7 +94,7 @@ class _Server(ThreadingHTTPServer):
         log.exception("mock source %s: error handling request", self.state.config.name)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real sources
     server_version = "mocksource/1"
     sys_version = ""
@@ -103,11 +109,11 @@ class _Handler(BaseHTTPRequestHandler):
     _stamps: arrival.StampingReader | None = None
 
     @property
-    def _server(self) -> _Server:
-        return cast(_Server, self.server)
+    def _server(self) -> Server:
+        return cast(Server, self.server)
 
     @property
-    def _state(self) -> _SourceState:
+    def _state(self) -> SourceState:
         return self._server.state
 
     # ---- plumbing ---------------------------------------------------------
@@ -139,18 +145,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._state.recorder.status(code)
         super().send_response(code, message)
 
-    def _send(
+    # ---- the response API (what one-shot actions use: oneshots.Responder) --
+
+    def send(
         self,
         status: int,
         body: bytes,
-        headers: Sequence[tuple[str, str]] = (("Content-Type", _JSON),),
+        headers: Sequence[tuple[str, str]] = (("Content-Type", JSON_CONTENT_TYPE),),
         *,
         omit_content_length: bool = False,
     ) -> None:
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)
-        framed_by_caller = _has_header(headers, "content-length") or _has_header(headers, "transfer-encoding")
+        framed_by_caller = has_header(headers, "content-length") or has_header(headers, "transfer-encoding")
         if not framed_by_caller and not omit_content_length:
             self.send_header("Content-Length", str(len(body)))
         else:
@@ -160,8 +168,34 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _send_json(self, status: int, obj: Any, headers: Sequence[tuple[str, str]] = ()) -> None:
-        self._send(status, json.dumps(obj).encode(), [("Content-Type", _JSON), *headers])
+    def send_json(self, status: int, obj: Any, headers: Sequence[tuple[str, str]] = ()) -> None:
+        self.send(status, json.dumps(obj).encode(), [("Content-Type", JSON_CONTENT_TYPE), *headers])
+
+    def send_head(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.close_connection = True  # whatever body follows, its framing is the caller's
+        self.end_headers()
+
+    def write(self, data: bytes) -> None:
+        self.wfile.write(data)
+
+    def pause(self, seconds: float) -> bool:
+        if self._state.stopping.wait(seconds):
+            self.close_connection = True
+            return True
+        return False
+
+    def reset(self) -> None:
+        self.close_connection = True
+        try:
+            # Linger 0 turns close() into an RST rather than a polite FIN.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        # The fd really closes once the handler's rfile is closed in finish().
+        self.connection.close()
 
     def _read_json_body(self) -> Any:
         """The request body as JSON ({} if empty); ValueError if unusable."""
@@ -201,22 +235,22 @@ class _Handler(BaseHTTPRequestHandler):
             finally:
                 self._is_events = False
         elif url.path == "/health":
-            self._send_json(200, {"ok": True, "name": self._state.config.name})
+            self.send_json(200, {"ok": True, "name": self._state.config.name})
         elif url.path == "/stats":
             query = parse_qs(url.query)
             flag = lambda name: query.get(name, ["0"])[-1] not in ("0", "", "false")  # noqa: E731
-            self._send_json(200, self._state.stats(flag("ids"), flag("arrivals")))
+            self.send_json(200, self._state.stats(flag("ids"), flag("arrivals")))
         elif url.path == "/control":
-            self._send_json(200, {"ok": True, **self._state.faults.describe()})
+            self.send_json(200, {"ok": True, **self._state.faults.describe()})
         else:
-            self._send_json(404, {"error": f"no such path: {url.path}"})
+            self.send_json(404, {"error": f"no such path: {url.path}"})
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
         try:
             body = self._read_json_body()
         except ValueError as exc:
-            self._send_json(400, {"error": str(exc)})
+            self.send_json(400, {"error": str(exc)})
             return
         if path == "/control":
             try:
@@ -224,16 +258,16 @@ class _Handler(BaseHTTPRequestHandler):
                     raise ValueError("body must be a JSON object")
                 self._state.control(body)
             except ValueError as exc:
-                self._send_json(400, {"error": str(exc)})
+                self.send_json(400, {"error": str(exc)})
                 return
-            self._send_json(200, {"ok": True, **self._state.faults.describe()})
+            self.send_json(200, {"ok": True, **self._state.faults.describe()})
         elif path == "/stats/reset":
             self._state.recorder.reset()
-            self._send_json(200, {"ok": True})
+            self.send_json(200, {"ok": True})
         elif path == "/events":
-            self._send_json(405, {"error": "use GET"}, [("Allow", "GET")])
+            self.send_json(405, {"error": "use GET"}, [("Allow", "GET")])
         else:
-            self._send_json(404, {"error": f"no such path: {path}"})
+            self.send_json(404, {"error": f"no such path: {path}"})
 
     # ---- /events ----------------------------------------------------------
 
@@ -242,32 +276,31 @@ class _Handler(BaseHTTPRequestHandler):
         shot = state.faults.pop_next()
         if shot is not None:
             state.recorder.fault(shot.kind)
-            _, act = _ONESHOTS[shot.kind]
+            _, act = ONESHOTS[shot.kind]
             if not act(self, shot.params):
                 return
 
         settings = state.faults.settings
         if settings.latency_ms > 0:
             state.recorder.fault("latency")
-            if state.stopping.wait(settings.latency_ms / 1000.0):
-                self.close_connection = True
+            if self.pause(settings.latency_ms / 1000.0):
                 return
 
         try:
             last_id, limit = self._parse_cursor(query)
         except ValueError as exc:
-            self._send_json(400, {"error": str(exc)})
+            self.send_json(400, {"error": str(exc)})
             return
         state.recorder.last_id(last_id)
 
         fault = state.faults.draw()
         if fault == "error":
             state.recorder.fault("error")
-            self._send_json(500, {"error": "injected internal error"})
+            self.send_json(500, {"error": "injected internal error"})
             return
         if fault == "rate_limit":
             state.recorder.fault("rate_limit")
-            self._send_json(429, {"error": "rate limited"}, [("Retry-After", str(settings.retry_after_s))])
+            self.send_json(429, {"error": "rate limited"}, [("Retry-After", str(settings.retry_after_s))])
             return
 
         events = state.store.query(last_id, limit)
@@ -276,16 +309,16 @@ class _Handler(BaseHTTPRequestHandler):
             state.recorder.fault("malformed")
             # Truncated JSON with an honest Content-Length: the HTTP layer is
             # fine, only the body parser should complain.
-            self._send(200, body[: max(1, len(body) // 2)])
+            self.send(200, body[: max(1, len(body) // 2)])
             return
-        self._send_events(body, [e["id"] for e in events])
+        self.send_events(body, [e["id"] for e in events])
 
-    def _send_events(self, body: bytes, ids: list[int]) -> None:
+    def send_events(self, body: bytes, ids: list[int]) -> None:
         # Recorded before writing so /stats never lags a response the client
         # already has; undone if the write fails.
         self._state.recorder.served(ids)
         try:
-            self._send(200, body)
+            self.send(200, body)
         except OSError:
             self._state.recorder.unserved(ids)
             raise
@@ -307,7 +340,7 @@ class _Handler(BaseHTTPRequestHandler):
             return int(values[0])
 
         last_id = one("lastId", 0)
-        if last_id > _MAX_ID:
+        if last_id > MAX_ID:
             raise ValueError("lastId out of range")
         limit = one("limit", max_limit)
         if limit < 1:

@@ -6,11 +6,14 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsKeysAndGetItem
 
 
-class _Recorder:
+class Recorder:
     """What the source saw: arrivals, statuses, faults and served ids."""
 
     def __init__(self) -> None:
@@ -34,7 +37,8 @@ class _Recorder:
         with self._lock:
             self._statuses[code] += 1
 
-    def request_headers(self, headers: Mapping[str, str]) -> None:
+    def request_headers(self, headers: SupportsKeysAndGetItem[str, str]) -> None:
+        """The headers of the latest /events request (an ``email.message.Message`` from http.server)."""
         with self._lock:
             self._last_headers = dict(headers)
 

@@ -10,8 +10,8 @@ from types import FrameType
 from typing import Any, TextIO
 
 from event_ingest.mocksource.config import MockSourceConfig
-from event_ingest.mocksource.handler import _Server
-from event_ingest.mocksource.state import _SourceState
+from event_ingest.mocksource.handler import Server
+from event_ingest.mocksource.state import SourceState
 
 
 class MockSource:
@@ -23,15 +23,15 @@ class MockSource:
     def __init__(self, config: MockSourceConfig | None = None) -> None:
         self.config = config if config is not None else MockSourceConfig()
         self.config.validate()
-        self._state: _SourceState | None = None
-        self._server: _Server | None = None
+        self._state: SourceState | None = None
+        self._server: Server | None = None
         self._threads: list[threading.Thread] = []
 
     def start(self) -> MockSource:
         if self._state is not None:
             raise RuntimeError("MockSource already started (sources are not restartable)")
-        state = _SourceState(self.config)
-        server = _Server((self.config.host, self.config.port), state)
+        state = SourceState(self.config)
+        server = Server((self.config.host, self.config.port), state)
         self._state, self._server = state, server
         serve = threading.Thread(
             target=server.serve_forever,
@@ -63,7 +63,7 @@ class MockSource:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _running(self) -> tuple[_SourceState, _Server]:
+    def _running(self) -> tuple[SourceState, Server]:
         if self._state is None or self._server is None:
             raise RuntimeError("MockSource not started")
         return self._state, self._server
@@ -143,7 +143,7 @@ def serve_forever(config: MockSourceConfig, out: TextIO | None = None) -> None:
             while not stop.wait(0.2):
                 pass
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     finally:
         source.stop()

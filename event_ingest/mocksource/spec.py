@@ -9,11 +9,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-_JSON = "application/json"
+JSON_CONTENT_TYPE = "application/json"
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
-class _SpecReader:
+class SpecReader:
     """Typed access to one one-shot spec.
 
     Unknown keys are rejected so a typo in a chaos test fails loudly at
@@ -96,5 +96,5 @@ class _SpecReader:
         return headers
 
 
-def _has_header(headers: Sequence[tuple[str, str]], name: str) -> bool:
+def has_header(headers: Sequence[tuple[str, str]], name: str) -> bool:
     return any(k.lower() == name for k, _ in headers)

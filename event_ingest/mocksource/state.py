@@ -7,21 +7,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from event_ingest.mocksource.config import MockSourceConfig
-from event_ingest.mocksource.eventstore import _EventStore
-from event_ingest.mocksource.faults import _Faults
-from event_ingest.mocksource.recorder import _Recorder
+from event_ingest.mocksource.eventstore import EventStore
+from event_ingest.mocksource.faults import Faults
+from event_ingest.mocksource.recorder import Recorder
 
 
-class _SourceState:
+class SourceState:
     """Everything the handler threads share for one running source."""
 
     def __init__(self, config: MockSourceConfig) -> None:
         self.config = config
-        self.store = _EventStore(
+        self.store = EventStore(
             config.name, config.backlog, config.seed_batch, config.rate, lambda: self.faults.settings.producing
         )
-        self.faults = _Faults(config)
-        self.recorder = _Recorder()
+        self.faults = Faults(config)
+        self.recorder = Recorder()
         # Set on stop: wakes handlers sleeping in latency/delay/slowloris.
         self.stopping = threading.Event()
 

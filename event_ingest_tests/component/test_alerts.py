@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import dagster as dg
 import pytest
 
-from event_ingest.component.alerts import EVENTS_PER_PAGE, build_alerts
+from event_ingest.component.alerts import build_alerts
+from event_ingest.component.alerts.check_results import EVENTS_PER_PAGE
 from event_ingest.config import ALERT_WEBHOOK_URL_ENV, DAGSTER_UI_URL_ENV, SourceConfig
 
 SECRET = "alert-s3cr3t-5e0c2b91"
@@ -121,7 +122,7 @@ def defs():
             assets=[events_like, not_ours],
             asset_checks=[no_gaps_like, not_ours_check],
         ),
-        build_alerts([source], [ingest_like, materialize]),
+        build_alerts([source], [dg.Definitions(jobs=[ingest_like, materialize])]),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from event_ingest.core.checks import cursor_check, gap_check, quarantine_check
 from event_ingest.core.page import Event, Quarantined
-from event_ingest.core.store import partition_name
+from event_ingest.core.store.schema import partition_name
 
 
 def events(ids):

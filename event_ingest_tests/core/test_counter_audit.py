@@ -8,7 +8,8 @@ import math
 from event_ingest.core.checks import gap_check, verify_counters
 from event_ingest.core.page import Event
 from event_ingest.core.status import read_status
-from event_ingest.core.store import Store, partition_name
+from event_ingest.core.store import Store
+from event_ingest.core.store.schema import partition_name
 from event_ingest_tests.core.test_checks import ranges, sql, store_ids
 
 

@@ -5,24 +5,17 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from event_ingest.config import with_database
 from event_ingest.core.checks import gap_check
 from event_ingest.core.page import Event, Quarantined
-from event_ingest.core.store import (
-    HOLD_FENCE_SQL,
-    SCHEMA_SQL,
-    SCHEMA_VERSION,
-    Fenced,
-    Store,
-    StoreError,
-    partition_name,
-)
-from event_ingest.core.store.commit import ONE_STATEMENT_MAX_EVENTS
+from event_ingest.core.store import Fenced, Store, StoreError
+from event_ingest.core.store.commit import HOLD_FENCE_SQL, ONE_STATEMENT_MAX_EVENTS, store_page
+from event_ingest.core.store.schema import SCHEMA_SQL, SCHEMA_VERSION, partition_name
 
 
 def events(*ids):
@@ -239,8 +232,7 @@ def fresh_database_url(postgres_server_url):
     name = f"event_ingest_upgrade_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    parts = urlsplit(postgres_server_url)
-    yield urlunsplit(parts._replace(path="/" + name))
+    yield with_database(postgres_server_url, name)
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -408,7 +400,7 @@ def test_ids_stored_while_a_commit_waits_on_the_fence_are_not_copied_again(datab
         store.commit_page(source_name, epoch=epoch, old_cursor=0, new_cursor=10, events=events(*range(1, 11)))
         held = holder.execute(HOLD_FENCE_SQL, {"source": source_name, "epoch": epoch, "cursor": 10})
         assert held.rowcount == 1
-        Store._store_page(holder.cursor(), source_name, events(11), (), None)  # not committed yet
+        store_page(holder.cursor(), source_name, events(11), (), None)  # not committed yet
         page = events(*range(11, 12 + ONE_STATEMENT_MAX_EVENTS))  # large enough to go by COPY
         last = page[-1].id
         done, outcome = run_in_thread(

@@ -127,9 +127,9 @@ def lease_released_without_owner_check() -> None:
 
 
 def page_committed_twice() -> None:
-    from event_ingest.core import store
+    from event_ingest.core.store import commit, operations  # where a page commit and a requeue find store_page
 
-    store_page = store.Store._store_page
+    store_page = commit.store_page
 
     def twice(cur, source, events, quarantined, at_cursor):
         quarantined = list(quarantined)
@@ -137,10 +137,8 @@ def page_committed_twice() -> None:
         store_page(cur, source, events, quarantined, at_cursor)
         return result
 
-    store.Store._store_page = staticmethod(twice)
+    commit.store_page = operations.store_page = twice
     # A small page goes in one statement: the same mistake there is its rows listed twice.
-    from event_ingest.core.store import commit
-
     rows = "FROM unnest(%(ids)s::bigint[], %(payloads)s::text[]) AS u(event_id, payload)"
     _replace(
         commit,
@@ -193,7 +191,7 @@ def check_reads_in_two_transactions() -> None:
 
     @contextlib.contextmanager
     def each_read_its_own(self):
-        yield self  # the Store itself: every read its own transaction, as before snapshots
+        yield self  # the reads over the pool: every read its own transaction, as before snapshots
 
     reads.Reads.snapshot = each_read_its_own
 
@@ -226,10 +224,8 @@ class _HighestReadFirst:
 def highest_id_read_before_the_fence() -> None:
     from event_ingest.core.store import commit, connections
 
-    run = connections.Connections._run
-    connections.Connections._run = lambda self, what, fn: run(
-        self, what, lambda cur: fn(_HighestReadFirst(cur, commit))
-    )
+    run = connections.Connections.run
+    connections.Connections.run = lambda self, what, fn: run(self, what, lambda cur: fn(_HighestReadFirst(cur, commit)))
 
 
 def counting_trigger_off_by_one() -> None:
@@ -251,7 +247,7 @@ def commit_lands_twice_across_a_retry() -> None:
     def retried(self, source, *, events, quarantined=(), **kwargs):
         result = commit_page(self, source, events=events, quarantined=quarantined, **kwargs)
         # "The acknowledgement was lost": the page written again in a transaction of its own, outside the fence.
-        self._run("retry", lambda cur: commit.Commits._store_page(cur, source, events, (), None))
+        self.connections.run("retry", lambda cur: commit.store_page(cur, source, events, (), None))
         return result
 
     commit.Commits.commit_page = retried
@@ -302,10 +298,10 @@ def freshness_watch_asks_once_per_source() -> None:
 
 
 def alerts_read_one_page_per_tick() -> None:
-    from event_ingest.component import alerts
+    from event_ingest.component.alerts import check_results
 
     # Every tick is past its budget at once: one page read per tick, and a busy instance's alerts fall behind.
-    alerts.READ_BUDGET_S = -1.0
+    check_results.READ_BUDGET_S = -1.0
 
 
 def slot_claim_ignored() -> None:
@@ -313,6 +309,102 @@ def slot_claim_ignored() -> None:
 
     # Every sensor of a slot asks: a slot gets a run per sensor ticking at the same moment.
     sensors.claim_slot = lambda client, slot_key, sensor: (True, sensor)
+
+
+def _wrap_everywhere(module, name: str, wrap: Callable) -> None:
+    """Replace ``module.name`` by ``wrap(original)`` there and in every loaded event_ingest module that
+    imported it by name: the mutant breaks what the engine calls, wherever the call site reads it from."""
+    import importlib
+    import pkgutil
+    import sys
+
+    import event_ingest.core
+
+    for info in pkgutil.walk_packages(event_ingest.core.__path__, "event_ingest.core."):
+        importlib.import_module(info.name)
+    original = getattr(module, name)
+    mutated = wrap(original)
+    patched = [
+        m.__name__
+        for m in list(sys.modules.values())
+        if getattr(m, "__name__", "").startswith("event_ingest.") and getattr(m, name, None) is original
+    ]
+    for found in patched:
+        setattr(sys.modules[found], name, mutated)
+    if module.__name__ not in patched:
+        raise RuntimeError(f"mutant: {module.__name__}.{name} is not where the engine reads it")
+
+
+def page_invents_an_event() -> None:
+    from event_ingest.core import page
+
+    # Every page gains an item the source never served (a negative id, so it takes no id the source will serve).
+    def wrap(parse_page):
+        def inventing(body, **kwargs):
+            parsed = parse_page(body, **kwargs)
+            if parsed.events:
+                parsed.events.append(page.Event(-parsed.events[0].id, '{"invented": true}'))
+            return parsed
+
+        return inventing
+
+    _wrap_everywhere(page, "parse_page", wrap)
+
+
+def malformed_items_dropped() -> None:
+    from event_ingest.core import page
+
+    # An item that cannot be read is dropped rather than quarantined: received, then silently lost.
+    def wrap(parse_page):
+        def dropping(body, **kwargs):
+            parsed = parse_page(body, **kwargs)
+            parsed.quarantined.clear()
+            return parsed
+
+        return dropping
+
+    _wrap_everywhere(page, "parse_page", wrap)
+
+
+def cursor_left_one_behind() -> None:
+    from event_ingest.core import page
+
+    next_cursor = page.Page.next_cursor
+
+    # The cursor stops one id short of the page's highest: the last event is fetched again, forever on a quiet source.
+    def behind(self, cursor):
+        moved = next_cursor(self, cursor)
+        return moved - 1 if moved > cursor else cursor
+
+    page.Page.next_cursor = behind
+
+
+def redis_down_taken_as_granted() -> None:
+    import time
+
+    from event_ingest.core import gate, lease
+
+    # Fail open, both guards: with Redis unreachable the lease is taken as held and the gate grants locally,
+    # blind to every other consumer. (Either guard alone still stops requests: a drain that cannot take the
+    # lease never asks the gate, and one already holding it ends at the gate's first refusal.)
+    try_acquire = gate.Gate.try_acquire
+
+    def open_when_down(self):
+        try:
+            return try_acquire(self)
+        except gate.GateUnavailable:
+            return True, int(time.time() * 1_000_000)
+
+    take = lease.Lease.acquire
+
+    def held_when_down(self, should_stop=None):
+        try:
+            return take(self, should_stop)
+        except lease.LeaseUnavailable:
+            return True
+
+    gate.Gate.try_acquire = open_when_down
+    lease.Lease.acquire = held_when_down
 
 
 MUTANTS = {
@@ -518,6 +610,34 @@ MUTANTS = {
             ("component/test_hosting.py::test_the_sensors_of_one_slot_ask_for_one_run_between_them",),
             slot_claim_ignored,
             note="the chaos harness runs no Dagster: the unit test ticks a slot's sensors as the daemon would",
+        ),
+        Mutant(
+            "page_invents_an_event",
+            "page: only what the source served is stored",
+            "stored_equals_served",
+            ("core/test_page.py::test_a_good_page",),
+            page_invents_an_event,
+        ),
+        Mutant(
+            "malformed_items_dropped",
+            "page: an unreadable item is quarantined, never dropped",
+            "malformed_all_quarantined",
+            ("core/test_page.py::test_bad_items_are_quarantined_with_a_reason",),
+            malformed_items_dropped,
+        ),
+        Mutant(
+            "cursor_left_one_behind",
+            "cursor: the page's highest id accounted for",
+            "cursor_is_max_stored_id",
+            ("core/test_page.py::test_a_good_page",),
+            cursor_left_one_behind,
+        ),
+        Mutant(
+            "redis_down_taken_as_granted",
+            "spacing gate and lease: no request without Redis",
+            "no_request_while_redis_down",
+            ("core/test_gate.py::test_unreachable_redis_grants_nothing",),
+            redis_down_taken_as_granted,
         ),
     )
 }

@@ -38,7 +38,8 @@ from dataclasses import asdict, dataclass
 
 from psycopg import sql
 
-from .reads import BlockDrift
+from .connections import Connections, Cursor
+from .records import BlockDrift
 from .schema import ID_BLOCK_BITS, RECOUNT_SQL, partition_name
 
 COUNTER_BLOCKS_PER_CALL = 16  # blocks recounted per call: at most 16 x 65,536 ids, by index
@@ -158,7 +159,10 @@ def _drift_json(drift: list[BlockDrift]) -> str:
 
 
 class Audit:
-    """The counter audit and the recount (mixed into Store)."""
+    """The counter audit and the recount, on the pool it is given."""
+
+    def __init__(self, connections: Connections) -> None:
+        self.connections = connections
 
     def verify_counters(self, source: str, *, blocks: int = COUNTER_BLOCKS_PER_CALL) -> CounterAudit:
         """Recount the next ``blocks`` blocks of ``source`` from its rows, record those whose counter
@@ -170,12 +174,12 @@ class Audit:
             cur.execute(ENSURE_AUDIT_SQL, {"source": source})
             start, on_record = cur.execute(LOCK_AUDIT_SQL, {"source": source}).fetchone()
             start = FIRST_BLOCK if start is None else int(start)
-            found = self._verify_blocks(cur, source, start, LAST_BLOCK, blocks)
+            found = _verify_blocks(cur, source, start, LAST_BLOCK, blocks)
             wrapped = len(found) < blocks
             if wrapped:
                 # Past the highest block: go on from the lowest, up to where this call began.
                 below = (
-                    self._verify_blocks(cur, source, FIRST_BLOCK, start - 1, blocks - len(found))
+                    _verify_blocks(cur, source, FIRST_BLOCK, start - 1, blocks - len(found))
                     if (start > FIRST_BLOCK)
                     else []
                 )
@@ -202,14 +206,7 @@ class Audit:
             )
             return CounterAudit(source, checked, drifted, tuple(drift), next_block, wrapped)
 
-        return self._run(f"counter audit of {source!r}", verify)
-
-    @staticmethod
-    def _verify_blocks(cur, source: str, first: int, last: int, blocks: int) -> list[BlockDrift]:
-        rows = cur.execute(
-            VERIFY_BLOCKS_SQL, {"source": source, "from_block": first, "to_block": last, "blocks": blocks}
-        ).fetchall()
-        return [BlockDrift(int(block), int(counted), int(stored)) for block, counted, stored in rows]
+        return self.connections.run(f"counter audit of {source!r}", verify)
 
     def recount(self, source: str) -> Recount:
         """Rebuild a source's counters from its rows (O(rows); commits of the source wait meanwhile) and
@@ -230,4 +227,11 @@ class Audit:
             )
             return Recount(source, changed, int(sum(before.values())), int(sum(after.values())))
 
-        return self._run(f"recount of {source!r}", recount)
+        return self.connections.run(f"recount of {source!r}", recount)
+
+
+def _verify_blocks(cur: Cursor, source: str, first: int, last: int, blocks: int) -> list[BlockDrift]:
+    rows = cur.execute(
+        VERIFY_BLOCKS_SQL, {"source": source, "from_block": first, "to_block": last, "blocks": blocks}
+    ).fetchall()
+    return [BlockDrift(int(block), int(counted), int(stored)) for block, counted, stored in rows]

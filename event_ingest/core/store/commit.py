@@ -29,11 +29,11 @@ rewound over stored events - take ``INSERT ... ON CONFLICT DO NOTHING``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..page import Event, Quarantined
-from .connections import Fenced, StoreError
+from .connections import Connections, Cursor, Fenced, StoreError, one_row
 
 # Open the drain's epoch: every earlier holder's commits are refused from now on.
 BEGIN_EPOCH_SQL = """
@@ -161,7 +161,10 @@ LAST_ERROR_CHARS = 500
 
 
 class Commits:
-    """The drain's writes, each one transaction (mixed into Store)."""
+    """The drain's writes, each one transaction on the pool it is given."""
+
+    def __init__(self, connections: Connections) -> None:
+        self.connections = connections
 
     def begin_epoch(self, source: str) -> tuple[int, int]:
         """Take the source over: bump its epoch; returns (epoch, cursor)."""
@@ -173,7 +176,7 @@ class Commits:
                 raise StoreError(f"source {source!r} has no state row; run apply_schema() for it first")
             return int(row[0]), int(row[1])
 
-        return self._run_statement(f"epoch bump of {source!r}", begin)
+        return self.connections.run_statement(f"epoch bump of {source!r}", begin)
 
     def commit_page(
         self,
@@ -183,7 +186,7 @@ class Commits:
         old_cursor: int,
         new_cursor: int,
         events: list[Event],
-        quarantined: list[Quarantined] = (),
+        quarantined: Sequence[Quarantined] = (),
         requests: int = 0,
     ) -> CommitResult:
         """Store one page and advance the cursor in ONE transaction, fenced by epoch and old cursor.
@@ -210,12 +213,12 @@ class Commits:
                     f"source {source!r}: commit refused by the fence (epoch {epoch}, cursor {old_cursor}): "
                     "another consumer took this source over"
                 )
-            return self._store_page(cur, source, events, quarantined, at_cursor=old_cursor)
+            return store_page(cur, source, events, quarantined, at_cursor=old_cursor)
 
         try:
-            return self._run(f"commit for {source!r}", commit)
+            return self.connections.run(f"commit for {source!r}", commit)
         except Fenced:
-            self._run("fence count", lambda cur: cur.execute(COUNT_FENCED_SQL, {"source": source}))
+            self.connections.run("fence count", lambda cur: cur.execute(COUNT_FENCED_SQL, {"source": source}))
             raise
 
     def _commit_small_page(
@@ -230,52 +233,21 @@ class Commits:
             "payloads": [e.payload_json for e in events],
             **request_counts(requests),
         }
-        fenced_in, inserted = self._run_statement(
-            f"commit for {source!r}", lambda cur: cur.execute(COMMIT_SMALL_PAGE_SQL, params).fetchone()
+        fenced_in, inserted = self.connections.run_statement(
+            f"commit for {source!r}", lambda cur: one_row(cur.execute(COMMIT_SMALL_PAGE_SQL, params))
         )
         if fenced_in != 1:
-            self._run("fence count", lambda cur: cur.execute(COUNT_FENCED_SQL, {"source": source}))
+            self.connections.run("fence count", lambda cur: cur.execute(COUNT_FENCED_SQL, {"source": source}))
             raise Fenced(
                 f"source {source!r}: commit refused by the fence (epoch {epoch}, cursor {old_cursor}): "
                 "another consumer took this source over"
             )
         return CommitResult(inserted, len(events) - inserted, 0, 0)
 
-    @staticmethod
-    def _store_page(
-        cur, source: str, events: list[Event], quarantined: Iterable[Quarantined], at_cursor: int | None
-    ) -> CommitResult:
-        """The page's rows, inside a transaction that already holds the fence (the state row lock)."""
-        quarantined = list(quarantined)
-        inserted = copied = 0
-        if events:
-            cur.execute(HIGHEST_STORED_ID_SQL, {"source": source})
-            highest = cur.fetchone()[0]
-            fresh, maybe_stored = _split_page(events, highest)
-            if fresh:
-                with cur.copy(COPY_EVENTS_SQL) as copy:
-                    for event in fresh:
-                        copy.write_row((source, event.id, event.payload_json))
-                copied = len(fresh)
-            if maybe_stored:
-                cur.execute(
-                    INSERT_EVENTS_SQL,
-                    {
-                        "source": source,
-                        "ids": [e.id for e in maybe_stored],
-                        "payloads": [e.payload_json for e in maybe_stored],
-                    },
-                )
-                inserted = cur.rowcount
-            inserted += copied
-        for item in quarantined:
-            cur.execute(INSERT_QUARANTINE_SQL, quarantine_params(source, item, at_cursor))
-        return CommitResult(inserted, len(events) - inserted, len(quarantined), copied)
-
     def mark_polled(self, source: str, epoch: int, requests: int = 0) -> bool:
         """Record that the holder of ``epoch`` just polled ``source`` and found nothing new (and ``requests``
         sent since its last write). False if the epoch is no longer current (nothing written)."""
-        return self._run_statement(
+        return self.connections.run_statement(
             f"poll mark for {source!r}",
             lambda cur: (
                 cur.execute(MARK_POLLED_SQL, {"source": source, "epoch": epoch, **request_counts(requests)}).rowcount
@@ -302,11 +274,11 @@ class Commits:
             if bad_body is not None:
                 cur.execute(INSERT_QUARANTINE_SQL, quarantine_params(source, bad_body, at_cursor))
 
-        self._run(f"failure record for {source!r}", put)
+        self.connections.run(f"failure record for {source!r}", put)
 
     def record_requests(self, source: str, requests: int) -> None:
         """Requests sent since the last write that counted them (a drain's last few, when it ends)."""
-        self._run_statement(
+        self.connections.run_statement(
             f"request count for {source!r}",
             lambda cur: cur.execute(RECORD_REQUESTS_SQL, {"source": source, **request_counts(requests)}),
         )
@@ -319,7 +291,39 @@ class Commits:
             for item in items:
                 cur.execute(INSERT_QUARANTINE_SQL, quarantine_params(source, item, at_cursor))
 
-        self._run(f"quarantine for {source!r}", put)
+        self.connections.run(f"quarantine for {source!r}", put)
+
+
+def store_page(
+    cur: Cursor, source: str, events: list[Event], quarantined: Iterable[Quarantined], at_cursor: int | None
+) -> CommitResult:
+    """The page's rows, inside a transaction that already holds the fence (the state row lock): a page
+    commit's, and an operator's requeue's (operations.py)."""
+    quarantined = list(quarantined)
+    inserted = copied = 0
+    if events:
+        cur.execute(HIGHEST_STORED_ID_SQL, {"source": source})
+        highest = one_row(cur)[0]
+        fresh, maybe_stored = _split_page(events, highest)
+        if fresh:
+            with cur.copy(COPY_EVENTS_SQL) as copy:
+                for event in fresh:
+                    copy.write_row((source, event.id, event.payload_json))
+            copied = len(fresh)
+        if maybe_stored:
+            cur.execute(
+                INSERT_EVENTS_SQL,
+                {
+                    "source": source,
+                    "ids": [e.id for e in maybe_stored],
+                    "payloads": [e.payload_json for e in maybe_stored],
+                },
+            )
+            inserted = cur.rowcount
+        inserted += copied
+    for item in quarantined:
+        cur.execute(INSERT_QUARANTINE_SQL, quarantine_params(source, item, at_cursor))
+    return CommitResult(inserted, len(events) - inserted, len(quarantined), copied)
 
 
 def _split_page(events: list[Event], highest_stored: int | None) -> tuple[list[Event], list[Event]]:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
-from typing import Self
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, Self, TypeVar
 
 import psycopg
 
@@ -29,6 +30,14 @@ from ...config import database_pooler, redact_url
 
 # psycopg's own default: a statement run this many times on a connection is prepared there.
 PREPARE_THRESHOLD = 5
+
+# The first statement of a snapshot (reads.py says which comparisons it keeps true): every read after it sees
+# the commits made before it, and no other. READ ONLY: a snapshot never writes (and Postgres skips the
+# bookkeeping of serializable writes).
+SNAPSHOT_SQL = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+Cursor = psycopg.Cursor[Any]
+T = TypeVar("T")
 
 
 class StoreError(RuntimeError):
@@ -44,8 +53,20 @@ class StateConflict(RuntimeError):
     requeued): nothing was changed."""
 
 
+class Runner(Protocol):
+    """Where a part of the store runs its statements: ``run(what, fn)`` calls ``fn(cursor)`` in a transaction
+    and turns a Postgres error into a one-line StoreError naming ``what``."""
+
+    def run(self, what: str, fn: Callable[[Cursor], T]) -> T: ...
+
+    def snapshot(self) -> AbstractContextManager[Runner]:
+        """A runner whose every ``run`` is part of one REPEATABLE READ, READ ONLY transaction."""
+        ...
+
+
 class Connections:
-    """The pool and ``_run``, which every statement of the store goes through.
+    """The pool, the one owner of the store's connections; every statement of the store goes through its
+    ``run`` (one transaction) or ``run_statement`` (one statement, no BEGIN and COMMIT).
     ``conn`` is the first connection, for tests and tools that run their own SQL from one thread.
     """
 
@@ -72,7 +93,7 @@ class Connections:
         self._connect_timeout_s = connect_timeout_s
         self._pool_size = pool_size
         self._pool = threading.Condition()
-        self._idle: list[psycopg.Connection] = []
+        self._idle: list[psycopg.Connection[Any]] = []
         self._open = 0  # connections open or being opened, idle or lent
         self._closed = False
         self._first = self._connect()  # now, so a bad URL fails here and not at the first commit
@@ -80,10 +101,10 @@ class Connections:
         self._open = 1
 
     @property
-    def conn(self) -> psycopg.Connection:
+    def conn(self) -> psycopg.Connection[Any]:
         return self._first
 
-    def _connect(self) -> psycopg.Connection:
+    def _connect(self) -> psycopg.Connection[Any]:
         try:
             conn = psycopg.connect(
                 self.url,
@@ -93,12 +114,13 @@ class Connections:
                 prepare_threshold=self._prepare_threshold,
             )
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to Postgres at {redact_url(self.url)}: {_first_line(exc)}") from None
+            raise StoreError(f"cannot connect to Postgres at {redact_url(self.url)}: {first_line(exc)}") from None
         conn.read_only = self._read_only
         return conn
 
     @contextlib.contextmanager
-    def _borrow(self) -> Iterator[psycopg.Connection]:
+    def _borrow(self) -> Iterator[psycopg.Connection[Any]]:
+        conn: psycopg.Connection[Any] | None
         with self._pool:
             while True:
                 if self._closed:
@@ -145,19 +167,20 @@ class Connections:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self, what: str, fn):
+    def run(self, what: str, fn: Callable[[Cursor], T]) -> T:
+        """``fn(cursor)`` in one transaction of a connection borrowed from the pool."""
         try:
             with self._borrow() as conn, conn.transaction():
                 return fn(conn.cursor())
         except (Fenced, StoreError):
             raise
         except psycopg.Error as exc:
-            raise StoreError(f"Postgres {what} failed: {_first_line(exc)}") from exc
+            raise StoreError(f"Postgres {what} failed: {first_line(exc)}") from exc
 
-    def _run_statement(self, what: str, fn):
+    def run_statement(self, what: str, fn: Callable[[Cursor], T]) -> T:
         """``fn(cursor)`` runs ONE statement, its own transaction: no BEGIN and COMMIT round trips around it.
         Only for a single statement: two would be two transactions."""
         try:
@@ -171,9 +194,47 @@ class Connections:
         except (Fenced, StoreError):
             raise
         except psycopg.Error as exc:
-            raise StoreError(f"Postgres {what} failed: {_first_line(exc)}") from exc
+            raise StoreError(f"Postgres {what} failed: {first_line(exc)}") from exc
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[InSnapshot]:
+        """One REPEATABLE READ, READ ONLY transaction, held until the block ends, for reads compared with
+        each other."""
+        try:
+            with self._borrow() as conn, conn.transaction():
+                cur = conn.cursor()
+                cur.execute(SNAPSHOT_SQL)
+                yield InSnapshot(cur)
+        except psycopg.Error as exc:
+            raise StoreError(f"Postgres snapshot failed: {first_line(exc)}") from exc
 
 
-def _first_line(exc: BaseException) -> str:
+class InSnapshot:
+    """The runner of one open snapshot (``Connections.snapshot``): every ``run`` reads in its transaction."""
+
+    def __init__(self, cur: Cursor) -> None:
+        self._cur = cur
+
+    def run(self, what: str, fn: Callable[[Cursor], T]) -> T:
+        try:
+            return fn(self._cur)
+        except psycopg.Error as exc:
+            raise StoreError(f"Postgres {what} failed: {first_line(exc)}") from exc
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[InSnapshot]:
+        yield self  # already one
+
+
+def one_row(cur: Cursor) -> tuple[Any, ...]:
+    """The row of a statement that always returns one (an aggregate, a scalar subquery)."""
+    row = cur.fetchone()
+    if row is None:
+        raise StoreError("Postgres returned no row where one is always returned")
+    return tuple(row)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a driver's error: errors of the store are one line."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

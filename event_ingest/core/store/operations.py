@@ -3,12 +3,13 @@ discard."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from ..page import Event
-from .commit import HOLD_FENCE_SQL, CommitResult
-from .connections import Fenced, StateConflict
+from .commit import HOLD_FENCE_SQL, CommitResult, store_page
+from .connections import Connections, Fenced, StateConflict
 
 # Replay: the state row locked first, so a commit of the source queues behind the replay and then finds
 # its epoch gone (fenced); the checks of from_id against the cursor are made on the locked row.
@@ -68,7 +69,10 @@ class QuarantineItem:
 
 
 class Operations:
-    """An operator's reads and fenced writes (mixed into Store)."""
+    """An operator's reads and fenced writes, on the pool it is given."""
+
+    def __init__(self, connections: Connections) -> None:
+        self.connections = connections
 
     def rewind(self, source: str, from_id: int, delete_from: int | None = None) -> tuple[int, int, int]:
         """Replay: in ONE transaction, bump the epoch (a drain of the source has its next commit fenced) and
@@ -91,7 +95,7 @@ class Operations:
                 deleted = cur.execute(DELETE_EVENTS_FROM_SQL, {"source": source, "delete_from": delete_from}).rowcount
             return cursor, int(epoch), deleted
 
-        return self._run(f"replay of {source!r}", rewind)
+        return self.connections.run(f"replay of {source!r}", rewind)
 
     def quarantine_items(
         self, source: str | None = None, *, include_resolved: bool = False, limit: int = 100
@@ -103,16 +107,16 @@ class Operations:
             items = [QuarantineItem(*r) for r in cur.execute(QUARANTINE_LIST_SQL, params).fetchall()]
             return items, int(cur.execute(QUARANTINE_COUNT_SQL, params).fetchone()[0])
 
-        return self._run("quarantine listing", read)
+        return self.connections.run("quarantine listing", read)
 
     def quarantine_item(self, item_id: int) -> QuarantineItem | None:
         """One item with its raw bytes."""
 
         def read(cur):
             row = cur.execute(QUARANTINE_ITEM_SQL, {"id": item_id}).fetchone()
-            return None if row is None else QuarantineItem(*row[:-1], raw=bytes(row[-1]))
+            return None if row is None else _whole_item(row)
 
-        return self._run(f"quarantine item {item_id}", read)
+        return self.connections.run(f"quarantine item {item_id}", read)
 
     def requeue(
         self, source: str, *, epoch: int, cursor: int, item_id: int, events: list[Event], note: str
@@ -140,11 +144,11 @@ class Operations:
                     f"source {source!r} already stores event {', '.join(map(str, stored))}; nothing "
                     "done (discard the item if the stored event is the right one)"
                 )
-            result = self._store_page(cur, source, events, (), at_cursor=None)
+            result = store_page(cur, source, events, (), at_cursor=None)
             cur.execute(RESOLVE_QUARANTINE_SQL, {"id": item_id, "resolution": "requeued", "note": note})
             return result
 
-        return self._run(f"requeue for {source!r}", commit)
+        return self.connections.run(f"requeue for {source!r}", commit)
 
     def discard(self, item_id: int, note: str) -> QuarantineItem:
         """Mark an open item discarded (its bytes are kept; it no longer counts as open). StateConflict if it
@@ -157,6 +161,11 @@ class Operations:
             if row[1] is not None:
                 raise StateConflict(f"quarantine item {item_id} is {row[1]} already; nothing done")
             cur.execute(RESOLVE_QUARANTINE_SQL, {"id": item_id, "resolution": "discarded", "note": note})
+            return _whole_item(cur.execute(QUARANTINE_ITEM_SQL, {"id": item_id}).fetchone())  # as marked
 
-        self._run(f"discard of quarantine item {item_id}", mark)
-        return self.quarantine_item(item_id)
+        return self.connections.run(f"discard of quarantine item {item_id}", mark)
+
+
+def _whole_item(row: tuple[Any, ...]) -> QuarantineItem:
+    """An item read by QUARANTINE_ITEM_SQL: the listing's columns, then the raw bytes."""
+    return replace(QuarantineItem(*row[:-1]), raw=bytes(row[-1]))

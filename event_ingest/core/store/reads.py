@@ -14,24 +14,19 @@ true. The timeline it closes:
    of 30 hides the gap.
 
 In one REPEATABLE READ transaction every read sees the same commits: the drain's commit is wholly
-before or wholly after the check.
+before or wholly after the check. ``Reads`` runs its statements on a ``Runner``: the pool, where each read
+is its own transaction, or one open snapshot (``Connections.snapshot``, which opens it with SNAPSHOT_SQL).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 
-import psycopg
-
-from .connections import StoreError, _first_line
+from .connections import Runner
+from .records import BlockDrift, CounterDrift, Gap, IdSpan, SourceActivity, SourceStatus, Stuck
 from .schema import ID_BLOCK_BITS
-
-# The first statement of a snapshot: every read after it sees the commits made before it, and no other.
-# READ ONLY: a snapshot never writes (and Postgres skips the bookkeeping of serializable writes).
-SNAPSHOT_SQL = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
 # Lowest and highest stored id, lowest and highest quarantined id: four index probes.
 ID_SPAN_SQL = """
@@ -182,109 +177,21 @@ SELECT drift, drift_found_at FROM counter_audit WHERE source = %(source)s AND dr
 """
 
 
-@dataclass(frozen=True)
-class SourceStatus:
-    source: str
-    cursor: int
-    epoch: int
-    events: int
-    max_event_id: int
-    quarantined: int
-    fenced_commits: int
-    last_ingest_at: datetime | None
-    last_poll_at: datetime | None = None  # the last successful poll (a page committed, or nothing new)
-    created_at: datetime | None = None
-    requests: int = 0  # sent to the source, as flushed by drains (a drain in progress holds a few back)
-    errors: int = 0  # of them, failed attempts
-    recent_error_rate: float | None = None  # failed / sent, decaying with a time constant of an hour
-    last_error: str | None = None
-    last_error_at: datetime | None = None
-    poll_age_s: float | None = None  # seconds since the last successful poll, on Postgres' clock
-
-
-@dataclass(frozen=True)
-class SourceActivity:
-    source: str
-    created_at: datetime
-    last_active_at: datetime  # the last commit or poll, or when the state was made
-
-
-@dataclass(frozen=True)
-class Gap:
-    first_missing: int
-    last_missing: int
-
-    @property
-    def size(self) -> int:
-        return self.last_missing - self.first_missing + 1
-
-
-@dataclass(frozen=True)
-class Stuck:
-    quarantine_id: int
-    reason: str
-    at_cursor: int
-    seen_count: int
-    last_seen_at: datetime
-
-
-@dataclass(frozen=True)
-class BlockDrift:
-    """A block whose counter disagrees with the rows it holds (as last verified)."""
-
-    block: int
-    counted: int  # ids id_blocks says the block holds
-    rows: int  # rows the block holds
-
-    @property
-    def first_id(self) -> int:
-        return self.block << ID_BLOCK_BITS
-
-    @property
-    def last_id(self) -> int:
-        return self.first_id + (1 << ID_BLOCK_BITS) - 1
-
-
-@dataclass(frozen=True)
-class CounterDrift:
-    blocks: tuple[BlockDrift, ...]
-    found_at: datetime  # when the audit last found one of them
-
-
-@dataclass(frozen=True)
-class IdSpan:
-    """Lowest and highest id of a source among stored events and quarantined items (None: none)."""
-
-    lowest_stored: int | None
-    highest_stored: int | None
-    lowest_quarantined: int | None
-    highest_quarantined: int | None
-
-    @property
-    def lowest(self) -> int | None:
-        return min((i for i in (self.lowest_stored, self.lowest_quarantined) if i is not None), default=None)
-
-    @property
-    def highest(self) -> int | None:
-        return max((i for i in (self.highest_stored, self.highest_quarantined) if i is not None), default=None)
-
-
 class Reads:
-    """Reads of state, counters and rows, and the rollup's upsert of per-minute counts (mixed into Store).
+    """Reads of state, counters and rows, and the rollup's upsert of per-minute counts, run by ``runner``.
 
-    On a Store each read is one transaction; on the ``Snapshot`` that ``snapshot()`` yields, every read is
-    part of that snapshot's one transaction."""
+    Over the pool (``Connections``) each read is one transaction; on the ``Reads`` that ``snapshot()``
+    yields, every read is part of that snapshot's one transaction."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
 
     @contextlib.contextmanager
-    def snapshot(self) -> Iterator[Snapshot]:
-        """One REPEATABLE READ, READ ONLY transaction for reads that are compared with each other."""
-        try:
-            with self._borrow() as conn, conn.transaction():
-                cur = conn.cursor()
-                cur.execute(SNAPSHOT_SQL)
-                yield Snapshot(cur)
-        except psycopg.Error as exc:
-            raise StoreError(f"Postgres snapshot failed: {_first_line(exc)}") from exc
+    def snapshot(self) -> Iterator[Reads]:
+        """One REPEATABLE READ, READ ONLY transaction for reads that are compared with each other (a snapshot's
+        own reads are one already)."""
+        with self.runner.snapshot() as runner:
+            yield self if runner is self.runner else Reads(runner)
 
     def status(self, source: str | None = None) -> list[SourceStatus]:
         """Per-source state and counts: every source, or only ``source``."""
@@ -295,7 +202,7 @@ class Reads:
             names = [column.name for column in cur.description]
             return [SourceStatus(**dict(zip(names, r))) for r in cur.fetchall()]
 
-        return self._run("status query", read)
+        return self.runner.run("status query", read)
 
     def poll_age_s(self, source: str) -> float | None:
         """Seconds since the last page was committed or the last poll found nothing new; None if never."""
@@ -310,7 +217,7 @@ class Reads:
             cur.execute(POLL_AGES_SQL, {"sources": list(sources)})
             return {name: None if age is None else (float(age), float(at)) for name, age, at in cur.fetchall()}
 
-        return self._run("poll ages", read)
+        return self.runner.run("poll ages", read)
 
     def row_counts(self, sources: list[str]) -> dict[str, int]:
         """Rows stored per source, from the counters the triggers keep (no count(*))."""
@@ -319,7 +226,7 @@ class Reads:
             cur.execute(ROW_COUNTS_SQL, {"sources": list(sources)})
             return {name: int(n) for name, n in cur.fetchall()}
 
-        return self._run("row counts", read)
+        return self.runner.run("row counts", read)
 
     def source_status(self, source: str) -> SourceStatus | None:
         return next(iter(self.status(source)), None)
@@ -332,7 +239,7 @@ class Reads:
             count, reason, max_id = cur.fetchone()
             return int(count), reason, int(max_id)
 
-        return self._run(f"quarantine summary for {source!r}", read)
+        return self.runner.run(f"quarantine summary for {source!r}", read)
 
     def id_span(self, source: str) -> IdSpan:
         """Lowest and highest stored and quarantined ids (index probes, not scans)."""
@@ -341,7 +248,7 @@ class Reads:
             cur.execute(ID_SPAN_SQL, {"source": source})
             return IdSpan(*cur.fetchone())
 
-        return self._run(f"id span of {source!r}", read)
+        return self.runner.run(f"id span of {source!r}", read)
 
     def accounted_blocks(self, source: str) -> list[tuple[int, int]]:
         """(block, ids accounted for in it), ascending; a block holds ids [block << 16, (block + 1) << 16)."""
@@ -350,7 +257,7 @@ class Reads:
             cur.execute(ACCOUNTED_BLOCKS_SQL, {"source": source})
             return [(int(b), int(n)) for b, n in cur.fetchall()]
 
-        return self._run(f"id blocks of {source!r}", read)
+        return self.runner.run(f"id blocks of {source!r}", read)
 
     def gaps_between(self, source: str, first: int, last: int, limit: int | None = None) -> list[Gap]:
         """Missing id ranges within [first, last]: ids neither stored nor quarantined with their id."""
@@ -359,7 +266,7 @@ class Reads:
             cur.execute(GAPS_SQL, {"source": source, "first": first, "last": last, "limit": limit})
             return [Gap(int(a), int(b)) for a, b in cur.fetchall()]
 
-        return self._run(f"gap query for {source!r}", read)
+        return self.runner.run(f"gap query for {source!r}", read)
 
     def gaps(self, source: str, limit: int = 100) -> list[Gap]:
         """Missing id ranges between the lowest and the highest accounted-for id, reading every id
@@ -369,7 +276,7 @@ class Reads:
         """
         with self.snapshot() as snap:
             span = snap.id_span(source)
-            if span.lowest is None:
+            if span.lowest is None or span.highest is None:
                 return []
             return snap.gaps_between(source, span.lowest, span.highest, limit)
 
@@ -378,7 +285,7 @@ class Reads:
             cur.execute(RECENT_INGEST_TIMES_SQL, {"source": source, "hours": hours})
             return [r[0] for r in cur.fetchall()]
 
-        return self._run(f"ingest times of {source!r}", read)
+        return self.runner.run(f"ingest times of {source!r}", read)
 
     def recent_minutes(self, source: str, hours: int = 1) -> list[tuple[datetime, int]]:
         """(minute, events stored with that ingest minute) from the counters, oldest first."""
@@ -387,12 +294,12 @@ class Reads:
             cur.execute(RECENT_MINUTES_SQL, {"source": source, "hours": hours})
             return [(m, int(n)) for m, n in cur.fetchall()]
 
-        return self._run(f"per-minute counts of {source!r}", read)
+        return self.runner.run(f"per-minute counts of {source!r}", read)
 
     def save_rollup(self, source: str, rows: list[tuple[datetime, int]]) -> None:
         """Upsert (minute, events) rows of events_per_minute for one source. The counting triggers keep
         that table as rows are written; counts given here replace theirs for those minutes."""
-        self._run(
+        self.runner.run(
             f"rollup of {source!r}", lambda cur: cur.executemany(UPSERT_ROLLUP_SQL, [(source, m, n) for m, n in rows])
         )
 
@@ -401,10 +308,10 @@ class Reads:
             cur.execute("SELECT event_id FROM events WHERE source = %s ORDER BY event_id", (source,))
             return [r[0] for r in cur.fetchall()]
 
-        return self._run(f"id listing for {source!r}", read)
+        return self.runner.run(f"id listing for {source!r}", read)
 
     def source_activity(self) -> list[SourceActivity]:
-        return self._run(
+        return self.runner.run(
             "source listing", lambda cur: [SourceActivity(*r) for r in cur.execute(SOURCE_ACTIVITY_SQL).fetchall()]
         )
 
@@ -424,7 +331,7 @@ class Reads:
             ).fetchone()
             return None if row is None else Stuck(*row)
 
-        return self._run(f"stuck query for {source!r}", read)
+        return self.runner.run(f"stuck query for {source!r}", read)
 
     def counter_drift(self, source: str) -> CounterDrift | None:
         """Blocks the counter audit found disagreeing with the rows, and not recounted since (None: none)."""
@@ -437,21 +344,4 @@ class Reads:
             blocks = tuple(BlockDrift(int(b["block"]), int(b["counted"]), int(b["rows"])) for b in drift)
             return CounterDrift(blocks, found_at)
 
-        return self._run(f"counter drift of {source!r}", read)
-
-
-class Snapshot(Reads):
-    """The reads of one open REPEATABLE READ transaction (``Reads.snapshot``): all see the same commits."""
-
-    def __init__(self, cur: psycopg.Cursor) -> None:
-        self._cur = cur
-
-    @contextlib.contextmanager
-    def snapshot(self) -> Iterator[Snapshot]:
-        yield self  # already one
-
-    def _run(self, what: str, fn):
-        try:
-            return fn(self._cur)
-        except psycopg.Error as exc:
-            raise StoreError(f"Postgres {what} failed: {_first_line(exc)}") from exc
+        return self.runner.run(f"counter drift of {source!r}", read)

@@ -18,11 +18,12 @@ from collections.abc import Iterable
 from psycopg import sql
 
 from ...config import is_valid_source_name
+from .connections import Connections, Cursor, one_row
 
 # Serialises schema changes across processes (any constant works; this is "event-ingest").
 SCHEMA_LOCK_KEY = 0x6576656E74696E
 
-# Bump with a new step in Store._upgrade when the schema changes; databases record theirs.
+# Bump with a new step in _upgrade (below) when the schema changes; databases record theirs.
 SCHEMA_VERSION = 5
 
 # id_blocks groups ids by event_id >> ID_BLOCK_BITS: a block is small enough to scan for the exact
@@ -263,7 +264,10 @@ def partition_name(source: str) -> str:
 
 
 class Schema:
-    """Statements that make, upgrade and read the schema (mixed into Store)."""
+    """Statements that make, upgrade and read the schema, on the pool it is given."""
+
+    def __init__(self, connections: Connections) -> None:
+        self.connections = connections
 
     def apply_schema(self, sources: Iterable[str] = ()) -> None:
         """Create tables and per-source partitions if missing, and bring an older database up to
@@ -276,71 +280,18 @@ class Schema:
             cur.execute(READ_SCHEMA_VERSION_SQL)
             version = cur.fetchone()[0]
             if version < SCHEMA_VERSION:
-                self._upgrade(cur, version)
+                _upgrade(cur, version)
             for source in sources:
-                self._ensure_source(cur, source)
+                _ensure_source(cur, source)
 
-        self._run("schema setup", apply)
-
-    def _upgrade(self, cur, version: int) -> None:
-        """Bring a database at `version` to SCHEMA_VERSION, in the schema transaction (all or nothing)."""
-        if version < 2:
-            # Writers wait until the counters are built from the rows they already committed.
-            cur.execute(LOCK_EVENTS_SQL)
-            cur.execute(COUNTERS_SQL)
-            self._create_counting_triggers(cur, "events", None)
-            cur.execute(SOURCES_SQL)
-            for (source,) in cur.fetchall():
-                self._count_partition(cur, source)
-        if version < 3:
-            cur.execute(ADD_LAST_POLL_AT_SQL)
-        if version < 4:
-            for statement in ADD_OPERATIONS_COLUMNS_SQL:
-                cur.execute(statement)
-        if version < 5:
-            cur.execute(ADD_COUNTER_AUDIT_SQL)
-        cur.execute(WRITE_SCHEMA_VERSION_SQL, {"version": SCHEMA_VERSION})
-
-    @staticmethod
-    def _create_counting_triggers(cur, table: str, source: str | None) -> None:
-        for name, definition in COUNTING_TRIGGERS.items():
-            cur.execute(
-                sql.SQL("CREATE OR REPLACE TRIGGER {} " + definition).format(
-                    sql.Identifier(name),
-                    table=sql.Identifier(table),
-                    source=sql.Literal(source) if source is not None else sql.SQL(""),
-                )
-            )
-
-    def _count_partition(self, cur, source: str) -> bool:
-        """Give an existing partition its counting triggers and counters, if it lacks them (made before
-        version 2, or by an older consumer since). False if the source has no partition."""
-        partition = partition_name(source)
-        cur.execute(PARTITION_STATE_SQL, {"partition": partition, "triggers": list(COUNTING_TRIGGERS)})
-        exists, triggers = cur.fetchone()
-        if exists and triggers < len(COUNTING_TRIGGERS):
-            # Creating a trigger locks the partition against writers: no row lands uncounted meanwhile.
-            self._create_counting_triggers(cur, partition, source)
-            for statement in RECOUNT_SQL:
-                cur.execute(statement, {"source": source})
-        return bool(exists)
-
-    def _ensure_source(self, cur, source: str) -> None:
-        if not self._count_partition(cur, source):
-            cur.execute(
-                sql.SQL("CREATE TABLE {} PARTITION OF events FOR VALUES IN ({})").format(
-                    sql.Identifier(partition_name(source)), sql.Literal(source)
-                )
-            )
-            self._create_counting_triggers(cur, partition_name(source), source)
-        cur.execute(ENSURE_STATE_SQL, {"source": source})
+        self.connections.run("schema setup", apply)
 
     def ensure_source(self, source: str) -> None:
         def ensure(cur):
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
-            self._ensure_source(cur, source)
+            _ensure_source(cur, source)
 
-        self._run(f"setup of source {source!r}", ensure)
+        self.connections.run(f"setup of source {source!r}", ensure)
 
     def forget_source(self, source: str) -> None:
         """Drop a source's partition, counters, quarantine and state (benchmarks clean up with it)."""
@@ -351,7 +302,7 @@ class Schema:
             for statement in FORGET_SOURCE_SQL:
                 cur.execute(statement, {"source": source})
 
-        self._run(f"removal of source {source!r}", forget)
+        self.connections.run(f"removal of source {source!r}", forget)
 
     def schema_found(self) -> tuple[bool, int | None]:
         """(are the tables there, the schema version they are at), changing nothing."""
@@ -362,4 +313,60 @@ class Schema:
                 return False, None
             return True, cur.execute(READ_SCHEMA_VERSION_SQL).fetchone()[0] if versioned else 1
 
-        return self._run("schema query", read)
+        return self.connections.run("schema query", read)
+
+
+def _upgrade(cur: Cursor, version: int) -> None:
+    """Bring a database at `version` to SCHEMA_VERSION, in the schema transaction (all or nothing)."""
+    if version < 2:
+        # Writers wait until the counters are built from the rows they already committed.
+        cur.execute(LOCK_EVENTS_SQL)
+        cur.execute(COUNTERS_SQL)
+        _create_counting_triggers(cur, "events", None)
+        cur.execute(SOURCES_SQL)
+        for (source,) in cur.fetchall():
+            _count_partition(cur, source)
+    if version < 3:
+        cur.execute(ADD_LAST_POLL_AT_SQL)
+    if version < 4:
+        for statement in ADD_OPERATIONS_COLUMNS_SQL:
+            cur.execute(statement)
+    if version < 5:
+        cur.execute(ADD_COUNTER_AUDIT_SQL)
+    cur.execute(WRITE_SCHEMA_VERSION_SQL, {"version": SCHEMA_VERSION})
+
+
+def _create_counting_triggers(cur: Cursor, table: str, source: str | None) -> None:
+    for name, definition in COUNTING_TRIGGERS.items():
+        cur.execute(
+            sql.SQL("CREATE OR REPLACE TRIGGER {} " + definition).format(
+                sql.Identifier(name),
+                table=sql.Identifier(table),
+                source=sql.Literal(source) if source is not None else sql.SQL(""),
+            )
+        )
+
+
+def _count_partition(cur: Cursor, source: str) -> bool:
+    """Give an existing partition its counting triggers and counters, if it lacks them (made before
+    version 2, or by an older consumer since). False if the source has no partition."""
+    partition = partition_name(source)
+    cur.execute(PARTITION_STATE_SQL, {"partition": partition, "triggers": list(COUNTING_TRIGGERS)})
+    exists, triggers = one_row(cur)
+    if exists and triggers < len(COUNTING_TRIGGERS):
+        # Creating a trigger locks the partition against writers: no row lands uncounted meanwhile.
+        _create_counting_triggers(cur, partition, source)
+        for statement in RECOUNT_SQL:
+            cur.execute(statement, {"source": source})
+    return bool(exists)
+
+
+def _ensure_source(cur: Cursor, source: str) -> None:
+    if not _count_partition(cur, source):
+        cur.execute(
+            sql.SQL("CREATE TABLE {} PARTITION OF events FOR VALUES IN ({})").format(
+                sql.Identifier(partition_name(source)), sql.Literal(source)
+            )
+        )
+        _create_counting_triggers(cur, partition_name(source), source)
+    cur.execute(ENSURE_STATE_SQL, {"source": source})

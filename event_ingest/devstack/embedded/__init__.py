@@ -39,11 +39,13 @@ from event_ingest.devstack.embedded.postgres import PG_SYSTEM_USER, EmbeddedPost
 from event_ingest.devstack.embedded.redis import EmbeddedRedis
 from event_ingest.devstack.embedded.server import (
     PORT_FILE,
+    EmbeddedServer,
     EmbeddedServerError,
     ServerURL,
 )
 
 __all__ = [
+    "EmbeddedServer",
     "EmbeddedServerError",
     "EmbeddedPostgres",
     "EmbeddedRedis",

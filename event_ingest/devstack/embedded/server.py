@@ -73,7 +73,7 @@ class ServerURL(str):
         return (str, (str(self),))
 
 
-class _EmbeddedServer:
+class EmbeddedServer:
     """Process handling shared by both servers."""
 
     kind = "server"
@@ -333,7 +333,7 @@ class _EmbeddedServer:
                 raise self._error(f"{self._exe} {self._not_ready} on {HOST}:{self.port} in time")
             time.sleep(self._ready_poll_s)
 
-    def _launch_with_retries(self, spawn, deadline: float) -> None:
+    def _launch_with_retries(self, spawn: Callable[[int], None], deadline: float) -> None:
         """Start the server (``spawn(port)``) and wait for it; an auto-chosen port taken between
         choosing and binding is retried with another, up to three times."""
         port, auto = self._choose_port()

@@ -47,7 +47,7 @@ def _grant(path: Path, uid: int, gids: set[int], *needed: tuple[int, int, int]) 
     return False
 
 
-def _ensure_traversable(path: Path, pw: pwd.struct_passwd) -> None:
+def ensure_traversable(path: Path, pw: pwd.struct_passwd) -> None:
     """Make `path` and all its ancestors searchable (x) for the user."""
     gids = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
     changed = [str(d) for d in (path, *path.parents) if _grant(d, pw.pw_uid, gids, _X)]
@@ -58,7 +58,7 @@ def _ensure_traversable(path: Path, pw: pwd.struct_passwd) -> None:
 _readable_trees: set[tuple[str, int]] = set()
 
 
-def _ensure_readable_tree(root: Path, pw: pwd.struct_passwd) -> None:
+def ensure_readable_tree(root: Path, pw: pwd.struct_passwd) -> None:
     """Make an installed tree (binaries, libs, share) readable, and executables
     executable, for the user; plus search permission on its ancestors. Once per process."""
     key = (str(root), pw.pw_uid)
@@ -84,14 +84,14 @@ def _ensure_readable_tree(root: Path, pw: pwd.struct_passwd) -> None:
     _readable_trees.add(key)
 
 
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
+def chown_tree(root: Path, uid: int, gid: int) -> None:
     os.chown(root, uid, gid)
     for dirpath, dirnames, filenames in os.walk(root):
         for n in (*dirnames, *filenames):
             os.lchown(os.path.join(dirpath, n), uid, gid)
 
 
-def _ensure_system_user(name: str) -> pwd.struct_passwd:
+def ensure_system_user(name: str) -> pwd.struct_passwd:
     """Look up, or create once, a system user with its own group and no login/home."""
     try:
         return pwd.getpwnam(name)
