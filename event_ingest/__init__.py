@@ -5,7 +5,7 @@
 imported on first use only, so that importing the engine (``event_ingest.core``) never imports Dagster.
 """
 
-__version__ = "0.1.0"
+from .version import __version__ as __version__  # the package's version, as every package says it
 
 _DAGSTER_EXPORTS = ("EventSources", "IngestResource")
 

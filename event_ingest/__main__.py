@@ -24,7 +24,7 @@ import sys
 import venv
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"

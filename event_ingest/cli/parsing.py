@@ -12,8 +12,8 @@ import argparse
 import importlib
 import importlib.util
 
-from .. import __version__
 from ..config import DEFAULT_SOURCES_FILE, LEASE_TTL_S, LEASE_WAIT_S, SCHEMA_FILE, SOURCES_ENV
+from ..version import __version__
 from .commands import (
     cmd_bench,
     cmd_chaos,

@@ -30,8 +30,8 @@ from enum import Enum
 import httpcore
 import redis
 
-from .. import __version__
 from ..config import SourceConfig
+from ..version import __version__
 from .gate import Gate, GateUnavailable, Slot
 from .http import (
     Connection,
