@@ -407,6 +407,18 @@ def redis_down_taken_as_granted() -> None:
     lease.Lease.acquire = held_when_down
 
 
+def worker_heartbeat_unguarded() -> None:
+    from event_ingest.core import worker
+
+    # The heartbeat lets a Redis error escape: an outage ends the consumer's process instead of pausing it.
+    def beat(self):
+        self._redis.set(
+            worker.HEARTBEAT_PREFIX + self.id, self.heartbeat.to_json(), px=int(self.options.heartbeat_ttl_s * 1000)
+        )
+
+    worker.Worker._beat = beat
+
+
 MUTANTS = {
     m.name: m
     for m in (
@@ -610,6 +622,13 @@ MUTANTS = {
             ("component/test_hosting.py::test_the_sensors_of_one_slot_ask_for_one_run_between_them",),
             slot_claim_ignored,
             note="the chaos harness runs no Dagster: the unit test ticks a slot's sensors as the daemon would",
+        ),
+        Mutant(
+            "worker_heartbeat_unguarded",
+            "worker: a Redis outage pauses a consumer, never ends it",
+            "no_consumer_crash",
+            ("core/test_worker_outage.py",),
+            worker_heartbeat_unguarded,
         ),
         Mutant(
             "page_invents_an_event",
