@@ -189,6 +189,12 @@ class RunSettings(_Declared):
     report_every_s: StrictFloat = Field(
         default=20.0, ge=1, le=3600, description="progress and checks of each source reach Dagster at most this often"
     )
+    idle_exit_s: StrictFloat = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="a run left with nothing to host (every one of its sources' sensors stopped) ends after this long",
+    )
 
     @model_validator(mode="after")
     def _handoff_fits_in_a_run(self) -> RunSettings:

@@ -66,7 +66,7 @@ class WorkerOptions:
     report_every_s: float = _RUNS.report_every_s
     poll_s: float = 1.0  # how often the worker looks at what it should host
     heartbeat_ttl_s: float = 15.0  # a worker silent this long is dead to the sensors
-    idle_exit_s: float = 60.0  # a worker with nothing to host (all paused) ends after this long
+    idle_exit_s: float = _RUNS.idle_exit_s  # a worker with nothing to host (all paused) ends after this long
     overstay: float = 2.0  # with no successor, keep the sources until overstay x run_seconds
     observer: DrainObserver = DrainObserver()  # every drain's (progress.py): the seam for the chaos harness
 
@@ -77,6 +77,7 @@ class WorkerOptions:
             handoff_s=runs.handoff_s,
             lease_ttl_s=runs.lease_ttl_s,
             report_every_s=runs.report_every_s,
+            idle_exit_s=runs.idle_exit_s,
         )
         return dataclasses.replace(settled, **overrides)
 

@@ -86,7 +86,7 @@ def test_a_run_hosts_what_its_sensors_keep_wanted_and_lets_go_of_a_source_whose_
     store.apply_schema([old])  # a source with state that nothing configures any more: `live` may be its new name
     config = IngestConfig(
         sources=[source_config(live, live_mock.url), source_config(paused, paused_mock.url)],
-        runs=RunSettings(sources_per_run=2, run_seconds=60, handoff_s=5, report_every_s=1),
+        runs=RunSettings(sources_per_run=2, run_seconds=60, handoff_s=5, report_every_s=1, idle_exit_s=5),
     )
     resource = IngestResource(database_url=database_url, redis_url=redis_url)
     defs = build_definitions(config, resource)
@@ -145,7 +145,7 @@ def test_marks_that_lapse_while_the_sensor_daemon_is_down_do_not_stop_ingestion(
     mock = make_mock(backlog=100, rate=20)
     config = IngestConfig(
         sources=[source_config(source_name, mock.url)],
-        runs=RunSettings(sources_per_run=1, run_seconds=60, handoff_s=5, report_every_s=1),
+        runs=RunSettings(sources_per_run=1, run_seconds=60, handoff_s=5, report_every_s=1, idle_exit_s=5),
     )
     resource = IngestResource(database_url=database_url, redis_url=redis_url)
     defs = build_definitions(config, resource)
