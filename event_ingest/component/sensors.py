@@ -30,7 +30,7 @@ from ..core.worker import Heartbeat, read_heartbeats, slot_members, slot_of
 from .hosting import SENSOR_INTERVAL_S, mark_wanted
 from .ingest_job import ACTIVE_STATUSES, RUN_SLOT_TAG, SLOT_TAG, SOURCES_TAG
 from .names import Names
-from .resources import ingest_of
+from .resources import IngestResource, sensor_ingest
 
 SLOT_CLAIM_PREFIX = "event-ingest:slot-claim:"  # + "<job>/<slot>": which sensor asked for the slot's next run
 SLOT_CLAIM_TTL_S = 30  # longer than creating a run takes; far shorter than a run's life
@@ -122,12 +122,15 @@ def build_source_sensor(
         job=job,
         minimum_interval_seconds=SENSOR_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        required_resource_keys={names.resource_key},
+        # No required_resource_keys: a declared resource opens a Dagster instance every tick (sensor_ingest).
         description=f"Keeps source {source.name!r} hosted by a live `{job.name}` run (slot {slot}). Stop it to "
         "pause the source: the run hosting it lets go within two minutes.",
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason | dg.RunRequest:
-        ingest = ingest_of(context, names)
+        with sensor_ingest(context, names) as ingest:
+            return _tick(context, ingest)
+
+    def _tick(context: dg.SensorEvaluationContext, ingest: IngestResource) -> dg.SkipReason | dg.RunRequest:
         try:
             client = ingest.shared_redis()
             # First: the mark says the sensor runs, whatever else this tick runs into.

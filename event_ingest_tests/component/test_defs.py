@@ -208,7 +208,7 @@ def test_a_failing_source_fails_the_run_with_the_reason(make_mock, database_url,
 
 
 def test_a_sensor_asks_for_a_run_for_its_slot_only_when_nothing_hosts_its_source(
-    sources, database_url, redis_url, redis_client
+    sources, database_url, redis_url, redis_client, monkeypatch
 ):
     config = IngestConfig(sources=sources, runs=RunSettings(sources_per_run=1))
     defs = build_definitions(config, IngestResource(database_url=database_url, redis_url=redis_url))
@@ -242,6 +242,30 @@ def test_a_sensor_asks_for_a_run_for_its_slot_only_when_nothing_hosts_its_source
                 dg.build_sensor_context(instance=empty, definitions=defs, resources=resources, cursor=hosted.cursor)
             )
         assert not fast.run_requests and "hosted by run" in fast.skip_message
+        # As the daemon ticks it (through the code server: the instance as a ref, opened only on demand), such a
+        # tick opens no Dagster instance: `context.resources` would open one from the ref every tick (its
+        # storages' engines and schema checks: most of Dagster's Postgres sessions at 50 sources).
+        opened: list = []
+        from_ref = dg.DagsterInstance.from_ref
+        monkeypatch.setattr(
+            dg.DagsterInstance, "from_ref", staticmethod(lambda ref: opened.append(ref) or from_ref(ref))
+        )
+        repository = defs.get_repository_def()
+        as_daemon = dg.SensorEvaluationContext(  # what the code server builds: the sensor's declared resources only
+            instance_ref=instance.get_ref(),
+            cursor=hosted.cursor,
+            repository_def=repository,
+            sensor_name=sensor.name,
+            resources={
+                key: value
+                for key, value in repository.get_top_level_resources().items()
+                if key in sensor.required_resource_keys
+            },
+        )
+        with as_daemon:
+            daemon_tick = sensor.evaluate_tick(as_daemon)
+        assert "hosted by run" in daemon_tick.skip_message and opened == [], "the tick opened a Dagster instance"
+        monkeypatch.undo()
         # Retiring: the sensor asks for the successor.
         retiring = Heartbeat(run.run_id, 1.0, True, [second.name], [second.name])
         redis_client.set(f"event-ingest:worker:{run.run_id}", retiring.to_json(), px=30_000)
