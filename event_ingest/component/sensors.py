@@ -127,8 +127,7 @@ def build_source_sensor(
         "pause the source: the run hosting it lets go within two minutes.",
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SkipReason | dg.RunRequest:
-        with sensor_ingest(context, names) as ingest:
-            return _tick(context, ingest)
+        return _tick(context, sensor_ingest(context, names))
 
     def _tick(context: dg.SensorEvaluationContext, ingest: IngestResource) -> dg.SkipReason | dg.RunRequest:
         try:

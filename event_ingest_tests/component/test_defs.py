@@ -246,25 +246,33 @@ def test_a_sensor_asks_for_a_run_for_its_slot_only_when_nothing_hosts_its_source
         # tick opens no Dagster instance: `context.resources` would open one from the ref every tick (its
         # storages' engines and schema checks: most of Dagster's Postgres sessions at 50 sources).
         opened: list = []
-        from_ref = dg.DagsterInstance.from_ref
+        from_ref, ephemeral = dg.DagsterInstance.from_ref, dg.DagsterInstance.ephemeral
         monkeypatch.setattr(
             dg.DagsterInstance, "from_ref", staticmethod(lambda ref: opened.append(ref) or from_ref(ref))
         )
-        repository = defs.get_repository_def()
-        as_daemon = dg.SensorEvaluationContext(  # what the code server builds: the sensor's declared resources only
-            instance_ref=instance.get_ref(),
-            cursor=hosted.cursor,
-            repository_def=repository,
-            sensor_name=sensor.name,
-            resources={
-                key: value
-                for key, value in repository.get_top_level_resources().items()
-                if key in sensor.required_resource_keys
-            },
+        monkeypatch.setattr(
+            dg.DagsterInstance,
+            "ephemeral",
+            staticmethod(lambda *a, **k: opened.append("ephemeral") or ephemeral(*a, **k)),
         )
-        with as_daemon:
-            daemon_tick = sensor.evaluate_tick(as_daemon)
-        assert "hosted by run" in daemon_tick.skip_message and opened == [], "the tick opened a Dagster instance"
+        repository = defs.get_repository_def()
+        for _ in range(3):
+            as_daemon = dg.SensorEvaluationContext(  # as the code server builds it: the declared resources only
+                instance_ref=instance.get_ref(),
+                cursor=hosted.cursor,
+                repository_def=repository,
+                sensor_name=sensor.name,
+                resources={
+                    key: value
+                    for key, value in repository.get_top_level_resources().items()
+                    if key in sensor.required_resource_keys
+                },
+            )
+            with as_daemon:
+                daemon_tick = sensor.evaluate_tick(as_daemon)
+            assert "hosted by run" in daemon_tick.skip_message
+        # The resource is built once (an ephemeral instance, the first time), never an instance per tick.
+        assert opened in ([], ["ephemeral"]), f"the ticks opened Dagster instances: {opened}"
         monkeypatch.undo()
         # Retiring: the sensor asks for the successor.
         retiring = Heartbeat(run.run_id, 1.0, True, [second.name], [second.name])
