@@ -33,7 +33,7 @@ from .client import Kind, Outcome, SourceClient
 from .gate import GateUnavailable
 from .lease import Lease, LeaseUnavailable
 from .page import Page
-from .progress import LAG_SAMPLES, Counters, DrainOptions, DrainStats, DrainStatus, Progress, lag_s
+from .progress import LAG_SAMPLES, Counters, DrainObserver, DrainOptions, DrainStats, DrainStatus, Progress, lag_s
 from .retry import after_failure
 from .store import Fenced, Store, StoreError
 from .store.reads import STOPS_BEFORE_PHRASE
@@ -89,6 +89,8 @@ class Drain:
         self.store = store
         self.options = options
         self.observer = options.observer
+        # Production sets none: then no snapshot is built for it on every page (the ingest loop's hot path).
+        self._watched = type(options.observer) is not DrainObserver
         self.should_stop = should_stop
         self.stats = DrainStats(source=source.name, consumer=consumer_id())
         self.cursor: int | None = None
@@ -186,13 +188,16 @@ class Drain:
             if page.empty:
                 self._caught_up()
                 continue
-            self.observer.fetched(self.progress(), page)
+            if self._watched:
+                self.observer.fetched(self.progress(), page)
             try:
                 moved = self._commit(page)
             except _End as end:
-                self.observer.commit_failed(self.progress(), end.status)
+                if self._watched:
+                    self.observer.commit_failed(self.progress(), end.status)
                 raise
-            self.observer.committed(self.progress())
+            if self._watched:
+                self.observer.committed(self.progress())
             if not moved and _stops_before_unreadable(page):
                 self._stuck()
             elif not moved:
