@@ -253,10 +253,14 @@ def test_each_kind_of_mistake_is_one_line_naming_file_source_and_field(tmp_path,
         (
             "{lease_ttl: 5}",
             "runs: field 'lease_ttl' is not known (known fields: sources_per_run, run_seconds, handoff_s, "
-            "lease_ttl_s, report_every_s, idle_exit_s)",
+            "lease_ttl_s, report_every_s, sensor_interval_s, idle_exit_s)",
         ),
         ("{run_seconds: 100}", "runs: field 'handoff_s': 60 is not valid; expected at most half of run_seconds (100)"),
         ("[1]", "runs: expected a mapping, got list"),
+        (
+            "{sensor_interval_s: 60}",
+            "runs: field 'sensor_interval_s': 60 is not valid; expected an integer of seconds from 5 to 30",
+        ),
     ],
 )
 def test_runs_mistakes_are_one_line_naming_the_field(tmp_path, runs, line):

@@ -38,10 +38,10 @@ import dagster as dg
 import redis
 
 WANTED_PREFIX = "event-ingest:wanted:"
-SENSOR_INTERVAL_S = 10
-# Twelve ticks: late ticks (a busy daemon cycling through many sensors, a code location reload) must not pause
-# a source. Seen: at 50 sources on 2 busy cores, serial sensor evaluation let some marks lapse after 60 s.
-WANTED_TTL_S = 12 * SENSOR_INTERVAL_S
+# Twelve ticks at the default interval (runs.sensor_interval_s, 10 s), four at the longest (30 s): late ticks (a
+# busy daemon cycling through many sensors, a code location reload) must not pause a source. Seen: at 50 sources
+# on 2 busy cores, serial sensor evaluation let some marks lapse after 60 s.
+WANTED_TTL_S = 120
 # The sensor daemon beats every 30 s: a beat older than this means it is down (or stalled).
 DAEMON_ALIVE_S = 45
 

@@ -107,10 +107,10 @@ def sensor_ingest(context: dg.SensorEvaluationContext, names: Names) -> IngestRe
     A sensor that declares a resource gets a DagsterInstance opened from its ref on every tick, before its
     function runs (its three storages' engines and schema checks; with dagster-postgres' NullPool a backend
     forked for each), and building a resource outside a run makes an ephemeral one. At 50 sources, a sensor
-    each every 10 s, that is 5 instances a second. So the source sensors declare no resource: they build the
-    definition bound under the instance's key (the user's own, if they bound one) once per code server
-    process and keep it. Nothing is lost by keeping it: its values (``dg.EnvVar``) are read from the
-    process's environment, which only a code location reload (a new process) changes.
+    each every 10 s (the default interval), that is 5 instances a second. So the source sensors declare no
+    resource: they build the definition bound under the instance's key (the user's own, if they bound one)
+    once per code server process and keep it. Nothing is lost by keeping it: its values (``dg.EnvVar``) are
+    read from the process's environment, which only a code location reload (a new process) changes.
     """
     repository = context.repository_def
     bound = repository.get_top_level_resources() if repository is not None else {}

@@ -27,7 +27,7 @@ import redis
 
 from ..config import IngestConfig, SourceConfig, redact_url
 from ..core.worker import Heartbeat, read_heartbeats, slot_members, slot_of
-from .hosting import SENSOR_INTERVAL_S, mark_wanted
+from .hosting import mark_wanted
 from .ingest_job import ACTIVE_STATUSES, RUN_SLOT_TAG, SLOT_TAG, SOURCES_TAG
 from .names import Names
 from .resources import IngestResource, sensor_ingest
@@ -120,7 +120,7 @@ def build_source_sensor(
     @dg.sensor(
         name=sensor_name,
         job=job,
-        minimum_interval_seconds=SENSOR_INTERVAL_S,
+        minimum_interval_seconds=config.runs.sensor_interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
         # No required_resource_keys: a declared resource opens a Dagster instance every tick (sensor_ingest).
         description=f"Keeps source {source.name!r} hosted by a live `{job.name}` run (slot {slot}). Stop it to "

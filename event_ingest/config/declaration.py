@@ -189,6 +189,14 @@ class RunSettings(_Declared):
     report_every_s: StrictFloat = Field(
         default=20.0, ge=1, le=3600, description="progress and checks of each source reach Dagster at most this often"
     )
+    sensor_interval_s: StrictInt = Field(
+        default=10,
+        ge=5,
+        le=30,
+        description="each source's sensor ticks this often: how soon a crashed run is replaced, a successor asked "
+        "for, a paused source taken up again; each tick costs Dagster's daemon, code server and storage some CPU, "
+        "so with hundreds of sources tick less often (keep it well under `handoff_s`)",
+    )
     idle_exit_s: StrictFloat = Field(
         default=60.0,
         ge=1,

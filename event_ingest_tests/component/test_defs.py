@@ -63,6 +63,15 @@ def test_definitions_are_loadable(defs, sources):
     assert set(events.partitions_def.get_partition_keys()) == {s.name for s in sources}
 
 
+def test_the_source_sensors_tick_at_the_configured_interval(sources):
+    def intervals(config: IngestConfig) -> set[int | None]:
+        built = build_definitions(config)
+        return {s.minimum_interval_seconds for s in built.sensors if s.name.startswith("ingest_")}
+
+    assert intervals(IngestConfig(sources=sources)) == {10}
+    assert intervals(IngestConfig(sources=sources, runs=RunSettings(sensor_interval_s=30))) == {30}
+
+
 def test_dagster_cli_validates_the_workspace(tmp_path):
     sources_file = tmp_path / "sources.yaml"
     sources_file.write_text("sources:\n  - {name: source1, url: 'http://127.0.0.1:3001/events'}\n")
