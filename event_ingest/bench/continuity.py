@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..config import RunSettings
 from . import report
 from .deployment import Deployment
 from .figures import SourceFigures, gap_histogram, lag_chart, measure
@@ -134,6 +135,8 @@ def measure_live(
         "sources_per_run": args.sources_per_run,
         "run_seconds": args.run_seconds,
         "handoff_s": args.handoff_s,
+        # `bench scale --sensor-interval-s`; the other cases keep the product's default
+        "sensor_interval_s": getattr(args, "sensor_interval_s", RunSettings().sensor_interval_s),
     }
     with services(fast_postgres=False) as (server_url, redis_url), contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"event-ingest-{case}-")))
@@ -234,6 +237,7 @@ def measure_live(
         "window_s": round(span, 1),
         "run_seconds": args.run_seconds,
         "handoff_s": args.handoff_s,
+        "sensor_interval_s": runs_settings["sensor_interval_s"],
         "sources_per_run": args.sources_per_run,
         "deployments": per_deployment,
         "killed_at_s": round(killed_at - t0, 1) if killed_at else None,

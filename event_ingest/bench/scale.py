@@ -57,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="planned life of an ingest run: handoffs inside the window (default 300)",
     )
     parser.add_argument("--handoff-s", type=float, default=60.0, help="successor asked this long before (default 60)")
+    parser.add_argument(
+        "--sensor-interval-s",
+        type=int,
+        default=10,
+        help="runs.sensor_interval_s: how often each source's sensor ticks (default 10, the product's default)",
+    )
     parser.add_argument("--curve", help="comma-separated sizes, one window each (e.g. 1,10,25,50)")
     parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
     outside.add_arguments(parser)
