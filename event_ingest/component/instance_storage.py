@@ -161,7 +161,6 @@ class PooledPostgresStorage(DagsterPostgresStorage):
     ):
         self.postgres_url = postgres_url
         self.should_autocreate_tables = should_autocreate_tables
-        self.pool_size = pool_size
         self.configured_as = inst_data  # ConfigurableClassData: how dagster.yaml named this storage
         self.pooled_runs = PooledRunStorage(postgres_url, should_autocreate_tables, pool_size)
         self.pooled_event_log = PooledEventLogStorage(postgres_url, should_autocreate_tables, pool_size)
